@@ -1,0 +1,77 @@
+"""Who is connecting: HS256 JWT verification for every upgrade.
+
+Claims: ``sub`` is the user id (required), ``exp`` is required, ``name`` is an optional display
+name. Only HS256 is accepted, so ``alg: none`` and algorithm-confusion tokens fail.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import TypeGuard
+
+import jwt
+
+ALGORITHM = "HS256"
+MAX_USER_ID_CHARS = 128
+MAX_NAME_CHARS = 64
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str
+    name: str
+
+
+class AuthError(Exception):
+    """A token was refused; ``code`` goes to the client, the token itself never does."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def verify_token(token: str, secret: str, *, leeway_s: int = 5) -> Identity:
+    """Return the identity in ``token`` or raise `AuthError`."""
+    if not token:
+        raise AuthError("token_missing", "a token is required")
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"require": ["exp", "sub"]},
+            leeway=leeway_s,
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("token_expired", "the token has expired") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise AuthError("token_claims", f"the token lacks the {exc.claim!r} claim") from None
+    except jwt.InvalidTokenError:
+        raise AuthError("token_invalid", "the token is not valid") from None
+    user_id = claims.get("sub")
+    name = claims.get("name", user_id)
+    if not _valid_text(user_id, MAX_USER_ID_CHARS):
+        raise AuthError("token_claims", "`sub` must be a non-empty string of at most 128 chars")
+    if not _valid_text(name, MAX_NAME_CHARS):
+        raise AuthError("token_claims", "`name` must be a non-empty string of at most 64 chars")
+    return Identity(user_id=user_id, name=name)
+
+
+def mint_token(secret: str, user_id: str, name: str | None = None, ttl_s: int = 3600) -> str:
+    """A token for development and tests (production tokens come from your identity provider)."""
+    claims: dict[str, object] = {"sub": user_id, "exp": int(time.time()) + ttl_s}
+    if name is not None:
+        claims["name"] = name
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def _valid_text(value: object, max_chars: int) -> TypeGuard[str]:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= max_chars
+        and not _CONTROL_CHARS.search(value)
+    )

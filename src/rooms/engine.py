@@ -1,0 +1,293 @@
+"""The room engine: every state transition of a room lives here.
+
+`RoomEngine` is sans-I/O. Drivers (the Durable Object, the local runtime) hand it whole events
+(a connection joined, a text or binary frame arrived, a socket closed) with the current time, and
+it answers with `Effect`s to carry out. It writes to the room's `RoomStore` synchronously, before
+returning any effect that shows the message to anyone, so nobody sees a message that is not
+durable. Calls are synchronous, so each is atomic on both runtimes.
+
+No input from a client raises out of `receive`: bad frames become `error` frames, repeated abuse
+becomes a 1008 close, and an unexpected bug becomes a generic 1011 close.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from rooms.effects import Broadcast, Close, Effect, Log, SavePeer, Send
+from rooms.limits import Limits
+from rooms.peers import Peer
+from rooms.protocol import (
+    PING_TEXT,
+    PONG_TEXT,
+    Ack,
+    AnyClientFrame,
+    CloseCode,
+    Error,
+    ErrorCode,
+    Hello,
+    History,
+    HistoryRequest,
+    Member,
+    Ping,
+    Presence,
+    Publish,
+    Resume,
+    SeqRange,
+    Signal,
+    SignalRelay,
+    Welcome,
+    decode_client_frame,
+    encode,
+)
+from rooms.store import RoomStore
+
+_CLIENT_TYPES = frozenset({"hello", "publish", "history", "signal", "ping"})
+
+
+class RoomEngine:
+    """One room's protocol logic over its store and its connections' `Peer` states."""
+
+    def __init__(
+        self, room: str, store: RoomStore, limits: Limits, peers: Iterable[Peer] = ()
+    ) -> None:
+        self.room = room
+        self.store = store
+        self.limits = limits
+        # Rebuilt from socket attachments after hibernation; insertion order = join order.
+        self.peers: dict[str, Peer] = {peer.conn_id: peer for peer in peers}
+
+    # ----------------------------------------------------------------------- queries
+
+    def members(self) -> list[Member]:
+        """Present users: one entry per user, however many sockets they hold."""
+        seen: dict[str, Member] = {}
+        for peer in self.peers.values():
+            if peer.joined and peer.user_id not in seen:
+                seen[peer.user_id] = Member(user_id=peer.user_id, name=peer.name)
+        return sorted(seen.values(), key=lambda m: m.user_id)
+
+    def admits(self, user_id: str) -> bool:
+        """Whether a new socket for ``user_id`` fits within the member limit."""
+        users = {peer.user_id for peer in self.peers.values()}
+        return user_id in users or len(users) < self.limits.max_members
+
+    def _joined_ids(self, exclude: str | None = None) -> tuple[str, ...]:
+        return tuple(c for c, p in self.peers.items() if p.joined and c != exclude)
+
+    def _user_present(self, user_id: str, exclude: str | None = None) -> bool:
+        return any(
+            p.joined and p.user_id == user_id and c != exclude for c, p in self.peers.items()
+        )
+
+    # ----------------------------------------------------------------------- events
+
+    def connect(self, peer: Peer, since: int | None, now_ms: int) -> list[Effect]:
+        """A socket was accepted. It joins now if it named ``since``, else on its `Hello`."""
+        self.peers[peer.conn_id] = peer
+        effects: list[Effect] = [Log("connect", peer.conn_id, peer.user_id)]
+        if since is not None:
+            effects += self._join(peer, since, now_ms)
+        else:
+            effects.append(SavePeer(peer))
+        return effects
+
+    def disconnect(self, conn_id: str, user_id: str | None, now_ms: int) -> list[Effect]:
+        """A socket closed or failed. Broadcasts a leave when it was the user's last socket.
+
+        ``user_id`` (from the socket's attachment) lets a rebuilt room announce the leave of a
+        socket it no longer tracks, so a member never lingers as a ghost.
+        """
+        peer = self.peers.pop(conn_id, None)
+        was_joined = peer.joined if peer else True
+        user_id = peer.user_id if peer else user_id
+        effects: list[Effect] = [Log("disconnect", conn_id, user_id)]
+        if user_id is None or not was_joined or self._user_present(user_id):
+            return effects
+        name = peer.name if peer else user_id
+        presence = Presence(
+            event="leave", member=Member(user_id=user_id, name=name), members=self.members()
+        )
+        effects.append(Broadcast(self._joined_ids(), encode(presence)))
+        return effects
+
+    def receive(self, conn_id: str, data: str | bytes, now_ms: int) -> list[Effect]:
+        """One frame from a connection. Never raises for anything the client sent."""
+        peer = self.peers.get(conn_id)
+        if peer is None:
+            return [Log("frame_from_unknown_connection", conn_id)]
+        try:
+            return self._receive(peer, data, now_ms)
+        except Exception as exc:  # a bug, not bad input: close without details
+            return [
+                Log("internal_error", conn_id, peer.user_id, code=type(exc).__name__),
+                Send(conn_id, encode(Error(code=ErrorCode.INTERNAL, message="internal error"))),
+                Close(conn_id, CloseCode.INTERNAL_ERROR, "internal error"),
+            ]
+
+    # ----------------------------------------------------------------------- internals
+
+    def _receive(self, peer: Peer, data: str | bytes, now_ms: int) -> list[Effect]:
+        if isinstance(data, bytes):
+            if len(data) > self.limits.max_frame_bytes:
+                return self._too_big(peer)
+            return self._reject(
+                peer, ErrorCode.BINARY_NOT_SUPPORTED, "frames must be JSON text", now_ms
+            )
+        if _utf8_len_over(data, self.limits.max_frame_bytes):
+            return self._too_big(peer)
+        if data == PING_TEXT:
+            return [Send(peer.conn_id, PONG_TEXT)]
+        try:
+            frame = decode_client_frame(data)
+        except UnicodeError:  # lone surrogates: not representable as UTF-8 JSON
+            return self._reject(peer, ErrorCode.BAD_JSON, "frame is not valid UTF-8", now_ms)
+        except msgspec.DecodeError as exc:
+            code, message = _classify_bad_frame(data, exc)
+            return self._reject(peer, code, message, now_ms)
+        return self._dispatch(peer, frame, now_ms)
+
+    def _dispatch(self, peer: Peer, frame: AnyClientFrame, now_ms: int) -> list[Effect]:
+        if isinstance(frame, Ping):
+            return [Send(peer.conn_id, PONG_TEXT)]
+        if isinstance(frame, Hello):
+            if peer.joined:
+                return self._reject(peer, ErrorCode.ALREADY_JOINED, "already joined", now_ms)
+            since = frame.since if frame.since is not None else self.store.head
+            return self._join(peer, since, now_ms)
+        if not peer.joined:
+            return self._reject(peer, ErrorCode.HELLO_REQUIRED, "send a hello frame first", now_ms)
+        if not peer.take_token(self.limits, now_ms):
+            return self._reject(
+                peer, ErrorCode.RATE_LIMITED, "too many frames; slow down", now_ms,
+                ref=getattr(frame, "id", None) or getattr(frame, "ref", None),
+            )
+        peer.strikes = max(0, peer.strikes - 1)
+        match frame:
+            case Publish():
+                return self._publish(peer, frame, now_ms)
+            case HistoryRequest():
+                return self._history(peer, frame)
+            case Signal():
+                relay = SignalRelay(user_id=peer.user_id, kind=frame.kind, data=frame.data)
+                return [
+                    SavePeer(peer),
+                    Broadcast(self._joined_ids(exclude=peer.conn_id), encode(relay)),
+                ]
+        raise AssertionError(f"unhandled frame {frame!r}")  # pragma: no cover
+
+    def _join(self, peer: Peer, since: int, now_ms: int) -> list[Effect]:
+        first_socket = not self._user_present(peer.user_id, exclude=peer.conn_id)
+        peer.joined = True
+        peer.joined_ms = now_ms
+        head = self.store.head
+        resume = self._resume(since, head)
+        welcome = Welcome(
+            room=self.room, user_id=peer.user_id, conn_id=peer.conn_id, head=head,
+            presence=self.members(), resume=resume,
+        )
+        effects: list[Effect] = [SavePeer(peer), Send(peer.conn_id, encode(welcome))]
+        replay_from = resume.missing[-1].last if resume.missing else since
+        if resume.reason != ErrorCode.SINCE_AHEAD:
+            for message in self.store.after(replay_from, self.limits.max_replay):
+                effects.append(Send(peer.conn_id, encode(message)))
+        if first_socket:
+            me = Member(user_id=peer.user_id, name=peer.name)
+            presence = Presence(event="join", member=me, members=self.members())
+            effects.append(Broadcast(self._joined_ids(exclude=peer.conn_id), encode(presence)))
+        effects.append(Log("join", peer.conn_id, peer.user_id, seq=head))
+        return effects
+
+    def _resume(self, since: int, head: int) -> Resume:
+        if since > head:
+            return Resume(since=since, complete=False, reason=ErrorCode.SINCE_AHEAD)
+        missing = self.store.missing_between(since + 1, head)
+        served_from = missing[-1].last + 1 if missing else since + 1
+        if head - served_from + 1 > self.limits.max_replay:
+            # Replay only the newest max_replay messages; the client pages the rest via history.
+            cut = head - self.limits.max_replay
+            missing = [*missing, SeqRange(served_from, cut)]
+            return Resume(since=since, complete=False, missing=missing, reason="replay_limit")
+        if missing:
+            return Resume(since=since, complete=False, missing=missing, reason="not_retained")
+        return Resume(since=since, complete=True)
+
+    def _publish(self, peer: Peer, frame: Publish, now_ms: int) -> list[Effect]:
+        if len(frame.body) > self.limits.max_body_chars:
+            return self._reject(
+                peer, ErrorCode.BODY_TOO_LONG,
+                f"body is longer than {self.limits.max_body_chars} characters", now_ms,
+                ref=frame.id,
+            )
+        message, duplicate = self.store.append(
+            id=frame.id, user_id=peer.user_id, name=peer.name, body=frame.body, sent_ms=now_ms
+        )
+        ack = Send(peer.conn_id, encode(Ack(id=frame.id, seq=message.seq, duplicate=duplicate)))
+        if duplicate:
+            return [SavePeer(peer), ack, Log("publish_duplicate", peer.conn_id, peer.user_id,
+                                              seq=message.seq)]
+        peer.sent += 1
+        peer.last_message_ms = now_ms
+        return [
+            SavePeer(peer),
+            ack,
+            Broadcast(self._joined_ids(), encode(message)),
+            Log("publish", peer.conn_id, peer.user_id, seq=message.seq),
+        ]
+
+    def _history(self, peer: Peer, frame: HistoryRequest) -> list[Effect]:
+        head = self.store.head
+        before = min(frame.before if frame.before is not None else head + 1, head + 1)
+        limit = min(frame.limit, self.limits.max_history_page)
+        messages = self.store.before(before, limit)
+        lowest = messages[0].seq if messages else before
+        wanted_low = max(1, before - limit)
+        missing = self.store.missing_between(wanted_low, lowest - 1)
+        next_before = lowest if lowest > 1 else None
+        reply = History(messages=messages, ref=frame.ref, next_before=next_before, missing=missing)
+        return [SavePeer(peer), Send(peer.conn_id, encode(reply))]
+
+    def _reject(
+        self, peer: Peer, code: str, message: str, now_ms: int, ref: str | None = None
+    ) -> list[Effect]:
+        peer.strikes += 1
+        effects: list[Effect] = [
+            SavePeer(peer),
+            Send(peer.conn_id, encode(Error(code=code, message=message, ref=ref))),
+            Log("rejected", peer.conn_id, peer.user_id, code=code),
+        ]
+        if peer.strikes > self.limits.max_strikes:
+            effects.append(Close(peer.conn_id, CloseCode.POLICY_VIOLATION, "too many bad frames"))
+        return effects
+
+    def _too_big(self, peer: Peer) -> list[Effect]:
+        limit = self.limits.max_frame_bytes
+        error = Error(code=ErrorCode.FRAME_TOO_LARGE, message=f"frame is over {limit} bytes")
+        return [
+            Send(peer.conn_id, encode(error)),
+            Close(peer.conn_id, CloseCode.MESSAGE_TOO_BIG, "frame too large"),
+            Log("rejected", peer.conn_id, peer.user_id, code=ErrorCode.FRAME_TOO_LARGE),
+        ]
+
+
+def _utf8_len_over(text: str, limit: int) -> bool:
+    # A str of n chars is between n and 4n UTF-8 bytes: encode only when it could matter.
+    if len(text) * 4 <= limit:
+        return False
+    return len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def _classify_bad_frame(text: str, exc: msgspec.DecodeError) -> tuple[str, str]:
+    """Turn a decode failure into a precise error code and a message that helps the client."""
+    try:
+        value: Any = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return ErrorCode.BAD_JSON, "frame is not valid JSON"
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        return ErrorCode.BAD_FRAME, "frame must be a JSON object with a string `type`"
+    if value["type"] not in _CLIENT_TYPES:
+        return ErrorCode.UNKNOWN_TYPE, f"unknown frame type {value['type'][:32]!r}"
+    return ErrorCode.BAD_FRAME, str(exc)[:200]

@@ -1,0 +1,156 @@
+"""The front door, platform-free: route a request, authenticate an upgrade, shape HTTP errors.
+
+`route` decides; the front Worker and the local server only translate its answer into their
+platform's response or forward the upgrade to the room.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from rooms.auth import AuthError, Identity, verify_token
+
+ROOM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+ROOM_PATH = re.compile(r"/rooms/([^/]*)/ws")
+SUBPROTOCOL = "rooms.v1"
+# Set by the front on the request it forwards to the room; any client-sent copy is removed first.
+USER_ID_HEADER = "x-rooms-user-id"
+USER_NAME_HEADER = "x-rooms-user-name"
+IDENTITY_HEADERS = (USER_ID_HEADER, USER_NAME_HEADER)
+
+
+@dataclass(frozen=True, slots=True)
+class FrontConfig:
+    jwt_secret: str
+    allowed_origins: frozenset[str] = frozenset()  # empty: any Origin is accepted
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardUpgrade:
+    """Hand this upgrade to the room's object, carrying the verified identity."""
+
+    room: str
+    identity: Identity
+    since: int | None
+    subprotocol: str | None  # to echo in the 101 when the client offered ours
+    log: dict[str, str] = field(default_factory=dict)
+
+
+class NotHandled:
+    """The path is not the front's: serve static assets (or 404)."""
+
+
+NOT_HANDLED = NotHandled()
+
+
+def error_reply(status: int, code: str, message: str) -> HttpReply:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    return HttpReply(status, body)
+
+
+def json_reply(status: int, value: object) -> HttpReply:
+    return HttpReply(status, json.dumps(value).encode())
+
+
+def parse_since(raw: str | None) -> int | None:
+    """The ``since`` query value as a seq; raises ValueError for anything but a whole number."""
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+        raise ValueError(raw)
+    return int(raw)
+
+
+def offered_subprotocols(headers: Mapping[str, str]) -> list[str]:
+    raw = headers.get("sec-websocket-protocol", "")
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def route(
+    method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+    config: FrontConfig,
+) -> HttpReply | ForwardUpgrade | NotHandled:
+    """Decide what a request gets. ``headers`` keys must be lower-case."""
+    if path == "/health":
+        if method not in ("GET", "HEAD"):
+            return error_reply(405, "method_not_allowed", "use GET")
+        return json_reply(200, {"status": "ok"})
+    match = ROOM_PATH.fullmatch(path)
+    if match is None:
+        if path.startswith("/rooms/"):
+            return error_reply(404, "not_found", "room URLs look like /rooms/{room}/ws")
+        return NOT_HANDLED
+    return _route_upgrade(method, match.group(1), query, headers, config)
+
+
+def _route_upgrade(
+    method: str, room: str, query: Mapping[str, str], headers: Mapping[str, str],
+    config: FrontConfig,
+) -> HttpReply | ForwardUpgrade:
+    if not ROOM_NAME.fullmatch(room):
+        return error_reply(400, "bad_room_name", "room names are 1-64 chars of [A-Za-z0-9._-]")
+    if method != "GET":
+        return error_reply(405, "method_not_allowed", "open the room with a GET upgrade")
+    if headers.get("upgrade", "").lower() != "websocket":
+        return error_reply(426, "upgrade_required", "this URL takes a WebSocket upgrade")
+    origin = headers.get("origin")
+    if config.allowed_origins and origin not in config.allowed_origins:
+        return error_reply(403, "origin_not_allowed", "this Origin may not open rooms")
+    try:
+        since = parse_since(query.get("since"))
+    except ValueError:
+        return error_reply(400, "bad_since", "`since` must be a whole number >= 0")
+    offered = offered_subprotocols(headers)
+    token = query.get("token") or _token_from_subprotocols(offered)
+    try:
+        identity = verify_token(token or "", config.jwt_secret)
+    except AuthError as exc:
+        return error_reply(401, exc.code, exc.message)
+    subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
+    return ForwardUpgrade(room=room, identity=identity, since=since, subprotocol=subprotocol)
+
+
+def _token_from_subprotocols(offered: Iterable[str]) -> str | None:
+    # Browsers cannot set headers on a WebSocket, so the token may ride as a subprotocol:
+    # new WebSocket(url, ["rooms.v1", token]). The server only ever echoes "rooms.v1".
+    for entry in offered:
+        if entry != SUBPROTOCOL and entry.count(".") == 2:
+            return entry
+    return None
+
+
+def forwarded_headers(
+    client_headers: Iterable[tuple[str, str]], identity: Identity
+) -> list[tuple[str, str]]:
+    """The headers to forward to the room: client identity copies dropped, ours added."""
+    kept = [(k, v) for k, v in client_headers if k.lower() not in IDENTITY_HEADERS]
+    # Header values must be Latin-1 safe; names may not be, so percent-encode them.
+    return [*kept, (USER_ID_HEADER, _header_safe(identity.user_id)),
+            (USER_NAME_HEADER, _header_safe(identity.name))]
+
+
+def identity_from_forwarded(headers: Mapping[str, str]) -> Identity | None:
+    """The identity the front attached (only the front can reach a room)."""
+    from urllib.parse import unquote
+
+    user_id = headers.get(USER_ID_HEADER)
+    name = headers.get(USER_NAME_HEADER)
+    if not user_id or not name:
+        return None
+    return Identity(user_id=unquote(user_id), name=unquote(name))
+
+
+def _header_safe(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")

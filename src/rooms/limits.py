@@ -1,0 +1,39 @@
+"""Every tunable bound of a room in one validated object.
+
+Config is strict where the wire is lenient: an unknown or out-of-range setting fails at start-up
+rather than surprising a user at run time.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Cloudflare's own limits, enforced by the local runtime too so that what works locally works
+# there (../shared/reference/cloudflare-python.md, sections 2.1, 2.3, 2.4).
+PLATFORM_MAX_TAGS = 10
+PLATFORM_MAX_TAG_CHARS = 256
+PLATFORM_MAX_ATTACHMENT_BYTES = 16 * 1024
+PLATFORM_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+PLATFORM_MAX_AUTO_RESPONSE_CHARS = 2048
+
+
+class Limits(BaseModel):
+    """Bounds applied to every room and connection."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_frame_bytes: int = Field(default=64 * 1024, ge=256, le=PLATFORM_MAX_MESSAGE_BYTES)
+    max_body_chars: int = Field(default=4000, ge=1, le=1_000_000)
+    messages_per_second: float = Field(default=20.0, gt=0)
+    burst: int = Field(default=40, ge=1, description="token-bucket size for the rate limit")
+    max_members: int = Field(default=1000, ge=1, description="distinct users per room")
+    max_strikes: int = Field(default=10, ge=1, description="bad frames tolerated before 1008")
+    max_history_page: int = Field(default=200, ge=1, le=1000)
+    max_replay: int = Field(default=1000, ge=1, description="messages replayed on a resume")
+    max_backlog_bytes: int = Field(default=1024 * 1024, ge=1024, description="slow-consumer bound")
+
+    @model_validator(mode="after")
+    def _body_fits_in_a_frame(self) -> Limits:
+        if self.max_body_chars > self.max_frame_bytes:
+            raise ValueError("max_body_chars cannot exceed max_frame_bytes")
+        return self

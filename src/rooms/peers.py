@@ -1,0 +1,69 @@
+"""Per-connection state that must survive hibernation, and its attachment codec.
+
+On Cloudflare this lives in the socket attachment (structured clone, 16 KiB max); locally the
+same JSON string sits on the socket object. Rooms rebuild their member list from it on wake.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from rooms.limits import PLATFORM_MAX_ATTACHMENT_BYTES, Limits
+
+ATTACHMENT_VERSION = 1
+
+
+class Peer(msgspec.Struct, kw_only=True):
+    """One socket's view of the room: who it is and how it has behaved."""
+
+    v: int = ATTACHMENT_VERSION
+    conn_id: str
+    user_id: str
+    name: str
+    joined: bool = False
+    joined_ms: int = 0
+    last_message_ms: int = 0
+    sent: int = 0
+    tokens: float = 0.0
+    refill_ms: int = 0
+    strikes: int = 0
+    # Set when the room closed this socket itself and already announced the leave.
+    closed: bool = False
+
+    def take_token(self, limits: Limits, now_ms: int) -> bool:
+        """Token-bucket rate limit; returns False when the connection is over its rate."""
+        elapsed_s = max(0, now_ms - self.refill_ms) / 1000
+        self.tokens = min(float(limits.burst), self.tokens + elapsed_s * limits.messages_per_second)
+        self.refill_ms = now_ms
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Peer)
+
+
+def new_peer(conn_id: str, user_id: str, name: str, limits: Limits, now_ms: int) -> Peer:
+    return Peer(conn_id=conn_id, user_id=user_id, name=name, tokens=float(limits.burst),
+                refill_ms=now_ms)
+
+
+def encode_attachment(peer: Peer) -> str:
+    text = _encoder.encode(peer).decode()
+    if len(text.encode()) > PLATFORM_MAX_ATTACHMENT_BYTES:
+        # Cannot happen with validated identities (sub and name are bounded); guard anyway.
+        raise ValueError("peer attachment over the platform's 16 KiB limit")
+    return text
+
+
+def decode_attachment(value: object) -> Peer | None:
+    """The peer stored on a socket, or None for anything unexpected (never raises)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        peer = _decoder.decode(value)
+    except msgspec.DecodeError:
+        return None
+    return peer if peer.v == ATTACHMENT_VERSION else None

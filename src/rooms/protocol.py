@@ -1,0 +1,192 @@
+"""The wire protocol: every JSON text frame a client and a room exchange, defined once.
+
+Frames are msgspec Structs tagged by their ``type`` field. Schema evolution follows msgspec's
+rules: new fields always get defaults, field types never change, and unknown fields are ignored
+so that an older page keeps working against a newer room. ``docs/protocol.md`` is the prose
+version of this module.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Annotated, Any
+
+import msgspec
+
+# Client-chosen ids (message ids, history request refs) and signal kinds.
+ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+SignalKind = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+Seq = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes a room uses (RFC 6455 section 7.4 plus our 4000-range codes)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008  # repeated abuse: bad frames or rate-limit breaches past the bound
+    MESSAGE_TOO_BIG = 1009  # a frame over the configured max frame bytes
+    INTERNAL_ERROR = 1011  # a bug on our side; never carries details
+    SLOW_CONSUMER = 4008  # the client stopped reading; reconnect and resume with `since`
+    KICKED = 4003  # an operator disconnected the user
+
+
+class ErrorCode:
+    """The ``code`` values of `Error` frames (and of HTTP error bodies)."""
+
+    BAD_JSON = "bad_json"
+    BAD_FRAME = "bad_frame"
+    UNKNOWN_TYPE = "unknown_type"
+    BINARY_NOT_SUPPORTED = "binary_not_supported"
+    BODY_TOO_LONG = "body_too_long"
+    FRAME_TOO_LARGE = "frame_too_large"
+    RATE_LIMITED = "rate_limited"
+    HELLO_REQUIRED = "hello_required"
+    ALREADY_JOINED = "already_joined"
+    SINCE_AHEAD = "since_ahead"
+    INTERNAL = "internal"
+
+
+# --------------------------------------------------------------------------- client -> room
+
+
+class ClientFrame(msgspec.Struct, tag_field="type", frozen=True, forbid_unknown_fields=False):
+    """Base of every frame a client sends."""
+
+
+class Hello(ClientFrame, tag="hello", frozen=True):
+    """Join the room (when the URL carried no ``since``), replaying messages after ``since``."""
+
+    since: Seq | None = None
+
+
+class Publish(ClientFrame, tag="publish", frozen=True):
+    """Store and broadcast a message; ``id`` makes retransmits idempotent per user."""
+
+    id: ClientId
+    body: str
+
+
+class HistoryRequest(ClientFrame, tag="history", frozen=True):
+    """Page backwards: up to ``limit`` messages with seq < ``before`` (default: the head + 1)."""
+
+    before: Seq | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1)] = 50
+    ref: ClientId | None = None
+
+
+class Signal(ClientFrame, tag="signal", frozen=True):
+    """An ephemeral frame (typing, cursor, ...) relayed to the other members, never stored."""
+
+    kind: SignalKind
+    data: Any = None
+
+
+class Ping(ClientFrame, tag="ping", frozen=True):
+    """Keep-alive. The exact text `PING_TEXT` is answered by the platform, not the room."""
+
+
+# --------------------------------------------------------------------------- room -> client
+
+
+class ServerFrame(msgspec.Struct, tag_field="type", frozen=True, omit_defaults=False):
+    """Base of every frame a room sends."""
+
+
+class Member(msgspec.Struct, frozen=True):
+    user_id: str
+    name: str
+
+
+class SeqRange(msgspec.Struct, frozen=True, array_like=True):
+    """An inclusive range of sequence numbers, sent as ``[first, last]``."""
+
+    first: int
+    last: int
+
+
+class Resume(msgspec.Struct, frozen=True):
+    """What the replay after a welcome covers: ``complete`` or the ``missing`` ranges."""
+
+    since: int
+    complete: bool
+    missing: list[SeqRange] = msgspec.field(default_factory=list)
+    reason: str | None = None
+
+
+class Welcome(ServerFrame, tag="welcome", frozen=True):
+    room: str
+    user_id: str
+    conn_id: str
+    head: int
+    presence: list[Member]
+    resume: Resume
+
+
+class Message(ServerFrame, tag="message", frozen=True):
+    """A stored message, as replayed, broadcast and returned by history."""
+
+    seq: int
+    id: str
+    user_id: str
+    name: str
+    body: str
+    sent_ms: int
+
+
+class Ack(ServerFrame, tag="ack", frozen=True):
+    id: str
+    seq: int
+    duplicate: bool = False
+
+
+class History(ServerFrame, tag="history", frozen=True):
+    messages: list[Message]
+    ref: str | None = None
+    # seq to pass as ``before`` for the next older page; None when the start is reached.
+    next_before: int | None = None
+    missing: list[SeqRange] = msgspec.field(default_factory=list)
+
+
+class SignalRelay(ServerFrame, tag="signal", frozen=True):
+    user_id: str
+    kind: str
+    data: Any = None
+
+
+class Presence(ServerFrame, tag="presence", frozen=True):
+    event: str  # "join" | "leave"
+    member: Member
+    members: list[Member]
+
+
+class Pong(ServerFrame, tag="pong", frozen=True):
+    pass
+
+
+class Error(ServerFrame, tag="error", frozen=True):
+    code: str
+    message: str
+    ref: str | None = None
+
+
+AnyClientFrame = Hello | Publish | HistoryRequest | Signal | Ping
+AnyServerFrame = Welcome | Message | Ack | History | SignalRelay | Presence | Pong | Error
+
+_client_decoder = msgspec.json.Decoder(AnyClientFrame)
+_encoder = msgspec.json.Encoder()
+
+# The exact ping text clients send and the platform answers itself (setWebSocketAutoResponse).
+PING_TEXT = '{"type":"ping"}'
+PONG_TEXT = '{"type":"pong"}'
+
+
+def decode_client_frame(text: str | bytes) -> AnyClientFrame:
+    """Decode one client frame; raises msgspec.DecodeError (incl. ValidationError) on bad input."""
+    frame: AnyClientFrame = _client_decoder.decode(text)
+    return frame
+
+
+def encode(frame: ServerFrame | ClientFrame) -> str:
+    """Encode a frame as the JSON text that goes on the socket."""
+    return _encoder.encode(frame).decode()
