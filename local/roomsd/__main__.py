@@ -1,0 +1,5 @@
+import sys
+
+from roomsd.cli import main
+
+sys.exit(main())

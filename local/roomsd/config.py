@@ -1,0 +1,90 @@
+"""Local runtime settings: secrets and vars from `.dev.vars`, like `wrangler dev` reads them."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rooms.front import FrontConfig
+from rooms.limits import Limits
+from roomsd.rooms import HibernationPolicy
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message says which and why."""
+
+
+def read_dev_vars(path: Path) -> dict[str, str]:
+    """Parse a `.dev.vars` file (dotenv syntax: KEY=value, # comments, optional quotes)."""
+    values: dict[str, str] = {}
+    if not path.exists():
+        return values
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{path}:{number}: expected KEY=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def ensure_dev_secret(path: Path) -> str:
+    """The JWT secret from `.dev.vars`, created there on first run so one command just works."""
+    current = read_dev_vars(path).get("JWT_SECRET")
+    if current:
+        return current
+    secret = secrets.token_urlsafe(32)
+    with path.open("a") as f:
+        f.write(f"JWT_SECRET={secret}\n")
+    return secret
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    data_dir: Path = PROJECT_ROOT / ".data"
+    public_dir: Path = PROJECT_ROOT / "public"
+    migrations_dir: Path = PROJECT_ROOT / "migrations"
+    jwt_secret: str = ""
+    allowed_origins: frozenset[str] = frozenset()
+    limits: Limits = field(default_factory=Limits)
+    hibernation: HibernationPolicy = field(default_factory=HibernationPolicy)
+    heartbeat_s: float = 30.0
+
+    @property
+    def front(self) -> FrontConfig:
+        return FrontConfig(jwt_secret=self.jwt_secret, allowed_origins=self.allowed_origins)
+
+
+def vars_from(dev_vars: Path) -> dict[str, str]:
+    """`.dev.vars` overlaid by the process environment (the environment wins)."""
+    merged = read_dev_vars(dev_vars)
+    for key in ("JWT_SECRET", "ALLOWED_ORIGINS", "ROOM_LIMITS"):
+        if key in os.environ:
+            merged[key] = os.environ[key]
+    return merged
+
+
+def limits_from(raw: str | None) -> Limits:
+    """`ROOM_LIMITS` is a JSON object of `Limits` fields; invalid values fail at start-up."""
+    if not raw:
+        return Limits()
+    try:
+        return Limits.model_validate(json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"ROOM_LIMITS is invalid: {exc}") from None
+
+
+def origins_from(raw: str | None) -> frozenset[str]:
+    return frozenset(o.strip() for o in (raw or "").split(",") if o.strip())

@@ -1,0 +1,131 @@
+"""Local rooms: one actor per room, evicted when idle (emulated hibernation).
+
+A `LocalRoom` owns a room's sockets and its SQLite file. Its `RoomHost` (the awake instance) is
+dropped after `hibernate_after_s` of idleness, or after every event with `hibernate_every_event`,
+and rebuilt from the database and the socket attachments on the next event, the way workerd
+evicts a Durable Object and runs `__init__` again. All room work runs synchronously on the event
+loop, so each room handles one event at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rooms.auth import Identity
+from rooms.host import RoomHost
+from rooms.limits import Limits
+from roomsd.sockets import LocalSocket, LocalSockets
+from roomsd.sqlite import SqliteSql
+
+log = logging.getLogger("rooms")
+
+
+@dataclass(frozen=True)
+class HibernationPolicy:
+    after_idle_s: float = 10.0
+    every_event: bool = False
+
+
+class LocalRoom:
+    def __init__(
+        self, name: str, db_path: Path, limits: Limits, policy: HibernationPolicy,
+        emit: Callable[[str], None],
+    ) -> None:
+        self.name = name
+        self.db_path = db_path
+        self.limits = limits
+        self.policy = policy
+        self.sockets = LocalSockets()
+        self.wakes = 0
+        self._emit = emit
+        self._sql: SqliteSql | None = None
+        self._host: RoomHost[LocalSocket] | None = None
+        self.last_event = time.monotonic()
+
+    @property
+    def awake(self) -> bool:
+        return self._host is not None
+
+    def host(self) -> RoomHost[LocalSocket]:
+        """The awake instance, rebuilt from storage and attachments if the room hibernated."""
+        self.last_event = time.monotonic()
+        if self._host is None:
+            if self._sql is None:
+                self._sql = SqliteSql(self.db_path)
+            self._host = RoomHost(self.name, self._sql, self.sockets, self.limits, log=self._emit)
+            self.wakes += 1
+        return self._host
+
+    def admits(self, identity: Identity) -> bool:
+        return self.host().admits(identity)
+
+    def connect(self, ws: LocalSocket, identity: Identity, since: int | None) -> None:
+        self.host().connect(ws, identity, since)
+        self._after_event()
+
+    def message(self, ws: LocalSocket, data: str | bytes) -> None:
+        self.host().message(ws, data)
+        self._after_event()
+
+    def closed(self, ws: LocalSocket) -> None:
+        self.host().closed(ws)
+        self.sockets.forget(ws)
+        self._after_event()
+
+    def hibernate(self) -> None:
+        """Drop the in-memory instance; sockets stay open, storage stays on disk."""
+        self._host = None
+
+    def shut(self) -> None:
+        self._host = None
+        if self._sql is not None:
+            self._sql.close()
+            self._sql = None
+
+    def _after_event(self) -> None:
+        if self.policy.every_event:
+            self.hibernate()
+
+
+class RoomRegistry:
+    """Every room of this server, created on first use, removed when idle and empty."""
+
+    def __init__(
+        self, rooms_dir: Path, limits: Limits, policy: HibernationPolicy,
+        emit: Callable[[str], None],
+    ) -> None:
+        rooms_dir.mkdir(parents=True, exist_ok=True)
+        self.rooms_dir = rooms_dir
+        self.limits = limits
+        self.policy = policy
+        self._emit = emit
+        self.rooms: dict[str, LocalRoom] = {}
+
+    def get(self, name: str) -> LocalRoom:
+        room = self.rooms.get(name)
+        if room is None:
+            # Names are validated by the front ([A-Za-z0-9._-]{1,64}): safe as file names.
+            path = self.rooms_dir / f"{name}.sqlite"
+            room = self.rooms[name] = LocalRoom(name, path, self.limits, self.policy, self._emit)
+        return room
+
+    def sweep(self, now: float | None = None) -> None:
+        """Hibernate idle rooms; close the database of idle rooms with no sockets."""
+        now = time.monotonic() if now is None else now
+        for name, room in list(self.rooms.items()):
+            if now - room.last_event < self.policy.after_idle_s:
+                continue
+            if room.awake:
+                room.hibernate()
+            if not len(room.sockets):
+                room.shut()
+                del self.rooms[name]
+
+    def close(self) -> None:
+        for room in self.rooms.values():
+            room.shut()
+        self.rooms.clear()

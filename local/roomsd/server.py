@@ -1,0 +1,156 @@
+"""The local HTTP + WebSocket server (aiohttp): the front and the rooms in one process.
+
+The request path mirrors Cloudflare's: `rooms.front.route` authenticates and routes exactly as
+the front Worker does, then the upgrade goes to the room's actor, which accepts the socket the
+way the Durable Object does. Static files come from `public/` like the Worker's assets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import WSMsgType, web
+
+from rooms.front import ForwardUpgrade, HttpReply, error_reply, route
+from rooms.limits import PLATFORM_MAX_MESSAGE_BYTES
+from rooms.logs import http_log_line
+from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
+from roomsd.config import Settings
+from roomsd.d1 import open_d1
+from roomsd.r2 import FileBucket
+from roomsd.rooms import RoomRegistry
+from roomsd.sockets import LocalSocket
+
+log = logging.getLogger("rooms")
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+REGISTRY: web.AppKey[RoomRegistry] = web.AppKey("registry", RoomRegistry)
+
+
+# What the Worker's env holds on Cloudflare: D1 (the archive index) and R2 (segments).
+D1: web.AppKey[sqlite3.Connection] = web.AppKey("d1", sqlite3.Connection)
+R2: web.AppKey[FileBucket] = web.AppKey("r2", FileBucket)
+
+
+def _reply(reply: HttpReply) -> web.Response:
+    return web.Response(status=reply.status, body=reply.body, headers=dict(reply.headers))
+
+
+async def front(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    started = time.perf_counter()
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    decision = route(request.method, request.path, request.query, headers, settings.front)
+    if isinstance(decision, HttpReply):
+        log.info(http_log_line("http", decision.status, _path_kind(request.path),
+                               duration_ms=round((time.perf_counter() - started) * 1000, 3)))
+        return _reply(decision)
+    if isinstance(decision, ForwardUpgrade):
+        return await room_socket(request, decision)
+    return await static(request)
+
+
+async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    room = request.app[REGISTRY].get(upgrade.room)
+    if not room.admits(upgrade.identity):
+        return _reply(error_reply(403, "room_full", "the room has reached its member limit"))
+    ws = web.WebSocketResponse(
+        protocols=(upgrade.subprotocol,) if upgrade.subprotocol else (),
+        # Frames up to 4x our limit reach the engine, which answers with an error frame and
+        # 1009; larger ones are refused by aiohttp itself (also 1009) without buffering them.
+        max_msg_size=min(settings.limits.max_frame_bytes * 4, PLATFORM_MAX_MESSAGE_BYTES),
+        heartbeat=settings.heartbeat_s,  # vanished peers are detected and leave the room
+        autoping=True,
+    )
+    await ws.prepare(request)
+    sock = LocalSocket(request, ws, settings.limits.max_backlog_bytes)
+    try:
+        room.connect(sock, upgrade.identity, upgrade.since)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                if msg.data == PING_TEXT:  # setWebSocketAutoResponse: the room stays asleep
+                    sock.send(PONG_TEXT)
+                    continue
+                room.message(sock, msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                room.message(sock, msg.data)
+            if not sock.is_open:
+                break
+    except Exception:
+        log.exception("room socket failed room=%s", upgrade.room)
+        if not ws.closed:
+            await ws.close(code=CloseCode.INTERNAL_ERROR, message=b"internal error")
+    finally:
+        room.closed(sock)
+        await sock.finished()
+    return ws
+
+
+async def static(request: web.Request) -> web.StreamResponse:
+    public = request.app[SETTINGS].public_dir.resolve()
+    relative = request.path.lstrip("/") or "index.html"
+    path = (public / relative).resolve()
+    if path.is_dir():
+        path = path / "index.html"
+    if not path.is_relative_to(public) or not path.is_file():
+        return _reply(error_reply(404, "not_found", "no such path"))
+    return web.FileResponse(path)
+
+
+def _path_kind(path: str) -> str:
+    # Log the route, not the raw path: room names are fine, query strings (tokens) never.
+    if path.startswith("/rooms/"):
+        return "/rooms/{room}/ws"
+    return path if path == "/health" else "static"
+
+
+async def _sweeper(app: web.Application) -> AsyncIterator[None]:
+    registry = app[REGISTRY]
+
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(1)
+            registry.sweep()
+
+    task = asyncio.create_task(sweep_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _shutdown_sockets(app: web.Application) -> None:
+    for room in list(app[REGISTRY].rooms.values()):
+        for sock in room.sockets.all():
+            sock.close(CloseCode.GOING_AWAY, "server shutting down")
+
+
+def make_app(settings: Settings) -> web.Application:
+    if not settings.jwt_secret:
+        raise ValueError("settings.jwt_secret is required")
+    data = settings.data_dir
+    d1, applied = open_d1(data / "d1.sqlite", settings.migrations_dir)
+    for name in applied:
+        log.info('{"event":"d1_migration_applied","name":"%s"}', name)
+    registry = RoomRegistry(data / "rooms", settings.limits, settings.hibernation, log.info)
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[REGISTRY] = registry
+    app[D1] = d1
+    app[R2] = FileBucket(data / "r2")
+    app.cleanup_ctx.append(_sweeper)
+    app.on_shutdown.append(_shutdown_sockets)
+
+    async def close_storage(app: web.Application) -> None:
+        registry.close()
+        d1.close()
+
+    app.on_cleanup.append(close_storage)
+    app.router.add_route("*", "/{tail:.*}", front)
+    return app
