@@ -67,6 +67,9 @@ async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.Stre
         max_msg_size=min(settings.limits.max_frame_bytes * 4, PLATFORM_MAX_MESSAGE_BYTES),
         heartbeat=settings.heartbeat_s,  # vanished peers are detected and leave the room
         autoping=True,
+        # No permessage-deflate: a broadcast is encoded once and must not be compressed again
+        # for every member (CPU per message x members), and Cloudflare does not negotiate it.
+        compress=False,
     )
     await ws.prepare(request)
     sock = LocalSocket(request, ws, settings.limits.max_backlog_bytes)

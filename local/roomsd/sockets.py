@@ -42,6 +42,7 @@ class LocalSocket:
         self._max_backlog_bytes = max_backlog_bytes
         self._wakeup = asyncio.Event()
         self._closing = False
+        self._reader_done = asyncio.Event()
         self._writer = asyncio.create_task(self._drain())
 
     # ----------------------------------------------------------------------- Sockets port
@@ -90,12 +91,16 @@ class LocalSocket:
         self._wakeup.set()
 
     def abort(self, code: int, reason: str) -> None:
-        """Close now, dropping the backlog: the client is not reading it anyway."""
+        """Close now, dropping the backlog: the client is not reading it anyway.
+
+        The writer is likely blocked on a full socket buffer, so it is cancelled and the close
+        is attempted by a fresh task that drops the TCP connection if the frame cannot go out.
+        """
         self._closing = True
         self._queue.clear()
         self._backlog_bytes = 0
-        self._queue.append((code, reason))
-        self._wakeup.set()
+        self._writer.cancel()
+        self._writer = asyncio.create_task(self._close_frame(code, reason))
 
     # ----------------------------------------------------------------------- writer
 
@@ -115,19 +120,26 @@ class LocalSocket:
             pass  # the connection went away; the reader sees it and reports the close
 
     async def _close_frame(self, code: int, reason: str) -> None:
-        # A slow consumer may never read our close frame: bound the wait, then drop the TCP link.
-        try:
+        # A client that is not reading never answers our close frame: bound the handshake,
+        # then drop the TCP connection so the reader ends and the room sees the leave.
+        # aiohttp's close may end in CancelledError when its drain is interrupted by the timeout;
+        # either way, what follows decides whether the connection must be dropped.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), 2)
-        except (TimeoutError, ConnectionError, RuntimeError):
+        try:
+            await asyncio.wait_for(self._reader_done.wait(), 2)
+        except TimeoutError:
             if self.request.transport is not None:
                 self.request.transport.abort()
 
     async def finished(self) -> None:
-        """Stop the writer once the connection is over."""
-        self._closing = True
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        """Once the reader is done: let a queued close frame go out (bounded), then stop."""
+        self._reader_done.set()
+        if not self._closing:
+            self._closing = True
+            self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(self._writer, 5)
 
 
 class LocalSockets:

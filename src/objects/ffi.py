@@ -1,0 +1,88 @@
+"""Every raw JavaScript call the Cloudflare adapters make, and the conversions each one needs.
+
+This is the only module that imports `js` or `pyodide`. The rules behind each helper are in
+../shared/reference/cloudflare-python.md ("§" below). The short version (§5.1, §5.7): only int,
+float, str, bool and None cross into JavaScript by themselves. A list, dict, tuple or bytes arrives
+as a PyProxy, which raw JS APIs reject (`acceptWebSocket`), fail to clone (`serializeAttachment`),
+silently ignore (a `Request` init) or stringify (`WebSocket.send(b"x")` sends the text "b'x'").
+The SDK converts arguments only for env bindings and `ctx.storage`; `ctx.*` hibernation methods,
+`ws.*` and `js.*` are raw, so whatever they receive is built here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import js
+from pyodide.ffi import to_js
+
+try:
+    from pyodide.ffi import jsnull
+except ImportError:  # Pyodide before 0.28 has no jsnull: JS null always arrives as None
+    jsnull = None
+
+# A JavaScript object seen from Python (a pyodide JsProxy). Untyped on the host, hence Any.
+JsObject = Any
+
+# WebSocket.readyState values (WHATWG WebSocket, as implemented by workerd).
+WS_OPEN = 1
+WS_CLOSING = 2
+
+
+def js_array(items: Sequence[str]) -> JsObject:
+    """A JS Array of strings, for `ctx.acceptWebSocket(ws, tags)` (§2.1: a list is a PyProxy)."""
+    return to_js(list(items))
+
+
+def websocket_pair() -> tuple[JsObject, JsObject]:
+    """A new (client, server) pair; the server end is what the Durable Object accepts (§2.1)."""
+    client, server = js.WebSocketPair.new().object_values()
+    return client, server
+
+
+def auto_response_pair(request: str, response: str) -> JsObject:
+    """The pair for `ctx.setWebSocketAutoResponse`: answered without waking the object (§2.4)."""
+    return js.WebSocketRequestResponsePair.new(request, response)
+
+
+def frame_data(message: str | JsObject) -> str | bytes:
+    """A hibernation handler's message as Python data.
+
+    A text frame arrives as str; a binary frame always arrives as a JS ArrayBuffer (§2.2), which
+    `to_bytes()` copies out.
+    """
+    if isinstance(message, str):
+        return message
+    return bytes(message.to_bytes())
+
+
+def row_values(row: Iterable[Any] | JsObject) -> list[Any]:
+    """One row of `cursor.raw()` as a Python list, whether or not the SDK converted it already.
+
+    Through the SDK's storage wrapper a raw row is a Python list (§3.1); on a raw `SqlStorage`
+    it is a JS Array, converted by `to_py()`. SQL NULL may surface as `jsnull` (Pyodide >= 0.28).
+    """
+    values = row.to_py() if hasattr(row, "to_py") else row
+    return [None if value is jsnull else value for value in values]
+
+
+def upgrade_request(js_request: JsObject, url: str, headers: Iterable[tuple[str, str]]) -> JsObject:
+    """A copy of ``js_request`` (a GET upgrade, no body) with a new URL and exactly ``headers``.
+
+    The init must be a real JS object: a Python dict would reach `new Request()` as a PyProxy
+    whose keys are not JS properties, so the headers would be dropped without an error (§5.1,
+    §5.2: to_js turns a dict into a Map unless `dict_converter=Object.fromEntries`). Headers are
+    appended one at a time, so only str values cross the boundary.
+    """
+    js_headers = js.Headers.new()
+    for name, value in headers:
+        js_headers.append(name, value)
+    init = {"method": str(js_request.method), "headers": js_headers}
+    return js.Request.new(url, to_js(init, dict_converter=js.Object.fromEntries))
+
+
+def object_name(ctx: JsObject) -> str | None:
+    """The name the object was reached by (`ctx.id.name`), or None when it has none (§1.1)."""
+    name = getattr(ctx.id, "name", None)  # undefined surfaces as AttributeError on a JsProxy
+    return name if isinstance(name, str) and name else None

@@ -1,0 +1,99 @@
+"""The Durable Object's implementations of the core's ports: `Sql` and `Sockets`.
+
+`DurableObjectSql` runs `RoomStore`'s queries on the object's SQLite (`ctx.storage.sql`), and
+`HibernatableSockets` maps the `Sockets` port onto the Hibernation API (`ctx.acceptWebSocket`,
+`ctx.getWebSockets`, attachments). Section numbers refer to
+../shared/reference/cloudflare-python.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from objects import ffi
+from objects.ffi import JsObject
+from rooms.store import SqlValue
+
+T = TypeVar("T")
+
+# Close codes a server may send (RFC 6455 section 7.4); 1005, 1006 and 1015 are never on the wire.
+_SENDABLE_CLOSE_CODES = range(3000, 5000)
+
+
+class DurableObjectSql:
+    """The `Sql` port over ``ctx.storage`` (the SDK-wrapped `DurableObjectStorage`)."""
+
+    def __init__(self, storage: JsObject) -> None:
+        self._storage = storage
+        self._sql = storage.sql
+
+    def execute(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
+        for param in params:
+            # §3.1: Cloudflare binds a bool as the text 'true'. Refuse it, as SqliteSql does.
+            if isinstance(param, bool):
+                raise TypeError("bind int(flag), not bool: Cloudflare stores bools as text")
+        cursor = self._sql.exec(query, *params)
+        # §3.1: consume the cursor now (no await may come between), and raw() keeps column order.
+        return [ffi.row_values(row) for row in cursor.raw()]
+
+    def transaction(self, fn: Callable[[], T]) -> T:
+        # §3.2: BEGIN is refused on SQLite objects; transactionSync commits fn's writes together
+        # and rolls back when it raises. The result stays on the Python side instead of making a
+        # round trip through JS (where a tuple would become a PyProxy).
+        results: list[T] = []
+
+        def run() -> None:
+            results.append(fn())
+
+        self._storage.transactionSync(run)
+        return results[0]
+
+
+class HibernatableSockets:
+    """The `Sockets` port over the Hibernation API; sockets are raw JS WebSockets (§2)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+
+    def accept(self, ws: JsObject, tags: list[str]) -> None:
+        # §2.1: acceptWebSocket is a raw JS call, so the tags must be a JS Array, and the socket
+        # must never be accept()ed as well.
+        self._ctx.acceptWebSocket(ws, ffi.js_array(tags))
+
+    def all(self) -> list[JsObject]:
+        # §2.3: a JS Array; it may include CLOSING sockets, which RoomHost filters by is_open.
+        return list(self._ctx.getWebSockets())
+
+    def is_open(self, ws: JsObject) -> bool:
+        return bool(ws.readyState == ffi.WS_OPEN)
+
+    def attachment(self, ws: JsObject) -> str | None:
+        value = ws.deserializeAttachment()  # None (or jsnull) when nothing is attached
+        return value if isinstance(value, str) else None
+
+    def set_attachment(self, ws: JsObject, value: str) -> None:
+        # §2.3: a dict would be a PyProxy and fail structured clone; a JSON str always clones.
+        if not isinstance(value, str):
+            raise TypeError("attachments are JSON strings")
+        ws.serializeAttachment(value)
+
+    def send(self, ws: JsObject, text: str) -> None:
+        # §5.8: bytes would not fail but go out as the text "b'...'"; every frame we send is text.
+        if not isinstance(text, str):
+            raise TypeError("rooms send text frames only")
+        ws.send(text)
+
+    def close(self, ws: JsObject, code: int, reason: str) -> None:
+        ws.close(code, reason)
+
+    def answer_close(self, ws: JsObject, code: int) -> None:
+        """Complete a close handshake the client started, unless the runtime already did.
+
+        §2.2: from 2026-04-07 (`web_socket_auto_reply_to_close`) the runtime answers close frames
+        itself; pyodide-harness.md §5 doubts that covers hibernatable sockets. A socket still
+        CLOSING here waits for our answer; one already CLOSED got the runtime's.
+        """
+        if ws.readyState != ffi.WS_CLOSING:
+            return
+        ws.close(code if code == 1000 or code in _SENDABLE_CLOSE_CODES else 1000, "")

@@ -1,0 +1,185 @@
+"""`Room`: one Durable Object per room, hosting a `RoomHost` over hibernatable WebSockets.
+
+Nothing that matters lives in memory. workerd evicts a hibernating object and runs `__init__`
+again on the next event (../shared/reference/cloudflare-python.md §2.3), so the message log is in
+SQLite, each connection's state is in its socket's attachment, and the room's own name is in a
+one-row table, written by the first upgrade. Handlers never await, so each event runs to
+completion before the next one (§3.3).
+
+The front Worker is the only caller of `fetch` (objects are reachable only through bindings,
+§1.3); it has verified the token and forwards the identity in ``x-rooms-*`` headers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from workers import DurableObject, Response
+
+from objects import ffi
+from objects.ffi import JsObject
+from objects.platform import DurableObjectSql, HibernatableSockets
+from objects.web import (
+    INTERNAL_ERROR,
+    emit,
+    log_failure,
+    lower_headers,
+    query_params,
+    reply_response,
+)
+from rooms.auth import Identity
+from rooms.front import (
+    ROOM_NAME,
+    ROOM_PATH,
+    SUBPROTOCOL,
+    HttpReply,
+    error_reply,
+    identity_from_forwarded,
+    offered_subprotocols,
+    parse_since,
+)
+from rooms.host import RoomHost
+from rooms.limits import Limits
+from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
+
+# The room's name, so that an object woken by a socket event (no URL to read it from) knows it.
+NAME_SCHEMA = """CREATE TABLE IF NOT EXISTS room_name (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    name TEXT NOT NULL
+)"""
+UNNAMED = "?"  # only if an object somehow gets socket events before its first upgrade
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An upgrade that passed every check, ready to connect."""
+
+    host: RoomHost[JsObject]
+    identity: Identity
+    since: int | None
+    subprotocol: bool  # whether the client offered ours
+
+
+class RoomMismatchError(Exception):
+    """The object was asked to serve a room other than the one it stores."""
+
+
+class Room(DurableObject):
+    """A room's Durable Object: handlers translate workerd events into `RoomHost` calls."""
+
+    limits: ClassVar[Limits] = Limits()
+
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        self._sql = DurableObjectSql(self.ctx.storage)
+        self._sockets = HibernatableSockets(self.ctx)
+        # §2.4: the runtime answers the keep-alive itself, without waking the object.
+        self.ctx.setWebSocketAutoResponse(ffi.auto_response_pair(PING_TEXT, PONG_TEXT))
+        # §3.2: create tables synchronously here, not in blockConcurrencyWhile.
+        self._sql.execute(NAME_SCHEMA)
+        self._name = self._stored_name() or ffi.object_name(self.ctx)
+        self._host: RoomHost[JsObject] | None = None
+        if self._name is not None:
+            self._host = self._new_host(self._name)  # RoomStore creates its schema here
+
+    # ----------------------------------------------------------------------- workerd handlers
+
+    async def fetch(self, request: Any) -> Response:
+        server: JsObject | None = None
+        try:
+            checked = self._admit(request)
+            if isinstance(checked, HttpReply):
+                return reply_response(checked)
+            client, server = ffi.websocket_pair()
+            checked.host.connect(server, checked.identity, checked.since)
+            # Echo our subprotocol only if the client offered it (the front narrowed the offer).
+            echo = {"sec-websocket-protocol": SUBPROTOCOL} if checked.subprotocol else None
+            return Response(None, status=101, headers=echo, web_socket=client)
+        except Exception as exc:
+            self._failed("fetch", exc, server)
+            return reply_response(INTERNAL_ERROR)
+
+    async def webSocketMessage(self, ws: JsObject, message: str | JsObject) -> None:
+        try:
+            self._awake().message(ws, ffi.frame_data(message))
+        except Exception as exc:
+            self._failed("webSocketMessage", exc, ws)
+
+    async def webSocketClose(self, ws: JsObject, code: int, reason: str, wasClean: bool) -> None:
+        try:
+            self._awake().closed(ws)
+            self._sockets.answer_close(ws, code)
+        except Exception as exc:
+            self._failed("webSocketClose", exc)
+
+    async def webSocketError(self, ws: JsObject, error: JsObject) -> None:
+        try:
+            self._awake().closed(ws)
+        except Exception as exc:
+            self._failed("webSocketError", exc)
+
+    # ----------------------------------------------------------------------- upgrade
+
+    def _admit(self, request: Any) -> Admission | HttpReply:
+        """Check a forwarded upgrade: the admission to carry out, or the error to answer."""
+        url = urlsplit(request.url)
+        match = ROOM_PATH.fullmatch(url.path)
+        if match is None or not ROOM_NAME.fullmatch(match.group(1)):
+            return error_reply(404, "not_found", "room URLs look like /rooms/{room}/ws")
+        headers = lower_headers(request.headers)
+        if headers.get("upgrade", "").lower() != "websocket":
+            return error_reply(426, "upgrade_required", "this URL takes a WebSocket upgrade")
+        identity = identity_from_forwarded(headers)
+        if identity is None:
+            return error_reply(400, "identity_missing", "the request carries no verified identity")
+        try:
+            since = parse_since(query_params(url.query).get("since"))
+        except ValueError:
+            return error_reply(400, "bad_since", "`since` must be a whole number >= 0")
+        host = self._host_for(match.group(1))
+        if not host.admits(identity):
+            return error_reply(403, "room_full", "the room is full")
+        subprotocol = SUBPROTOCOL in offered_subprotocols(headers)
+        return Admission(host, identity, since, subprotocol)
+
+    # ----------------------------------------------------------------------- host lifecycle
+
+    def _stored_name(self) -> str | None:
+        rows = self._sql.execute("SELECT name FROM room_name WHERE id = 1")
+        return str(rows[0][0]) if rows else None
+
+    def _new_host(self, name: str) -> RoomHost[JsObject]:
+        return RoomHost(name, self._sql, self._sockets, self.limits, log=emit)
+
+    def _host_for(self, name: str) -> RoomHost[JsObject]:
+        """The host for an upgrade to ``name``; stores the name the first time."""
+        stored = self._stored_name()
+        if stored is None:
+            self._sql.execute("INSERT INTO room_name (id, name) VALUES (1, ?)", name)
+        elif stored != name:
+            raise RoomMismatchError("object serves another room")  # a front bug; details stay here
+        if self._host is None or self._name != name:
+            self._name = name
+            self._host = self._new_host(name)
+        return self._host
+
+    def _awake(self) -> RoomHost[JsObject]:
+        if self._host is None:  # rebuilt after a failure, or a never-named object
+            self._host = self._new_host(self._name or UNNAMED)
+        return self._host
+
+    def _failed(self, handler: str, exc: Exception, ws: JsObject | None = None) -> None:
+        """Log an unexpected exception; never let it (or its message) reach a client."""
+        log_failure(handler, exc, room=self._name or UNNAMED)
+        # The host may be half-way through applying effects: rebuild it from storage and
+        # attachments on the next event, exactly as after hibernation.
+        self._host = None
+        if ws is None:
+            return
+        # The client reconnects and resumes by seq. Closing fails only for a socket not accepted
+        # yet or already closed; the failure logged above is what matters.
+        with contextlib.suppress(Exception):
+            self._sockets.close(ws, CloseCode.INTERNAL_ERROR, "internal error")

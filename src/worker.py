@@ -1,0 +1,144 @@
+"""The front Worker: route, authenticate, and hand WebSocket upgrades to the room's object.
+
+`rooms.front.route` makes every decision; this module only reads the request and the env, turns
+the decision into a response, and forwards upgrades to `env.ROOMS.getByName(room)`. Section numbers
+refer to ../shared/reference/cloudflare-python.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from workers import Response, WorkerEntrypoint
+
+from objects import ffi
+from objects.room import Room  # noqa: F401  (§1.1: workerd exports DO classes of the main module)
+from objects.web import (
+    INTERNAL_ERROR,
+    emit,
+    error_code,
+    log_failure,
+    lower_headers,
+    query_params,
+    reply_response,
+    request_method,
+)
+from rooms.front import (
+    ROOM_PATH,
+    SUBPROTOCOL,
+    ForwardUpgrade,
+    FrontConfig,
+    HttpReply,
+    error_reply,
+    forwarded_headers,
+    route,
+)
+from rooms.logs import http_log_line
+
+MISCONFIGURED = error_reply(500, "server_misconfigured", "the server is misconfigured")
+NOT_FOUND = error_reply(404, "not_found", "nothing here")
+# Every client-sent header in our namespace is dropped before forwarding, not only today's
+# identity headers: the room trusts whatever the front sends it.
+TRUSTED_HEADER_PREFIX = "x-rooms-"
+LogFields = dict[str, str | int | float]
+
+
+class Default(WorkerEntrypoint):
+    """The Worker's HTTP entrypoint (§1.2: the class must be named Default)."""
+
+    async def fetch(self, request: Any) -> Response:
+        started = time.perf_counter()
+        fields: LogFields = {}
+        kind = "other"
+        try:
+            fields["method"] = request_method(request)
+            path = urlsplit(request.url).path
+            kind = path_kind(path)
+            response = await self._handle(request, path, fields)
+        except Exception as exc:
+            log_failure("fetch", exc, path=kind)
+            fields["code"] = "internal"
+            response = reply_response(INTERNAL_ERROR)
+        fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        emit(http_log_line("request", response.status, kind, **fields))
+        return response
+
+    async def _handle(self, request: Any, path: str, fields: LogFields) -> Response:
+        config = self._config()
+        if config is None:
+            fields["code"] = "server_misconfigured"
+            return reply_response(MISCONFIGURED)
+        url = urlsplit(request.url)
+        headers = lower_headers(request.headers)
+        decision = route(request_method(request), path, query_params(url.query), headers, config)
+        if isinstance(decision, HttpReply):
+            code = error_code(decision)
+            if code is not None:
+                fields["code"] = code
+            return reply_response(decision)
+        if isinstance(decision, ForwardUpgrade):
+            fields.update(decision.log, room=decision.room, user_id=decision.identity.user_id)
+            return await self._forward(request, decision)
+        assets = getattr(self.env, "ASSETS", None)  # an absent binding is an AttributeError
+        if assets is None:
+            fields["code"] = "not_found"
+            return reply_response(NOT_FOUND)
+        return await assets.fetch(request)
+
+    def _config(self) -> FrontConfig | None:
+        # Secrets and plain vars arrive as str (§4); a missing one is an AttributeError.
+        secret = getattr(self.env, "JWT_SECRET", None)
+        if not isinstance(secret, str) or not secret:
+            return None
+        raw_origins = getattr(self.env, "ALLOWED_ORIGINS", None) or ""
+        origins = frozenset(o.strip() for o in str(raw_origins).split(",") if o.strip())
+        return FrontConfig(jwt_secret=secret, allowed_origins=origins)
+
+    async def _forward(self, request: Any, upgrade: ForwardUpgrade) -> Response:
+        """Send the upgrade to the room's object and return its 101 (with the client socket).
+
+        §1.3: only bindings reach an object, so identity headers set here can be trusted there.
+        """
+        headers = upgrade_headers(request.headers.items(), upgrade)
+        forwarded = ffi.upgrade_request(request.js_object, strip_token(request.url), headers)
+        stub = self.env.ROOMS.getByName(upgrade.room)
+        response: Response = await stub.fetch(forwarded)
+        return response
+
+
+def upgrade_headers(
+    client_headers: Iterable[tuple[str, str]], upgrade: ForwardUpgrade
+) -> list[tuple[str, str]]:
+    """The forwarded request's headers: ours for identity, nothing that carries the token."""
+    kept = []
+    for name, value in client_headers:
+        lower = name.lower()
+        if lower.startswith(TRUSTED_HEADER_PREFIX) or lower == "sec-websocket-protocol":
+            continue
+        kept.append((lower, value))
+    if upgrade.subprotocol is not None:
+        # The offer may hold the token (new WebSocket(url, ["rooms.v1", token])); the room only
+        # needs to know that ours was offered.
+        kept.append(("sec-websocket-protocol", SUBPROTOCOL))
+    return forwarded_headers(kept, upgrade.identity)
+
+
+def strip_token(url: str) -> str:
+    """``url`` without its ``token`` query parameter: the room has no use for the token."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def path_kind(path: str) -> str:
+    """A low-cardinality label for the request log (room names go in their own field)."""
+    if path == "/health":
+        return "health"
+    if ROOM_PATH.fullmatch(path):
+        return "room"
+    if path.startswith("/rooms/"):
+        return "rooms_other"
+    return "other"

@@ -1,0 +1,868 @@
+"""JavaScript as Pyodide shows it to Python inside workerd: the fake behind `import js`.
+
+Each fake object enforces the rule the real runtime enforces, so an adapter mistake fails a test
+instead of a deployment. Rules come from ../shared/reference/cloudflare-python.md ("§") and
+pyodide-harness.md ("harness §"); the ones that matter most:
+
+* Only None, bool, int, float and str cross from Python to JS by themselves (§5.1). Anything else
+  handed to a raw JS API is a *PyProxy*: `is_pyproxy` below. What the API then does differs:
+  `acceptWebSocket` throws, `serializeAttachment` throws DataCloneError, `new Request(url, dict)`
+  silently ignores the init, and `send(b"x")` sends the *text* "b'x'" (harness §5.3). The silent
+  cases append to `FFI_WARNINGS`, which the test fixtures require to be empty.
+* JS errors reach Python as `JsException` with ``name`` and ``message`` (Pyodide); JS TypeErrors
+  are also Python TypeErrors here, so tests can match either.
+* JS objects are unhashable and compare by identity (§2.3).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+# Coercions the real runtime performs silently (a PyProxy stringified or ignored). The fixtures
+# fail any test that leaves one here.
+FFI_WARNINGS: list[str] = []
+
+WS_CONNECTING, WS_OPEN, WS_CLOSING, WS_CLOSED = 0, 1, 2, 3
+MAX_TAGS = 10  # workerd actor-state.h MAX_TAGS_PER_CONNECTION (§2.1)
+MAX_TAG_CHARS = 256  # MAX_TAG_LENGTH
+MAX_ATTACHMENT_BYTES = 16 * 1024  # web-socket.h MAX_ATTACHMENT_SIZE (§2.3)
+MAX_AUTO_RESPONSE_CHARS = 2048  # §2.4
+MAX_SAFE_INTEGER = 2**53
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class JsException(Exception):
+    """A JS error thrown into Python (pyodide.ffi.JsException)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+class JsTypeError(JsException, TypeError):
+    def __init__(self, message: str) -> None:
+        JsException.__init__(self, "TypeError", message)
+
+
+class JsRangeError(JsException, ValueError):
+    def __init__(self, message: str) -> None:
+        JsException.__init__(self, "RangeError", message)
+
+
+def data_clone_error(what: str) -> JsException:
+    return JsException("DataCloneError", f"{what} could not be cloned.")
+
+
+# --------------------------------------------------------------------------- values
+
+
+class _JsNull:
+    """pyodide.ffi.jsnull: JS null where Pyodide keeps it distinct from undefined/None."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "jsnull"
+
+
+jsnull = _JsNull()
+
+
+class _Constructor:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class JsProxy:
+    """A JS object seen from Python. Like Pyodide's JsProxy: unhashable, `==` is identity."""
+
+    js_class = "Object"
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def constructor(self) -> _Constructor:
+        return _Constructor(self.js_class)
+
+    def to_py(self, *, default_converter: Callable[..., Any] | None = None) -> Any:
+        return js_to_py(self, default_converter)
+
+
+def is_primitive(value: object) -> bool:
+    return value is None or value is jsnull or isinstance(value, bool | int | float | str)
+
+
+def is_pyproxy(value: object) -> bool:
+    """What a Python value becomes when passed to JS without to_js: anything not primitive."""
+    return not is_primitive(value) and not isinstance(value, JsProxy)
+
+
+def js_string(value: object) -> str:
+    """JS String(value): what a PyProxy turns into where a string is expected."""
+    return str(value)
+
+
+class JsArray(JsProxy):
+    js_class = "Array"
+
+    def __init__(self, items: Iterable[Any] = ()) -> None:
+        self._items = list(items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._items[index]
+
+    @property
+    def length(self) -> int:
+        return len(self._items)
+
+    def push(self, *values: Any) -> int:
+        self._items.extend(values)
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"JsArray({self._items!r})"
+
+
+class JsObject(JsProxy):
+    """A plain JS object; a property that is undefined raises AttributeError, as in Pyodide."""
+
+    def __init__(self, props: dict[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_props", dict(props or {}))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return self._props[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._props[name] = value
+
+    def object_values(self) -> JsArray:
+        return JsArray(self._props.values())
+
+    def __repr__(self) -> str:
+        return f"JsObject({self._props!r})"
+
+
+class JsMap(JsProxy):
+    js_class = "Map"
+
+    def __init__(self, entries: Iterable[tuple[Any, Any]] = ()) -> None:
+        self._entries = dict(entries)
+
+    def get(self, key: Any) -> Any:
+        return self._entries.get(key)
+
+    def __iter__(self) -> Iterator[JsArray]:
+        return iter([JsArray([k, v]) for k, v in self._entries.items()])
+
+
+class ArrayBuffer(JsProxy):
+    js_class = "ArrayBuffer"
+
+    def __init__(self, data: bytes) -> None:
+        self._data = bytes(data)
+
+    @property
+    def byteLength(self) -> int:
+        return len(self._data)
+
+    def to_bytes(self) -> bytes:
+        return self._data
+
+
+class Uint8Array(ArrayBuffer):
+    js_class = "Uint8Array"
+
+
+class JsError(JsProxy):
+    js_class = "Error"
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.name = "Error"
+
+
+class JsPromise(JsProxy):
+    """A pending JS promise: awaitable, and has `then` (the SDK looks for it)."""
+
+    js_class = "Promise"
+
+    def __init__(self, start: Callable[[], Any]) -> None:
+        self._start = start  # the coroutine is made on await, so none is left un-awaited
+
+    def then(self, *_: Any) -> None:  # pragma: no cover - present for detection only
+        raise NotImplementedError
+
+    def __await__(self) -> Any:
+        return self._start().__await__()
+
+
+def js_to_py(value: Any, default_converter: Callable[..., Any] | None = None) -> Any:
+    """Pyodide's `to_py`: Arrays, plain objects, Maps and buffers convert; others stay JS."""
+
+    def convert(item: Any) -> Any:
+        return js_to_py(item, default_converter)
+
+    if isinstance(value, JsArray):
+        return [convert(item) for item in value._items]
+    if type(value) is JsObject:
+        return {key: convert(item) for key, item in value._props.items()}
+    if isinstance(value, JsMap):
+        return {key: convert(item) for key, item in value._entries.items()}
+    if isinstance(value, ArrayBuffer):
+        return memoryview(value._data)
+    if isinstance(value, JsProxy) and default_converter is not None:
+        return default_converter(value, convert, lambda *_: None)
+    return value
+
+
+def structured_clone(value: Any, what: str = "value") -> Any:
+    """The structured clone workerd applies to attachments (§2.3): PyProxies cannot be cloned."""
+    if is_primitive(value):
+        return value
+    if isinstance(value, JsArray):
+        return JsArray(structured_clone(item, what) for item in value)
+    if type(value) is JsObject:
+        return JsObject({k: structured_clone(v, what) for k, v in value._props.items()})
+    if isinstance(value, JsMap):
+        return JsMap((k, structured_clone(v, what)) for k, v in value._entries.items())
+    if isinstance(value, ArrayBuffer):
+        return type(value)(value._data)
+    if isinstance(value, JsProxy):
+        raise data_clone_error(f"#<{value.js_class}>")
+    raise data_clone_error(f"{type(value).__name__} PyProxy")  # a dict, list, Struct, bytes, ...
+
+
+def serialized_size(value: Any) -> int:
+    """An estimate of V8's serialized size (strings: one byte per Latin-1 char, else two)."""
+    if isinstance(value, str):
+        per_char = 1 if all(ord(c) < 256 for c in value) else 2
+        return 4 + per_char * len(value)
+    if isinstance(value, ArrayBuffer):
+        return 4 + len(value._data)
+    return 4 + len(json.dumps(js_to_py(value), default=str))
+
+
+# --------------------------------------------------------------------------- constructors
+
+
+class JsConstructor:
+    """`js.X`: construct with `js.X.new(...)`; calling a JS class without `new` throws."""
+
+    def __init__(self, name: str, factory: Callable[..., Any] | None, **statics: Any) -> None:
+        self.name = name
+        self._factory = factory
+        self.__dict__.update(statics)
+
+    def new(self, *args: Any, **kwargs: Any) -> Any:
+        if self._factory is None:
+            raise JsTypeError(f"Illegal constructor: {self.name}")
+        if kwargs:  # Pyodide passes Python kwargs as one trailing options object (§5.4)
+            args = (*args, JsObject(kwargs))
+        return self._factory(*args)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise JsTypeError(f"Class constructor {self.name} cannot be invoked without 'new'")
+
+
+def object_from_entries(entries: Any) -> JsObject:
+    if is_pyproxy(entries) and not isinstance(entries, list | tuple):
+        raise JsTypeError("Object.fromEntries requires an iterable of entries")
+    props: dict[str, Any] = {}
+    for entry in entries:
+        key, value = list(entry)
+        props[js_string(key)] = value
+    return JsObject(props)
+
+
+# --------------------------------------------------------------------------- fetch API
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_pairs(init: Any) -> list[tuple[str, str]]:
+    """WebIDL HeadersInit: an iterable of pairs, or (for an object without an iterator) a record."""
+    if init is None or init is jsnull:
+        return []
+    if isinstance(init, Headers):
+        return list(init._pairs)
+    if type(init) is JsObject:
+        return [(k, js_string(v)) for k, v in init._props.items()]
+    if isinstance(init, str | bytes) or not hasattr(init, "__iter__"):
+        raise JsTypeError("Failed to construct 'Headers': The provided value is not of type "
+                          "'(record<ByteString, ByteString> or sequence<sequence<ByteString>>)'.")
+    pairs = []
+    for entry in init:
+        # A Python dict iterates its keys: each is a string, not a pair, and fails here.
+        if isinstance(entry, str) or not hasattr(entry, "__iter__"):
+            raise JsTypeError("Failed to construct 'Headers': The provided value cannot be "
+                              "converted to a sequence.")
+        items = list(entry)
+        if len(items) != 2:
+            raise JsTypeError("Failed to construct 'Headers': Invalid value")
+        pairs.append((js_string(items[0]), js_string(items[1])))
+    return pairs
+
+
+class Headers(JsProxy):
+    js_class = "Headers"
+
+    def __init__(self, init: Any = None) -> None:
+        self._pairs: list[tuple[str, str]] = []
+        for name, value in _header_pairs(init):
+            self.append(name, value)
+
+    @staticmethod
+    def _check(name: str, value: str) -> tuple[str, str]:
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise JsTypeError(f"Invalid header name: {name!r}")
+        if not isinstance(value, str) or any(ord(c) > 255 for c in value) or "\n" in value:
+            raise JsTypeError(f"Invalid header value for {name!r}")  # ByteString
+        return name.lower(), value.strip()
+
+    def append(self, name: str, value: str) -> None:
+        self._pairs.append(self._check(name, value))
+
+    def set(self, name: str, value: str) -> None:
+        name, value = self._check(name, value)
+        self.delete(name)
+        self._pairs.append((name, value))
+
+    def delete(self, name: str) -> None:
+        self._pairs = [(k, v) for k, v in self._pairs if k != name.lower()]
+
+    def get(self, name: str) -> str | None:
+        values = [v for k, v in self._pairs if k == name.lower()]
+        return ", ".join(values) if values else None
+
+    def has(self, name: str) -> bool:
+        return any(k == name.lower() for k, _ in self._pairs)
+
+    def __iter__(self) -> Iterator[JsArray]:
+        # JS Headers iterate sorted by name, with repeated names joined by ", ".
+        names = sorted({k for k, _ in self._pairs})
+        return iter([JsArray([name, self.get(name)]) for name in names])
+
+
+def _init_object(init: Any, what: str) -> JsObject | None:
+    """Read a RequestInit/ResponseInit. A PyProxy has no JS properties: it reads as empty."""
+    if init is None or init is jsnull:
+        return None
+    if isinstance(init, JsObject):
+        return init
+    if isinstance(init, JsProxy):
+        return None
+    FFI_WARNINGS.append(f"{what} init was a {type(init).__name__} PyProxy; JS read no options")
+    return None
+
+
+def _absolute_url(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"https?://[^/\s]+", value):
+        raise JsTypeError(f"Failed to parse URL from {js_string(value)}")
+    return value
+
+
+class Request(JsProxy):
+    js_class = "Request"
+
+    def __init__(self, url: str, method: str = "GET", headers: Headers | None = None) -> None:
+        self.url = url
+        self.method = method
+        self.headers = headers or Headers()
+        self.bodyUsed = False
+
+    @classmethod
+    def construct(cls, input: Any, init: Any = None) -> Request:
+        if isinstance(input, Request):
+            request = cls(input.url, input.method, Headers(input.headers))
+        else:
+            request = cls(_absolute_url(input))
+        options = _init_object(init, "Request")
+        if options is not None:
+            method = getattr(options, "method", None)
+            if method is not None:
+                request.method = js_string(method).upper()
+            headers = getattr(options, "headers", None)
+            if headers is not None:
+                request.headers = Headers(headers)
+        return request
+
+    async def text(self) -> str:
+        return ""
+
+
+NULL_BODY_STATUSES = frozenset({101, 204, 205, 304})
+
+
+def _body_bytes(body: Any) -> bytes | None:
+    if body is None or body is jsnull:
+        return None
+    if isinstance(body, str):
+        return body.encode()
+    if isinstance(body, ArrayBuffer):
+        return body.to_bytes()
+    if isinstance(body, JsProxy):
+        raise JsTypeError(f"unsupported body #<{body.js_class}> in this fake")
+    text = js_string(body)  # BodyInit falls back to USVString
+    FFI_WARNINGS.append(f"Response body was a {type(body).__name__} PyProxy; sent {text[:40]!r}")
+    return text.encode()
+
+
+class Response(JsProxy):
+    """workerd's Response: unlike a browser's, it takes status 101 with a `webSocket`."""
+
+    js_class = "Response"
+
+    def __init__(self, body: bytes | None, status: int, headers: Headers,
+                 web_socket: WebSocket | None) -> None:
+        self._body = body
+        self.status = status
+        self.statusText = ""
+        self.headers = headers
+        self.webSocket = web_socket
+        self.url = ""
+        self.ok = 200 <= status <= 299
+
+    @classmethod
+    def construct(cls, body: Any = None, init: Any = None) -> Response:
+        options = _init_object(init, "Response")
+        status = getattr(options, "status", 200) if options is not None else 200
+        headers = Headers(getattr(options, "headers", None) if options is not None else None)
+        web_socket = getattr(options, "webSocket", None) if options is not None else None
+        if web_socket is not None and not isinstance(web_socket, WebSocket):
+            raise JsTypeError("Failed to construct 'Response': webSocket must be a WebSocket")
+        if web_socket is not None and status != 101:
+            raise JsRangeError("Responses with a WebSocket must have status 101")
+        if status == 101 and web_socket is None:
+            raise JsRangeError("Responses may only be constructed with status 101 with a "
+                               "WebSocket")
+        if status != 101 and not 200 <= status <= 599:
+            raise JsRangeError("Responses may only be constructed with status codes in the range "
+                               "200 to 599, inclusive.")
+        data = _body_bytes(body)
+        if status in NULL_BODY_STATUSES and data is not None:
+            raise JsTypeError(f"Response with null body status {status} cannot have a body.")
+        return cls(data, status, headers, web_socket)
+
+    async def text(self) -> str:
+        return (self._body or b"").decode()
+
+
+# --------------------------------------------------------------------------- WebSockets
+
+
+class WebSocket(JsProxy):
+    """One end of a WebSocketPair. The test's client holds the other end (``peer``)."""
+
+    js_class = "WebSocket"
+
+    def __init__(self) -> None:
+        self.readyState = WS_OPEN
+        self.peer: WebSocket | None = None
+        self.is_server = False
+        self.accepted = False  # ws.accept() was called
+        self.owner: DurableObjectState | None = None  # set by acceptWebSocket
+        self.tags: list[str] = []
+        self.inbox: list[str | bytes] = []  # frames the other end sent (for the client end)
+        self.sent_close: tuple[int | None, str] | None = None
+        self.got_close: tuple[int | None, str] | None = None
+        self.attachment_writes: list[Any] = []  # raw values passed to serializeAttachment
+        self.fail_attachment_writes: BaseException | None = None  # fault injection for tests
+        self._attachment: Any = None
+
+    # -- the JS API
+    def accept(self) -> None:
+        if self.owner is not None:
+            raise JsTypeError("This WebSocket was accepted by state.acceptWebSocket() already.")
+        self.accepted = True
+
+    def send(self, message: Any) -> None:
+        if self.is_server and not (self.accepted or self.owner is not None):
+            raise JsTypeError("You must call one of accept() or state.acceptWebSocket() on this "
+                              "WebSocket before sending messages.")
+        if self.readyState != WS_OPEN or self.sent_close is not None:
+            raise JsTypeError("Can't call WebSocket send() after close().")
+        data: str | bytes
+        if isinstance(message, str):
+            data = message
+        elif isinstance(message, ArrayBuffer):
+            data = message.to_bytes()
+        else:  # harness §5.3: Web IDL (ArrayBuffer or string) coerces a PyProxy with String()
+            data = js_string(message)
+            FFI_WARNINGS.append(f"WebSocket.send got a {type(message).__name__} PyProxy; "
+                                f"sent the text {data[:40]!r}")
+        assert self.peer is not None
+        self.peer.inbox.append(data)
+
+    def close(self, code: Any = None, reason: Any = None) -> None:
+        if code is not None and (not isinstance(code, int) or isinstance(code, bool)
+                                 or not (code == 1000 or 3000 <= code <= 4999)):
+            raise JsTypeError(f"Invalid WebSocket close code: {code!r}.")
+        text = "" if reason is None else reason
+        if not isinstance(text, str) or len(text.encode()) > 123:
+            raise JsTypeError("The WebSocket close reason must be a string of at most 123 bytes.")
+        if self.sent_close is not None or self.readyState == WS_CLOSED:
+            raise JsTypeError("Can't call WebSocket close() after close().")
+        self.sent_close = (code, text)
+        assert self.peer is not None
+        self.peer.got_close = (code, text)
+        # Closing after the other side's close completes the handshake.
+        self.readyState = WS_CLOSED if self.got_close is not None else WS_CLOSING
+
+    def serializeAttachment(self, value: Any) -> None:
+        self.attachment_writes.append(value)
+        if self.fail_attachment_writes is not None:
+            raise self.fail_attachment_writes
+        clone = structured_clone(value, "attachment")
+        if serialized_size(clone) > MAX_ATTACHMENT_BYTES:
+            raise JsException("Error", "A WebSocket 'attachment' cannot be larger than "
+                              f"{MAX_ATTACHMENT_BYTES} bytes")
+        self._attachment = clone
+
+    def deserializeAttachment(self) -> Any:
+        return structured_clone(self._attachment)
+
+
+class WebSocketPair(JsProxy):
+    js_class = "WebSocketPair"
+
+    def __init__(self) -> None:
+        client, server = WebSocket(), WebSocket()
+        client.peer, server.peer = server, client
+        server.is_server = True
+        self._ends = (client, server)
+
+    def object_values(self) -> JsArray:
+        return JsArray(self._ends)
+
+    def __iter__(self) -> Iterator[WebSocket]:
+        return iter(self._ends)
+
+    def __getitem__(self, index: int) -> WebSocket:
+        return self._ends[index]
+
+
+class WebSocketRequestResponsePair(JsProxy):
+    js_class = "WebSocketRequestResponsePair"
+
+    def __init__(self, request: Any, response: Any) -> None:
+        for value in (request, response):
+            if not isinstance(value, str):
+                raise JsTypeError("WebSocketRequestResponsePair takes two strings")
+            if len(value) > MAX_AUTO_RESPONSE_CHARS:
+                raise JsRangeError(f"auto-response strings are at most "
+                                   f"{MAX_AUTO_RESPONSE_CHARS} characters")
+        self.request = request
+        self.response = response
+
+
+# --------------------------------------------------------------------------- Durable Objects
+
+
+class DurableObjectId(JsProxy):
+    js_class = "DurableObjectId"
+
+    def __init__(self, hex_id: str, name: str | None) -> None:
+        self._hex = hex_id
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "name" and self._name is not None:
+            return self._name
+        raise AttributeError(attr)  # `name` is undefined for ids not made from a name
+
+    def toString(self) -> str:
+        return self._hex
+
+
+class DurableObjectState(JsProxy):
+    """`ctx` as workerd passes it: hibernation methods are raw JS (§1.1, §5.7)."""
+
+    js_class = "DurableObjectState"
+
+    def __init__(self, object_id: DurableObjectId, storage: DurableObjectStorage) -> None:
+        self.id = object_id
+        self.storage = storage
+        self.sockets: list[WebSocket] = []  # accepted and not yet closed-and-delivered
+        self.accept_calls: list[tuple[WebSocket, Any]] = []  # (ws, the raw tags argument)
+        self.auto_response: WebSocketRequestResponsePair | None = None
+        self.auto_response_calls: list[Any] = []
+        self.auto_responses_sent = 0
+        self.fail_next_accept: BaseException | None = None  # fault injection for tests
+
+    def acceptWebSocket(self, ws: Any, tags: Any = None) -> None:
+        self.accept_calls.append((ws, tags))
+        if self.fail_next_accept is not None:
+            exc, self.fail_next_accept = self.fail_next_accept, None
+            raise exc
+        if not isinstance(ws, WebSocket):
+            raise JsTypeError("Failed to execute 'acceptWebSocket': parameter 1 is not of type "
+                              "'WebSocket'.")
+        if tags is None:
+            tag_list: list[str] = []
+        elif isinstance(tags, JsArray):
+            tag_list = list(tags)
+        else:  # §2.1: a Python list is a PyProxy, not an Array
+            raise JsTypeError("Failed to execute 'acceptWebSocket': parameter 2 is not of type "
+                              "'Array'.")
+        if not all(isinstance(tag, str) for tag in tag_list):
+            raise JsTypeError("Failed to execute 'acceptWebSocket': tags must be strings.")
+        if len(tag_list) > MAX_TAGS:
+            raise JsException("Error", f"a Hibernatable WebSocket cannot have more than "
+                              f"{MAX_TAGS} tags")
+        if any(len(tag) > MAX_TAG_CHARS for tag in tag_list):
+            raise JsException("Error", f"tags must be at most {MAX_TAG_CHARS} characters")
+        if not ws.is_server or ws.accepted or ws.owner is not None:
+            raise JsTypeError("Can only accept the unaccepted server end of a WebSocketPair.")
+        ws.owner = self
+        ws.tags = tag_list
+        self.sockets.append(ws)
+
+    def getWebSockets(self, tag: Any = None) -> JsArray:
+        # §2.3: CLOSING sockets are included until their close event was delivered.
+        return JsArray(ws for ws in self.sockets if tag is None or tag in ws.tags)
+
+    def getTags(self, ws: Any) -> JsArray:
+        if not isinstance(ws, WebSocket) or ws.owner is not self:
+            raise JsTypeError("getTags() takes a hibernatable WebSocket of this object")
+        return JsArray(ws.tags)
+
+    def setWebSocketAutoResponse(self, pair: Any = None) -> None:
+        self.auto_response_calls.append(pair)
+        if pair is not None and not isinstance(pair, WebSocketRequestResponsePair):
+            raise JsTypeError("Failed to execute 'setWebSocketAutoResponse': parameter 1 is not "
+                              "of type 'WebSocketRequestResponsePair'.")
+        self.auto_response = pair
+
+    def getWebSocketAutoResponse(self) -> WebSocketRequestResponsePair | None:
+        return self.auto_response
+
+
+class DurableObjectStorage(JsProxy):
+    """The JS class name matters: the SDK wraps `ctx.storage` only under this name (harness §4E)."""
+
+    js_class = "DurableObjectStorage"
+
+    def __init__(self) -> None:
+        self.sql = SqlStorage()
+        self._depth = 0
+
+    def transactionSync(self, fn: Any) -> Any:
+        if not callable(fn):
+            raise JsTypeError("transactionSync() takes a function")
+        self._depth += 1
+        name = f"tx{self._depth}"
+        self.sql.run_internal(f"SAVEPOINT {name}")
+        try:
+            result = fn()
+        except BaseException:
+            self.sql.run_internal(f"ROLLBACK TO {name}")
+            self.sql.run_internal(f"RELEASE {name}")
+            raise
+        finally:
+            self._depth -= 1
+        self.sql.run_internal(f"RELEASE {name}")
+        return result
+
+
+_DENIED_ACTIONS = {
+    sqlite3.SQLITE_TRANSACTION: "BEGIN/COMMIT/ROLLBACK (use transactionSync)",
+    sqlite3.SQLITE_SAVEPOINT: "SAVEPOINT (use transactionSync)",
+    sqlite3.SQLITE_ATTACH: "ATTACH",
+    sqlite3.SQLITE_DETACH: "DETACH",
+    sqlite3.SQLITE_PRAGMA: "PRAGMA",
+}
+
+
+def _split_statements(query: str) -> list[str]:
+    statements, current = [], ""
+    for piece in query.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \t\r\n;"):
+                statements.append(current)
+            current = ""
+    if current.strip(" \t\r\n;"):
+        statements.append(current)
+    return statements
+
+
+class SqlStorage(JsProxy):
+    """`ctx.storage.sql` over an in-memory sqlite3, with workerd's binding and statement rules."""
+
+    js_class = "SqlStorage"
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect(":memory:", isolation_level=None)
+        self._internal = False
+        self._db.set_authorizer(self._authorize)
+        self.statements: list[str] = []
+
+    def _authorize(self, action: int, arg1: Any, arg2: Any, *_: Any) -> int:
+        if self._internal:
+            return sqlite3.SQLITE_OK
+        if action in _DENIED_ACTIONS:
+            return sqlite3.SQLITE_DENY
+        for name in (arg1, arg2):
+            if isinstance(name, str) and name.lower().startswith("_cf_"):
+                return sqlite3.SQLITE_DENY  # harness §5.5: names starting with _cf_ are reserved
+        return sqlite3.SQLITE_OK
+
+    def run_internal(self, statement: str) -> None:
+        self._internal = True
+        try:
+            self._db.execute(statement)
+        finally:
+            self._internal = False
+
+    @staticmethod
+    def _bind(value: Any) -> Any:
+        """A bound JS value as SQLite sees it (workerd sql.h BindingValue: bytes|string|double)."""
+        if value is None or value is jsnull:
+            return None
+        if isinstance(value, bool):
+            return "true" if value else "false"  # §3.1: a boolean becomes its string
+        if isinstance(value, int):
+            return value if abs(value) <= MAX_SAFE_INTEGER else str(value)  # a BigInt: text
+        if isinstance(value, float | str):
+            return value
+        if isinstance(value, ArrayBuffer):
+            return value.to_bytes()
+        if isinstance(value, JsProxy):
+            raise JsTypeError(f"Unsupported SQL binding #<{value.js_class}>")
+        text = js_string(value)
+        FFI_WARNINGS.append(f"SQL binding was a {type(value).__name__} PyProxy; bound {text[:40]!r}")
+        return text
+
+    @staticmethod
+    def _result(value: Any) -> Any:
+        if value is None:
+            return jsnull
+        if isinstance(value, bytes):
+            return ArrayBuffer(value)
+        if isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER:
+            return float(value)  # harness §5.4: INTEGER results are doubles
+        return value
+
+    def exec(self, query: Any, *bindings: Any) -> SqlCursor:
+        if not isinstance(query, str):
+            raise JsTypeError("exec() takes the query as a string")
+        statements = _split_statements(query)
+        if not statements:
+            raise JsException("Error", "SQL query did not contain a statement.")
+        params = [self._bind(b) for b in bindings]
+        try:
+            for statement in statements[:-1]:  # only the last statement takes bindings
+                self._db.execute(statement)
+            cursor = self._db.execute(statements[-1], params)
+            rows = cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise JsException("Error", f"{exc}: SQLITE_ERROR") from None
+        self.statements.extend(statements)
+        columns = [d[0] for d in cursor.description or ()]
+        converted = [[self._result(v) for v in row] for row in rows]
+        return SqlCursor(columns, converted, rows_written=max(cursor.rowcount, 0))
+
+    @property
+    def databaseSize(self) -> int:
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        return int(pages) * 4096
+
+
+class _RawIterator(JsProxy):
+    js_class = "Iterator"
+
+    def __init__(self, rows: Iterator[list[Any]]) -> None:
+        self._rows = rows
+
+    def __iter__(self) -> Iterator[JsArray]:
+        return (JsArray(row) for row in self._rows)
+
+
+class SqlCursor(JsProxy):
+    js_class = "SqlStorageCursor"
+
+    def __init__(self, columns: list[str], rows: list[list[Any]], rows_written: int) -> None:
+        self._columns = columns
+        self._rows = iter(rows)
+        self._count = len(rows)
+        self.rowsRead = len(rows)
+        self.rowsWritten = rows_written
+
+    @property
+    def columnNames(self) -> JsArray:
+        return JsArray(self._columns)
+
+    def _object(self, row: list[Any]) -> JsObject:
+        return JsObject(dict(zip(self._columns, row, strict=True)))
+
+    def __iter__(self) -> Iterator[JsObject]:
+        return (self._object(row) for row in self._rows)
+
+    def raw(self) -> _RawIterator:
+        return _RawIterator(self._rows)
+
+    def toArray(self) -> JsArray:
+        return JsArray(self._object(row) for row in self._rows)
+
+    def one(self) -> JsObject:
+        rows = list(self._rows)
+        if len(rows) != 1:
+            raise JsException("Error", f"Expected exactly one result from SQL query, but got "
+                              f"{len(rows) or 'no'} results.")
+        return self._object(rows[0])
+
+    def next(self) -> JsObject:
+        row = next(self._rows, None)
+        if row is None:
+            return JsObject({"done": True})
+        return JsObject({"done": False, "value": self._object(row)})
+
+
+# --------------------------------------------------------------------------- the module
+
+
+def _outbound_fetch(*_: Any) -> Any:
+    raise JsException("Error", "outbound fetch is not available in these tests")
+
+
+def build_module() -> Any:
+    """The `js` module: workerd's globalThis as Pyodide exposes it."""
+    import types
+
+    module = types.ModuleType("js")
+    module.__dict__.update(
+        Object=JsConstructor("Object", lambda *a: JsObject(), fromEntries=object_from_entries),
+        Array=JsConstructor("Array", lambda *items: JsArray(items),
+                            isArray=lambda v: isinstance(v, JsArray)),
+        Headers=JsConstructor("Headers", Headers),
+        Request=JsConstructor("Request", Request.construct),
+        Response=JsConstructor("Response", Response.construct),
+        WebSocket=JsConstructor("WebSocket", None),
+        WebSocketPair=JsConstructor("WebSocketPair", WebSocketPair),
+        WebSocketRequestResponsePair=JsConstructor(
+            "WebSocketRequestResponsePair", WebSocketRequestResponsePair),
+        ArrayBuffer=JsConstructor("ArrayBuffer", lambda n=0: ArrayBuffer(bytes(n))),
+        Uint8Array=JsConstructor("Uint8Array", lambda data=b"": Uint8Array(bytes(data))),
+        Error=JsConstructor("Error", JsError),
+        fetch=_outbound_fetch,
+    )
+    return module

@@ -1,0 +1,115 @@
+"""A real local server on 127.0.0.1:<ephemeral> in the test's event loop, and clients for it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from aiohttp import web
+from roomsd.config import PROJECT_ROOT, Settings
+from roomsd.rooms import HibernationPolicy, RoomRegistry
+from roomsd.server import REGISTRY, make_app
+
+from rooms.auth import mint_token
+from rooms.limits import Limits
+from tests.conftest import timeout
+
+SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+
+@dataclass
+class RunningServer:
+    settings: Settings
+    runner: web.AppRunner
+    port: int
+
+    @property
+    def base(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def registry(self) -> RoomRegistry:
+        return self.runner.app[REGISTRY]
+
+    def url(self, room: str, **query: Any) -> str:
+        qs = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"ws://{self.base}/rooms/{room}/ws" + (f"?{qs}" if qs else "")
+
+    async def connect(self, room: str, user: str, since: int | None = 0,
+                      **kwargs: Any) -> websockets.ClientConnection:
+        query: dict[str, Any] = {"token": mint_token(SECRET, user)}
+        if since is not None:
+            query["since"] = since
+        # Unbounded client queue by default: a test that stops reading early must not stall
+        # the close handshake. The slow-consumer test passes its own max_queue.
+        kwargs.setdefault("max_queue", None)
+        return await websockets.connect(self.url(room, **query), open_timeout=timeout(5),
+                                        **kwargs)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_server(settings: Settings, port: int = 0) -> RunningServer:
+    runner = web.AppRunner(make_app(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return RunningServer(settings, runner, bound)
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    base = Settings(
+        data_dir=data_dir,
+        public_dir=PROJECT_ROOT / "public",
+        migrations_dir=PROJECT_ROOT / "migrations",
+        jwt_secret=SECRET,
+        limits=Limits(messages_per_second=1000, burst=1000),
+        hibernation=HibernationPolicy(after_idle_s=3600),
+    )
+    return replace(base, **overrides)
+
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def server_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    started: list[RunningServer] = []
+
+    async def factory(**overrides: Any) -> RunningServer:
+        settings = make_settings(tmp_path / "data", **overrides)
+        server = await start_server(settings)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        await server.stop()
+
+
+@pytest.fixture(params=[False, True], ids=["awake", "hibernate-every-event"])
+async def server(request: pytest.FixtureRequest, server_factory: ServerFactory) -> RunningServer:
+    return await server_factory(hibernation=HibernationPolicy(every_event=request.param))
+
+
+async def recv_json(ws: websockets.ClientConnection) -> dict[str, Any]:
+    import asyncio
+
+    raw = await asyncio.wait_for(ws.recv(), timeout(5))
+    frame: dict[str, Any] = json.loads(raw)
+    return frame
+
+
+async def recv_until(ws: websockets.ClientConnection, type_: str) -> dict[str, Any]:
+    """Skip frames (presence, ...) until one of ``type_`` arrives."""
+    while True:
+        frame = await recv_json(ws)
+        if frame["type"] == type_:
+            return frame
