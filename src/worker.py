@@ -46,7 +46,7 @@ TRUSTED_HEADER_PREFIX = "x-rooms-"
 LogFields = dict[str, str | int | float]
 
 
-class Default(WorkerEntrypoint):
+class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on the host
     """The Worker's HTTP entrypoint (§1.2: the class must be named Default)."""
 
     async def fetch(self, request: Any) -> Response:

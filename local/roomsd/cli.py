@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from rooms.auth import mint_token
+from roomsd import logredact
 from roomsd.config import (
     PROJECT_ROOT,
     ConfigError,
@@ -27,19 +28,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rooms", description="durable-rooms on this machine: no account, no network."
     )
-    parser.add_argument("--dev-vars", type=Path, default=PROJECT_ROOT / ".dev.vars",
-                        help="secrets and vars file (default: %(default)s)")
+    parser.add_argument(
+        "--dev-vars",
+        type=Path,
+        default=PROJECT_ROOT / ".dev.vars",
+        help="secrets and vars file (default: %(default)s)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the rooms, the front and public/ over HTTP")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8787)
-    serve.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".data",
-                       help="room databases, D1 and R2 live here (default: %(default)s)")
-    serve.add_argument("--hibernate-after", type=float, default=10.0, metavar="SECONDS",
-                       help="evict idle room instances after this long (default: %(default)s)")
-    serve.add_argument("--hibernate-every-event", action="store_true",
-                       help="evict room instances after every event (for tests)")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=PROJECT_ROOT / ".data",
+        help="room databases, D1 and R2 live here (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--hibernate-after",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="evict idle room instances after this long (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--hibernate-every-event",
+        action="store_true",
+        help="evict room instances after every event (for tests)",
+    )
 
     token = sub.add_parser("token", help="mint a development JWT signed with JWT_SECRET")
     token.add_argument("user", help="the user id (the token's `sub`)")
@@ -64,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # it would log query tokens
+    logredact.install()
     ensure_dev_secret(args.dev_vars)
     values = vars_from(args.dev_vars)
     settings = Settings(
@@ -77,8 +95,11 @@ def serve(args: argparse.Namespace) -> int:
             after_idle_s=args.hibernate_after, every_event=args.hibernate_every_event
         ),
     )
-    print(f"durable-rooms on http://{settings.host}:{settings.port}  (data: {settings.data_dir})",
-          file=sys.stderr)
-    web.run_app(make_app(settings), host=settings.host, port=settings.port, print=None,
-                access_log=None)
+    print(
+        f"durable-rooms on http://{settings.host}:{settings.port}  (data: {settings.data_dir})",
+        file=sys.stderr,
+    )
+    web.run_app(
+        make_app(settings), host=settings.host, port=settings.port, print=None, access_log=None
+    )
     return 0

@@ -32,7 +32,11 @@ class HibernationPolicy:
 
 class LocalRoom:
     def __init__(
-        self, name: str, db_path: Path, limits: Limits, policy: HibernationPolicy,
+        self,
+        name: str,
+        db_path: Path,
+        limits: Limits,
+        policy: HibernationPolicy,
         emit: Callable[[str], None],
     ) -> None:
         self.name = name
@@ -95,7 +99,10 @@ class RoomRegistry:
     """Every room of this server, created on first use, removed when idle and empty."""
 
     def __init__(
-        self, rooms_dir: Path, limits: Limits, policy: HibernationPolicy,
+        self,
+        rooms_dir: Path,
+        limits: Limits,
+        policy: HibernationPolicy,
         emit: Callable[[str], None],
     ) -> None:
         rooms_dir.mkdir(parents=True, exist_ok=True)

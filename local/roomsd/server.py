@@ -47,8 +47,14 @@ async def front(request: web.Request) -> web.StreamResponse:
     headers = {k.lower(): v for k, v in request.headers.items()}
     decision = route(request.method, request.path, request.query, headers, settings.front)
     if isinstance(decision, HttpReply):
-        log.info(http_log_line("http", decision.status, _path_kind(request.path),
-                               duration_ms=round((time.perf_counter() - started) * 1000, 3)))
+        log.info(
+            http_log_line(
+                "http",
+                decision.status,
+                _path_kind(request.path),
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+        )
         return _reply(decision)
     if isinstance(decision, ForwardUpgrade):
         return await room_socket(request, decision)

@@ -17,8 +17,9 @@ from rooms.store import SqlValue
 
 T = TypeVar("T")
 
-# Close codes a server may send (RFC 6455 section 7.4); 1005, 1006 and 1015 are never on the wire.
-_SENDABLE_CLOSE_CODES = range(3000, 5000)
+# workerd's WebSocket.close() takes 1000-4999 except codes that never go on the wire (RFC 6455
+# section 7.4.1): 1005 and 1006 reach webSocketClose for a close without status or connection.
+_UNSENDABLE_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
 
 
 class DurableObjectSql:
@@ -96,4 +97,5 @@ class HibernatableSockets:
         """
         if ws.readyState != ffi.WS_CLOSING:
             return
-        ws.close(code if code == 1000 or code in _SENDABLE_CLOSE_CODES else 1000, "")
+        sendable = 1000 <= code < 5000 and code not in _UNSENDABLE_CLOSE_CODES
+        ws.close(code if sendable else 1000, "")

@@ -67,7 +67,7 @@ class RoomMismatchError(Exception):
     """The object was asked to serve a room other than the one it stores."""
 
 
-class Room(DurableObject):
+class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the host
     """A room's Durable Object: handlers translate workerd events into `RoomHost` calls."""
 
     limits: ClassVar[Limits] = Limits()

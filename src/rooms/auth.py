@@ -71,7 +71,5 @@ def mint_token(secret: str, user_id: str, name: str | None = None, ttl_s: int = 
 
 def _valid_text(value: object, max_chars: int) -> TypeGuard[str]:
     return (
-        isinstance(value, str)
-        and 0 < len(value) <= max_chars
-        and not _CONTROL_CHARS.search(value)
+        isinstance(value, str) and 0 < len(value) <= max_chars and not _CONTROL_CHARS.search(value)
     )

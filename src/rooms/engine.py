@@ -162,7 +162,10 @@ class RoomEngine:
             return self._reject(peer, ErrorCode.HELLO_REQUIRED, "send a hello frame first", now_ms)
         if not peer.take_token(self.limits, now_ms):
             return self._reject(
-                peer, ErrorCode.RATE_LIMITED, "too many frames; slow down", now_ms,
+                peer,
+                ErrorCode.RATE_LIMITED,
+                "too many frames; slow down",
+                now_ms,
                 ref=getattr(frame, "id", None) or getattr(frame, "ref", None),
             )
         peer.strikes = max(0, peer.strikes - 1)
@@ -186,8 +189,12 @@ class RoomEngine:
         head = self.store.head
         resume = self._resume(since, head)
         welcome = Welcome(
-            room=self.room, user_id=peer.user_id, conn_id=peer.conn_id, head=head,
-            presence=self.members(), resume=resume,
+            room=self.room,
+            user_id=peer.user_id,
+            conn_id=peer.conn_id,
+            head=head,
+            presence=self.members(),
+            resume=resume,
         )
         effects: list[Effect] = [SavePeer(peer), Send(peer.conn_id, encode(welcome))]
         replay_from = resume.missing[-1].last if resume.missing else since
@@ -218,8 +225,10 @@ class RoomEngine:
     def _publish(self, peer: Peer, frame: Publish, now_ms: int) -> list[Effect]:
         if len(frame.body) > self.limits.max_body_chars:
             return self._reject(
-                peer, ErrorCode.BODY_TOO_LONG,
-                f"body is longer than {self.limits.max_body_chars} characters", now_ms,
+                peer,
+                ErrorCode.BODY_TOO_LONG,
+                f"body is longer than {self.limits.max_body_chars} characters",
+                now_ms,
                 ref=frame.id,
             )
         message, duplicate = self.store.append(
@@ -227,8 +236,11 @@ class RoomEngine:
         )
         ack = Send(peer.conn_id, encode(Ack(id=frame.id, seq=message.seq, duplicate=duplicate)))
         if duplicate:
-            return [SavePeer(peer), ack, Log("publish_duplicate", peer.conn_id, peer.user_id,
-                                              seq=message.seq)]
+            return [
+                SavePeer(peer),
+                ack,
+                Log("publish_duplicate", peer.conn_id, peer.user_id, seq=message.seq),
+            ]
         peer.sent += 1
         peer.last_message_ms = now_ms
         return [

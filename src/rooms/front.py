@@ -77,7 +77,10 @@ def offered_subprotocols(headers: Mapping[str, str]) -> list[str]:
 
 
 def route(
-    method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+    method: str,
+    path: str,
+    query: Mapping[str, str],
+    headers: Mapping[str, str],
     config: FrontConfig,
 ) -> HttpReply | ForwardUpgrade | NotHandled:
     """Decide what a request gets. ``headers`` keys must be lower-case."""
@@ -94,7 +97,10 @@ def route(
 
 
 def _route_upgrade(
-    method: str, room: str, query: Mapping[str, str], headers: Mapping[str, str],
+    method: str,
+    room: str,
+    query: Mapping[str, str],
+    headers: Mapping[str, str],
     config: FrontConfig,
 ) -> HttpReply | ForwardUpgrade:
     if not ROOM_NAME.fullmatch(room):
@@ -135,8 +141,11 @@ def forwarded_headers(
     """The headers to forward to the room: client identity copies dropped, ours added."""
     kept = [(k, v) for k, v in client_headers if k.lower() not in IDENTITY_HEADERS]
     # Header values must be Latin-1 safe; names may not be, so percent-encode them.
-    return [*kept, (USER_ID_HEADER, _header_safe(identity.user_id)),
-            (USER_NAME_HEADER, _header_safe(identity.name))]
+    return [
+        *kept,
+        (USER_ID_HEADER, _header_safe(identity.user_id)),
+        (USER_NAME_HEADER, _header_safe(identity.name)),
+    ]
 
 
 def identity_from_forwarded(headers: Mapping[str, str]) -> Identity | None:

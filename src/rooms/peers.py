@@ -46,8 +46,9 @@ _decoder = msgspec.json.Decoder(Peer)
 
 
 def new_peer(conn_id: str, user_id: str, name: str, limits: Limits, now_ms: int) -> Peer:
-    return Peer(conn_id=conn_id, user_id=user_id, name=name, tokens=float(limits.burst),
-                refill_ms=now_ms)
+    return Peer(
+        conn_id=conn_id, user_id=user_id, name=name, tokens=float(limits.burst), refill_ms=now_ms
+    )
 
 
 def encode_attachment(peer: Peer) -> str:

@@ -99,20 +99,27 @@ class RoomStore:
                 if original is not None:
                     return original, True
                 # The row was pruned: the seq is still the truth, the body no longer here.
-                stub = Message(seq=int(seen[0][0] or 0), id=id, user_id=user_id, name=name,
-                               body="", sent_ms=0)
+                stub = Message(
+                    seq=int(seen[0][0] or 0), id=id, user_id=user_id, name=name, body="", sent_ms=0
+                )
                 return stub, True
             seq = self._head + 1
             self._sql.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                seq, id, user_id, name, body, sent_ms,
+                seq,
+                id,
+                user_id,
+                name,
+                body,
+                sent_ms,
             )
             self._sql.execute(
                 "INSERT INTO dedupe (user_id, id, seq) VALUES (?, ?, ?)", user_id, id, seq
             )
             self._sql.execute("UPDATE room_meta SET value = ? WHERE key = 'head'", seq)
-            message = Message(seq=seq, id=id, user_id=user_id, name=name, body=body,
-                              sent_ms=sent_ms)
+            message = Message(
+                seq=seq, id=id, user_id=user_id, name=name, body=body, sent_ms=sent_ms
+            )
             return message, False
 
         message, duplicate = self._sql.transaction(write)
@@ -134,7 +141,8 @@ class RoomStore:
         """Up to ``limit`` messages with seq > ``since``, oldest first."""
         rows = self._sql.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
-            since, limit,
+            since,
+            limit,
         )
         return [_message(row) for row in rows]
 
@@ -142,7 +150,8 @@ class RoomStore:
         """Up to ``limit`` messages with seq < ``before``, oldest first."""
         rows = self._sql.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-            before, limit,
+            before,
+            limit,
         )
         return [_message(row) for row in reversed(rows)]
 

@@ -37,7 +37,7 @@ MAX_SAFE_INTEGER = 2**53
 # --------------------------------------------------------------------------- errors
 
 
-class JsException(Exception):
+class JsException(Exception):  # noqa: N818  (Pyodide's name)
     """A JS error thrown into Python (pyodide.ffi.JsException)."""
 
     def __init__(self, name: str, message: str) -> None:
@@ -495,11 +495,13 @@ class WebSocket(JsProxy):
         self.accepted = True
 
     def send(self, message: Any) -> None:
+        # workerd web-socket.c++ WebSocket::send: after our close() it throws; after the peer
+        # went away (an error) it silently drops the message.
+        if self.sent_close is not None:
+            raise JsTypeError("Can't call WebSocket send() after close().")
         if self.is_server and not (self.accepted or self.owner is not None):
             raise JsTypeError("You must call one of accept() or state.acceptWebSocket() on this "
                               "WebSocket before sending messages.")
-        if self.readyState != WS_OPEN or self.sent_close is not None:
-            raise JsTypeError("Can't call WebSocket send() after close().")
         data: str | bytes
         if isinstance(message, str):
             data = message
@@ -509,22 +511,32 @@ class WebSocket(JsProxy):
             data = js_string(message)
             FFI_WARNINGS.append(f"WebSocket.send got a {type(message).__name__} PyProxy; "
                                 f"sent the text {data[:40]!r}")
+        if self.readyState == WS_CLOSED:
+            return
         assert self.peer is not None
         self.peer.inbox.append(data)
 
     def close(self, code: Any = None, reason: Any = None) -> None:
+        # workerd WebSocket::close: a second close() is ignored; codes are 1000-4999 except the
+        # ones that never go on the wire; a reason needs a code.
+        if self.sent_close is not None or self.readyState == WS_CLOSED:
+            return
+        if self.is_server and not (self.accepted or self.owner is not None):
+            raise JsTypeError("You must call one of accept() or state.acceptWebSocket() on this "
+                              "WebSocket before sending messages.")
         if code is not None and (not isinstance(code, int) or isinstance(code, bool)
-                                 or not (code == 1000 or 3000 <= code <= 4999)):
+                                 or not 1000 <= code < 5000 or code in (1004, 1005, 1006, 1015)):
             raise JsTypeError(f"Invalid WebSocket close code: {code!r}.")
+        if reason is not None and code is None:
+            raise JsTypeError("If you specify a WebSocket close reason, you must also specify a "
+                              "code.")
         text = "" if reason is None else reason
         if not isinstance(text, str) or len(text.encode()) > 123:
             raise JsTypeError("The WebSocket close reason must be a string of at most 123 bytes.")
-        if self.sent_close is not None or self.readyState == WS_CLOSED:
-            raise JsTypeError("Can't call WebSocket close() after close().")
         self.sent_close = (code, text)
         assert self.peer is not None
         self.peer.got_close = (code, text)
-        # Closing after the other side's close completes the handshake.
+        # Closing after the other side's close completes the handshake (getReadyState).
         self.readyState = WS_CLOSED if self.got_close is not None else WS_CLOSING
 
     def serializeAttachment(self, value: Any) -> None:
@@ -749,7 +761,8 @@ class SqlStorage(JsProxy):
         if isinstance(value, JsProxy):
             raise JsTypeError(f"Unsupported SQL binding #<{value.js_class}>")
         text = js_string(value)
-        FFI_WARNINGS.append(f"SQL binding was a {type(value).__name__} PyProxy; bound {text[:40]!r}")
+        FFI_WARNINGS.append(f"SQL binding was a {type(value).__name__} PyProxy; "
+                            f"bound {text[:40]!r}")
         return text
 
     @staticmethod

@@ -290,7 +290,7 @@ class Response:
                  headers: Any = None, web_socket: Any = None) -> None:
         if _is_js_instance(body, "Response"):
             if status is not None or status_text or headers is not None:
-                raise ValueError("Expected no options when constructing Response from a js.Response")
+                raise ValueError("Expected no options with a js.Response")
             self._js_response = body
             return
         if isinstance(body, JsProxy):

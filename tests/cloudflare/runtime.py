@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from tests.cloudflare import fake_js
 from tests.cloudflare.fake_js import (
     WS_CLOSED,
     WS_CLOSING,
@@ -31,7 +30,6 @@ from tests.cloudflare.fake_js import (
     DurableObjectState,
     DurableObjectStorage,
     Headers,
-    JsArray,
     JsError,
     JsException,
     JsObject,
@@ -210,6 +208,10 @@ class FakeCloudflare:
         if not isinstance(response, Response):
             raise JsTypeError("Incorrect type for Promise: the Promise did not resolve to "
                               "'Response'.")
+        web_socket = response.webSocket
+        if web_socket is not None and (web_socket.owner is not None or web_socket.accepted):
+            raise JsTypeError("Can't return WebSocket in a Response after calling "
+                              "acceptWebSocket().")  # web-socket.c++ WebSocket::couple
         return response
 
     def _deliver(self, ws: WebSocket, handler: str, *js_args: Any) -> None:
@@ -300,6 +302,7 @@ class FakeCloudflare:
         server = client.server
         server.got_close = (code, reason)
         if runtime_answers:  # web_socket_auto_reply_to_close (2026-04-07), §2.2
+            server.sent_close = (code, reason)
             server.readyState = WS_CLOSED
             client.ws.got_close = (code, reason)
         else:

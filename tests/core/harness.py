@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from roomsd.sqlite import SqliteSql
-
 from rooms.auth import Identity
 from rooms.host import RoomHost
 from rooms.limits import Limits
+from roomsd.sqlite import SqliteSql
 
 
 class MemorySocket:

@@ -237,7 +237,8 @@ def test_rate_limit_answers_with_an_error_frame_and_refills() -> None:
         alice.publish(f"m{i}", "x")
     assert [a["seq"] for a in alice.take("ack")] == [1, 2, 3]
     errors = alice.take("error")
-    assert [(e["code"], e["ref"]) for e in errors] == [("rate_limited", "m3"), ("rate_limited", "m4")]
+    assert [(e["code"], e["ref"]) for e in errors] == [
+        ("rate_limited", "m3"), ("rate_limited", "m4")]
     room.tick(1000)
     alice.publish("m3", "x")
     assert alice.take("ack") == [{"type": "ack", "id": "m3", "seq": 4, "duplicate": False}]

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import websockets
 from aiohttp import web
-from roomsd.config import PROJECT_ROOT, Settings
-from roomsd.rooms import HibernationPolicy, RoomRegistry
-from roomsd.server import REGISTRY, make_app
 
 from rooms.auth import mint_token
 from rooms.limits import Limits
+from roomsd.config import PROJECT_ROOT, Settings
+from roomsd.rooms import HibernationPolicy, RoomRegistry
+from roomsd.server import REGISTRY, make_app
 from tests.conftest import timeout
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -113,3 +113,14 @@ async def recv_until(ws: websockets.ClientConnection, type_: str) -> dict[str, A
         frame = await recv_json(ws)
         if frame["type"] == type_:
             return frame
+
+
+async def closed_by_server(ws: websockets.ClientConnection) -> websockets.ConnectionClosed:
+    """Read (and drop) frames until the server closes; return how it closed."""
+    import asyncio
+
+    while True:
+        try:
+            await asyncio.wait_for(ws.recv(), timeout(10))
+        except websockets.ConnectionClosed as closed:
+            return closed

@@ -1,0 +1,211 @@
+"""The fakes enforce the runtime's rules, so an adapter that breaks one fails its tests.
+
+Each test makes the mistake on purpose, directly against the fake, and checks the failure the
+real runtime would give (reference sections in fake_js.py).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from objects.room import Room
+from tests.cloudflare import fake_js
+from tests.cloudflare.fake_js import (
+    WS_CLOSING,
+    DurableObjectId,
+    DurableObjectState,
+    DurableObjectStorage,
+    JsException,
+    JsObject,
+    Request,
+    Response,
+    WebSocketPair,
+    build_module,
+)
+from tests.cloudflare.fake_pyodide import to_js
+from tests.cloudflare.support import check_clean, make_cloudflare, token
+
+
+@pytest.fixture
+def ctx() -> DurableObjectState:
+    return DurableObjectState(DurableObjectId("00", "t"), DurableObjectStorage())
+
+
+def test_accept_websocket_rejects_a_python_list_of_tags(ctx: DurableObjectState) -> None:
+    """A list reaches JS as a PyProxy: 'parameter 2 is not of type Array'."""
+    _, server = WebSocketPair()
+    with pytest.raises(TypeError, match="parameter 2 is not of type 'Array'"):
+        ctx.acceptWebSocket(server, ["c:1"])
+    ctx.acceptWebSocket(server, to_js(["c:1"]))
+    assert list(ctx.getTags(server)) == ["c:1"]
+
+
+def test_accept_websocket_enforces_the_tag_limits(ctx: DurableObjectState) -> None:
+    """At most 10 tags of at most 256 characters."""
+    with pytest.raises(JsException, match="more than 10 tags"):
+        ctx.acceptWebSocket(WebSocketPair()[1], to_js([f"t{i}" for i in range(11)]))
+    with pytest.raises(JsException, match="256"):
+        ctx.acceptWebSocket(WebSocketPair()[1], to_js(["x" * 257]))
+    ctx.acceptWebSocket(WebSocketPair()[1], to_js(["x" * 256] * 10))
+
+
+def test_accepted_socket_cannot_be_accepted_again_or_returned(ctx: DurableObjectState) -> None:
+    """accept() after acceptWebSocket throws; so does accepting the client end."""
+    client, server = WebSocketPair()
+    ctx.acceptWebSocket(server, to_js([]))
+    with pytest.raises(TypeError):
+        server.accept()
+    with pytest.raises(TypeError):
+        ctx.acceptWebSocket(client, to_js([]))
+
+
+def test_serialize_attachment_rejects_a_dict_and_anything_over_16_kib(
+    ctx: DurableObjectState,
+) -> None:
+    """A dict is a PyProxy (DataCloneError); a str over 16 KiB is refused."""
+    _, server = WebSocketPair()
+    ctx.acceptWebSocket(server, to_js([]))
+    with pytest.raises(JsException) as caught:
+        server.serializeAttachment({"user_id": "alice"})
+    assert caught.value.name == "DataCloneError"
+    with pytest.raises(JsException, match="cannot be larger than 16384 bytes"):
+        server.serializeAttachment("x" * 16384)
+    server.serializeAttachment(json.dumps({"user_id": "alice"}))
+    assert server.deserializeAttachment() == '{"user_id": "alice"}'
+
+
+def test_send_of_bytes_sends_their_repr_as_text(ctx: DurableObjectState) -> None:
+    """Like the real FFI, send(b'x') does not fail: the client gets the text "b'x'"."""
+    client, server = WebSocketPair()
+    ctx.acceptWebSocket(server, to_js([]))
+    server.send(b"\x01x")
+    assert client.inbox == ["b'\\x01x'"]
+    assert len(fake_js.FFI_WARNINGS) == 1  # the fixtures fail any test that leaves this
+    fake_js.FFI_WARNINGS.clear()
+    server.send(to_js(b"\x01x"))
+    assert client.inbox[-1] == b"\x01x"
+
+
+def test_send_after_close_raises_and_close_twice_does_not(ctx: DurableObjectState) -> None:
+    """send() after our close() throws; a second close() is ignored."""
+    _, server = WebSocketPair()
+    with pytest.raises(TypeError, match="before sending"):
+        server.send("too early")
+    ctx.acceptWebSocket(server, to_js([]))
+    server.close(1011, "internal error")
+    server.close(1000, "again")
+    with pytest.raises(TypeError, match="after close"):
+        server.send("late")
+    with pytest.raises(TypeError, match="close code"):
+        WebSocketPair()[0].close(1005, "")
+
+
+def test_get_websockets_includes_closing_sockets(ctx: DurableObjectState) -> None:
+    """A socket we closed stays listed (CLOSING) until its close event is delivered."""
+    _, server = WebSocketPair()
+    ctx.acceptWebSocket(server, to_js(["a"]))
+    server.close(1000, "bye")
+    assert server.readyState == WS_CLOSING
+    assert list(ctx.getWebSockets()) == [server]
+    assert list(ctx.getWebSockets("a")) == [server]
+    assert list(ctx.getWebSockets("b")) == []
+
+
+def test_sql_binds_a_bool_as_text_and_refuses_begin(ctx: DurableObjectState) -> None:
+    """True is stored as 'true'; BEGIN, PRAGMA and _cf_ tables are not allowed."""
+    sql = ctx.storage.sql
+    sql.exec("CREATE TABLE t (flag)")
+    sql.exec("INSERT INTO t VALUES (?)", True)
+    assert [list(row) for row in sql.exec("SELECT flag, typeof(flag) FROM t").raw()] == [
+        ["true", "text"]]
+    for statement in ("BEGIN", "PRAGMA user_version", "CREATE TABLE _cf_x (a)"):
+        with pytest.raises(JsException, match="not authorized"):
+            sql.exec(statement)
+
+
+def test_sql_multi_statement_binds_the_last_and_one_needs_one_row(
+    ctx: DurableObjectState,
+) -> None:
+    """Several statements run; bindings go to the last; one() throws unless one row."""
+    sql = ctx.storage.sql
+    cursor = sql.exec("CREATE TABLE t (a); INSERT INTO t VALUES (1); SELECT a + ? AS b FROM t", 1)
+    assert cursor.one().b == 2
+    with pytest.raises(JsException, match="exactly one"):
+        sql.exec("SELECT a FROM t WHERE a > 5").one()
+
+
+def test_transaction_sync_rolls_back_on_exception(ctx: DurableObjectState) -> None:
+    """Writes inside a raising transactionSync callback are undone."""
+    sql = ctx.storage.sql
+    sql.exec("CREATE TABLE t (a)")
+
+    def fail() -> None:
+        sql.exec("INSERT INTO t VALUES (1)")
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        ctx.storage.transactionSync(fail)
+    assert ctx.storage.transactionSync(lambda: sql.exec("SELECT COUNT(*) FROM t").one()) \
+        .to_py() == {"COUNT(*)": 0}
+
+
+def test_response_allows_101_only_with_a_websocket_and_no_body() -> None:
+    """workerd's Response takes status 101 with webSocket; a browser's would not."""
+    client, _ = WebSocketPair()
+    ok = Response.construct(None, JsObject({"status": 101, "webSocket": client}))
+    assert ok.webSocket is client
+    with pytest.raises(ValueError, match="101"):
+        Response.construct(None, JsObject({"status": 101}))
+    with pytest.raises(TypeError, match="null body"):
+        Response.construct("x", JsObject({"status": 101, "webSocket": client}))
+    with pytest.raises(ValueError, match="200 to 599"):
+        Response.construct(None, JsObject({"status": 99}))
+
+
+def test_request_init_given_as_a_python_dict_is_silently_ignored() -> None:
+    """A dict init is a PyProxy with no JS properties: the headers are lost, with a warning."""
+    request = Request.construct("https://x.example/", {"headers": {"x-a": "1"}})
+    assert not request.headers.has("x-a")
+    assert len(fake_js.FFI_WARNINGS) == 1
+    fake_js.FFI_WARNINGS.clear()
+
+
+def test_js_constructors_need_new() -> None:
+    """js.X(...) without .new throws, as calling a JS class does."""
+    js = build_module()
+    with pytest.raises(TypeError, match="without 'new'"):
+        js.Headers()
+    assert js.Headers.new().has("x") is False
+
+
+def test_hibernation_runs_init_again_and_keeps_sockets_and_storage() -> None:
+    """After eviction the next event constructs a new Room over the same state."""
+    cf = make_cloudflare()
+    alice = cf.connect("lobby", token("alice"))
+    slot = cf.room("lobby")
+    first = slot.instance
+    cf.hibernate()
+    alice.publish("m", "hi")
+    assert slot.instance is not first
+    assert slot.constructions == 2
+    assert alice.seqs() == [1]
+    check_clean(cf)
+
+
+def test_a_misspelled_handler_is_never_called() -> None:
+    """workerd calls only the exact camelCase names; the event is dropped."""
+
+    class Misspelled(Room):
+        webSocketMessage = None  # type: ignore[assignment]
+
+        async def websocketMessage(self, ws: Any, message: Any) -> None:  # pragma: no cover
+            raise AssertionError("never called")
+
+    cf = make_cloudflare(room_class=Misspelled)
+    alice = cf.connect("lobby", token("alice"))
+    alice.publish("m", "hi")
+    assert alice.seqs() == []
+    assert cf.dropped == ["webSocketMessage: no such handler"]

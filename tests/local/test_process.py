@@ -1,0 +1,129 @@
+"""The `rooms` command as a user runs it: a real process, killed without warning."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websockets
+
+from rooms.auth import mint_token, verify_token
+from roomsd.config import PROJECT_ROOT
+from tests.conftest import timeout
+from tests.local.conftest import SECRET, recv_until
+
+pytestmark = pytest.mark.integration
+
+ROOMS = [sys.executable, "-m", "roomsd"]
+ENV = {**os.environ, "PYTHONPATH": f"{PROJECT_ROOT / 'src'}:{PROJECT_ROOT / 'local'}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def dev_vars(tmp_path: Path) -> Path:
+    path = tmp_path / ".dev.vars"
+    path.write_text(f'JWT_SECRET="{SECRET}"\nROOM_LIMITS={{"burst": 500}}\n')
+    return path
+
+
+def start(dev_vars: Path, data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:  # a file, not a pipe: a full pipe would stall the server
+        return subprocess.Popen(
+            [*ROOMS, "--dev-vars", str(dev_vars), "serve", "--port", str(port),
+             "--data-dir", str(data_dir)],
+            env=ENV, stdout=sink, stderr=sink,
+        )
+
+
+async def wait_ready(port: int) -> None:
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("server did not start")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+async def test_sigkill_loses_no_acknowledged_message(
+    tmp_path: Path, dev_vars: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """Every acked message is there after kill -9 and a restart, and seq continues."""
+    port = free_port()
+    processes.append(start(dev_vars, tmp_path / "data", port, tmp_path / "server.log"))
+    await wait_ready(port)
+    token = mint_token(SECRET, "alice")
+    url = f"ws://127.0.0.1:{port}/rooms/crash/ws?token={token}"
+    acked = []
+    async with websockets.connect(url + "&since=0") as ws:
+        await recv_until(ws, "welcome")
+        for i in range(50):
+            await ws.send(json.dumps({"type": "publish", "id": f"m{i}", "body": f"body {i}"}))
+            acked.append((await recv_until(ws, "ack"))["seq"])
+        processes[0].send_signal(signal.SIGKILL)
+        processes[0].wait(timeout(10))
+    assert acked == list(range(1, 51))
+    processes.append(start(dev_vars, tmp_path / "data", port, tmp_path / "server.log"))
+    await wait_ready(port)
+    async with websockets.connect(url + "&since=0", max_queue=None) as ws:
+        welcome = await recv_until(ws, "welcome")
+        assert welcome["head"] == 50
+        bodies = [(await recv_until(ws, "message"))["body"] for _ in range(50)]
+        assert bodies == [f"body {i}" for i in range(50)]
+        await ws.send(json.dumps({"type": "publish", "id": "after", "body": "after"}))
+        assert (await recv_until(ws, "ack"))["seq"] == 51
+    logs = (tmp_path / "server.log").read_bytes()
+    assert b'"event":"publish"' in logs
+    assert token.encode() not in logs
+    assert b"body 1" not in logs
+
+
+def test_cli_help_and_token(dev_vars: Path) -> None:
+    """`rooms --help` documents the commands; `rooms token` mints a token the server accepts."""
+    helped = subprocess.run([*ROOMS, "--help"], env=ENV, capture_output=True, text=True,
+                            check=True)
+    assert "serve" in helped.stdout
+    assert "token" in helped.stdout
+    minted = subprocess.run([*ROOMS, "--dev-vars", str(dev_vars), "token", "bob", "--name", "Bob"],
+                            env=ENV, capture_output=True, text=True, check=True)
+    identity = verify_token(minted.stdout.strip(), SECRET)
+    assert (identity.user_id, identity.name) == ("bob", "Bob")
+
+
+def test_invalid_limits_fail_at_start_up(tmp_path: Path) -> None:
+    """A bad ROOM_LIMITS stops the server before it listens, naming the problem."""
+    dev_vars = tmp_path / ".dev.vars"
+    dev_vars.write_text('JWT_SECRET=s\nROOM_LIMITS={"max_frame_bytes": 10}\n')
+    result = subprocess.run(
+        [*ROOMS, "--dev-vars", str(dev_vars), "serve", "--port", str(free_port()),
+         "--data-dir", str(tmp_path / "d")],
+        env=ENV, capture_output=True, text=True, timeout=timeout(30),
+    )
+    assert result.returncode == 2
+    assert "ROOM_LIMITS is invalid" in result.stderr
+    assert "max_frame_bytes" in result.stderr
