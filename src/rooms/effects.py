@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rooms.peers import Peer
+from rooms.protocol import SeqRange
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,4 +50,29 @@ class Log:
     extra: dict[str, int | str] = field(default_factory=dict)
 
 
-Effect = Send | Broadcast | Close | SavePeer | Log
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A message was stored: the driver makes sure an archive alarm is due."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadArchive:
+    """Fetch seqs [first, last] from the archive, then hand them to `RoomEngine.archive_read`.
+
+    Asked for when a resume or a history page reaches below what the room retains. The
+    connection gets nothing else until the engine has the archived part, so order holds.
+    """
+
+    conn_id: str
+    first: int
+    last: int
+    purpose: str  # "join" or "history"
+    since: int = 0  # join: the client's since
+    missing: tuple[SeqRange, ...] = ()  # join: ranges already known to be skipped
+    before: int = 0  # history: the page's upper bound (exclusive)
+    ref: str | None = None  # history: the client's request ref
+
+
+Effect = Send | Broadcast | Close | SavePeer | Log | Stored | ReadArchive

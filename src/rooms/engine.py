@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from rooms.effects import Broadcast, Close, Effect, Log, SavePeer, Send
+from rooms.effects import Broadcast, Close, Effect, Log, ReadArchive, SavePeer, Send, Stored
 from rooms.limits import Limits
 from rooms.peers import Peer
 from rooms.protocol import (
@@ -32,6 +32,7 @@ from rooms.protocol import (
     History,
     HistoryRequest,
     Member,
+    Message,
     Ping,
     Presence,
     Publish,
@@ -52,9 +53,17 @@ class RoomEngine:
     """One room's protocol logic over its store and its connections' `Peer` states."""
 
     def __init__(
-        self, room: str, store: RoomStore, limits: Limits, peers: Iterable[Peer] = ()
+        self,
+        room: str,
+        store: RoomStore,
+        limits: Limits,
+        peers: Iterable[Peer] = (),
+        *,
+        archive: bool = False,
     ) -> None:
         self.room = room
+        # Whether ranges the room no longer retains can be read back from an archive.
+        self.archive = archive
         self.store = store
         self.limits = limits
         # Rebuilt from socket attachments after hibernation; insertion order = join order.
@@ -154,7 +163,7 @@ class RoomEngine:
         if isinstance(frame, Ping):
             return [Send(peer.conn_id, PONG_TEXT)]
         if isinstance(frame, Hello):
-            if peer.joined:
+            if peer.joined or peer.joining:
                 return self._reject(peer, ErrorCode.ALREADY_JOINED, "already joined", now_ms)
             since = frame.since if frame.since is not None else self.store.head
             return self._join(peer, since, now_ms)
@@ -183,11 +192,84 @@ class RoomEngine:
         raise AssertionError(f"unhandled frame {frame!r}")  # pragma: no cover
 
     def _join(self, peer: Peer, since: int, now_ms: int) -> list[Effect]:
+        head = self.store.head
+        if since > head:
+            resume = Resume(since=since, complete=False, reason=ErrorCode.SINCE_AHEAD)
+            return self._welcome(peer, resume, [], head, now_ms)
+        # Replay at most max_replay messages: the newest ones. Older ones are named as missing
+        # (reason replay_limit) and the client pages them with `history`.
+        replay_after = max(since, head - self.limits.max_replay)
+        skipped = [SeqRange(since + 1, replay_after)] if replay_after > since else []
+        oldest = self.store.oldest_retained()
+        if replay_after + 1 < oldest:
+            if self.archive:
+                peer.joining = True
+                read = ReadArchive(
+                    peer.conn_id,
+                    replay_after + 1,
+                    oldest - 1,
+                    "join",
+                    since=since,
+                    missing=tuple(skipped),
+                )
+                return [SavePeer(peer), read]
+            skipped.append(SeqRange(replay_after + 1, oldest - 1))
+            replay_after = oldest - 1
+        return self._finish_join(peer, since, skipped, [], replay_after, now_ms)
+
+    def archive_read(
+        self,
+        request: ReadArchive,
+        messages: list[Message],
+        missing: list[SeqRange],
+        now_ms: int,
+    ) -> list[Effect]:
+        """The archived part of a join replay or of a history page has arrived (or failed)."""
+        peer = self.peers.get(request.conn_id)
+        if peer is None:
+            return []  # the socket left meanwhile
+        if request.purpose == "join":
+            peer.joining = False
+            skipped = [*request.missing, *missing]
+            return self._finish_join(peer, request.since, skipped, messages, request.last, now_ms)
+        retained = self.store.between(request.last + 1, request.before - 1)
+        page = [*messages, *retained]
+        low = request.first
+        reply = History(
+            messages=page, ref=request.ref, next_before=low if low > 1 else None, missing=missing
+        )
+        return [Send(peer.conn_id, encode(reply))]
+
+    def _finish_join(
+        self,
+        peer: Peer,
+        since: int,
+        skipped: list[SeqRange],
+        archived: list[Message],
+        replayed_to: int,
+        now_ms: int,
+    ) -> list[Effect]:
+        """Welcome, then archived and retained messages after ``since``, then live traffic."""
+        retained = self.store.after(replayed_to, self.limits.max_replay + 1)
+        if retained and retained[0].seq != replayed_to + 1:
+            # Pruned while the archive was read: name the hole rather than skip it.
+            skipped.append(SeqRange(replayed_to + 1, retained[0].seq - 1))
+        reason = None
+        if skipped:
+            # The replay limit skips the oldest part; anything else is no longer retained.
+            limited = (
+                skipped[0].first == since + 1 and since < self.store.head - self.limits.max_replay
+            )
+            reason = "replay_limit" if limited else "not_retained"
+        resume = Resume(since=since, complete=not skipped, missing=skipped, reason=reason)
+        return self._welcome(peer, resume, [*archived, *retained], self.store.head, now_ms)
+
+    def _welcome(
+        self, peer: Peer, resume: Resume, replay: list[Message], head: int, now_ms: int
+    ) -> list[Effect]:
         first_socket = not self._user_present(peer.user_id, exclude=peer.conn_id)
         peer.joined = True
         peer.joined_ms = now_ms
-        head = self.store.head
-        resume = self._resume(since, head)
         welcome = Welcome(
             room=self.room,
             user_id=peer.user_id,
@@ -197,30 +279,13 @@ class RoomEngine:
             resume=resume,
         )
         effects: list[Effect] = [SavePeer(peer), Send(peer.conn_id, encode(welcome))]
-        replay_from = resume.missing[-1].last if resume.missing else since
-        if resume.reason != ErrorCode.SINCE_AHEAD:
-            for message in self.store.after(replay_from, self.limits.max_replay):
-                effects.append(Send(peer.conn_id, encode(message)))
+        effects.extend(Send(peer.conn_id, encode(message)) for message in replay)
         if first_socket:
             me = Member(user_id=peer.user_id, name=peer.name)
             presence = Presence(event="join", member=me, members=self.members())
             effects.append(Broadcast(self._joined_ids(exclude=peer.conn_id), encode(presence)))
         effects.append(Log("join", peer.conn_id, peer.user_id, seq=head))
         return effects
-
-    def _resume(self, since: int, head: int) -> Resume:
-        if since > head:
-            return Resume(since=since, complete=False, reason=ErrorCode.SINCE_AHEAD)
-        missing = self.store.missing_between(since + 1, head)
-        served_from = missing[-1].last + 1 if missing else since + 1
-        if head - served_from + 1 > self.limits.max_replay:
-            # Replay only the newest max_replay messages; the client pages the rest via history.
-            cut = head - self.limits.max_replay
-            missing = [*missing, SeqRange(served_from, cut)]
-            return Resume(since=since, complete=False, missing=missing, reason="replay_limit")
-        if missing:
-            return Resume(since=since, complete=False, missing=missing, reason="not_retained")
-        return Resume(since=since, complete=True)
 
     def _publish(self, peer: Peer, frame: Publish, now_ms: int) -> list[Effect]:
         if len(frame.body) > self.limits.max_body_chars:
@@ -247,6 +312,7 @@ class RoomEngine:
             SavePeer(peer),
             ack,
             Broadcast(self._joined_ids(), encode(message)),
+            Stored(message.seq),
             Log("publish", peer.conn_id, peer.user_id, seq=message.seq),
         ]
 
@@ -254,13 +320,27 @@ class RoomEngine:
         head = self.store.head
         before = min(frame.before if frame.before is not None else head + 1, head + 1)
         limit = min(frame.limit, self.limits.max_history_page)
-        messages = self.store.before(before, limit)
-        lowest = messages[0].seq if messages else before
-        wanted_low = max(1, before - limit)
-        missing = self.store.missing_between(wanted_low, lowest - 1)
-        next_before = lowest if lowest > 1 else None
-        reply = History(messages=messages, ref=frame.ref, next_before=next_before, missing=missing)
-        return [SavePeer(peer), Send(peer.conn_id, encode(reply))]
+        # Seqs are gapless, so the page is exactly [low, before - 1].
+        low = max(1, before - limit)
+        oldest = self.store.oldest_retained()
+        effects: list[Effect] = [SavePeer(peer)]
+        if before <= 1:
+            reply = History(messages=[], ref=frame.ref, next_before=None)
+        elif low < oldest and self.archive:
+            last = min(before - 1, oldest - 1)
+            return [
+                *effects,
+                ReadArchive(peer.conn_id, low, last, "history", before=before, ref=frame.ref),
+            ]
+        else:
+            missing = [SeqRange(low, min(before - 1, oldest - 1))] if low < oldest else []
+            reply = History(
+                messages=self.store.between(low, before - 1),
+                ref=frame.ref,
+                next_before=low if low > 1 else None,
+                missing=missing,
+            )
+        return [*effects, Send(peer.conn_id, encode(reply))]
 
     def _reject(
         self, peer: Peer, code: str, message: str, now_ms: int, ref: str | None = None

@@ -21,6 +21,7 @@ class Peer(msgspec.Struct, kw_only=True):
     user_id: str
     name: str
     joined: bool = False
+    joining: bool = False  # waiting for the archived part of its replay
     joined_ms: int = 0
     last_message_ms: int = 0
     sent: int = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from rooms.protocol import Message, SeqRange
+from rooms.protocol import Message
 
 T = TypeVar("T")
 # No bool: Cloudflare binds it as the text 'true' (reference section 3.1). Bind int(flag) instead.
@@ -30,9 +30,10 @@ class Sql(Protocol):
 
 
 SCHEMA = (
+    # Small named values: head, archived seq, the pending segment, counters, the room's name.
     """CREATE TABLE IF NOT EXISTS room_meta (
         key TEXT PRIMARY KEY,
-        value INTEGER NOT NULL
+        value
     )""",
     """CREATE TABLE IF NOT EXISTS messages (
         seq INTEGER PRIMARY KEY,
@@ -47,9 +48,12 @@ SCHEMA = (
         user_id TEXT NOT NULL,
         id TEXT NOT NULL,
         seq INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (user_id, id)
     ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS dedupe_by_time ON dedupe (at_ms)",
     "INSERT OR IGNORE INTO room_meta (key, value) VALUES ('head', 0)",
+    "INSERT OR IGNORE INTO room_meta (key, value) VALUES ('archived', 0)",
 )
 
 _MESSAGE_COLUMNS = "seq, id, user_id, name, body, sent_ms"
@@ -74,8 +78,9 @@ class RoomStore:
         self._sql = sql
         for statement in SCHEMA:
             sql.execute(statement)
-        # The store is the room's only writer, so the cached head stays true until the next write.
-        self._head = int(sql.execute("SELECT value FROM room_meta WHERE key = 'head'")[0][0] or 0)
+        # The store is the room's only writer, so cached values stay true until its next write.
+        self._head = int(self.meta("head") or 0)
+        self._archived = int(self.meta("archived") or 0)
 
     @property
     def head(self) -> int:
@@ -114,7 +119,11 @@ class RoomStore:
                 sent_ms,
             )
             self._sql.execute(
-                "INSERT INTO dedupe (user_id, id, seq) VALUES (?, ?, ?)", user_id, id, seq
+                "INSERT INTO dedupe (user_id, id, seq, at_ms) VALUES (?, ?, ?, ?)",
+                user_id,
+                id,
+                seq,
+                sent_ms,
             )
             self._sql.execute("UPDATE room_meta SET value = ? WHERE key = 'head'", seq)
             message = Message(
@@ -126,6 +135,101 @@ class RoomStore:
         if not duplicate:
             self._head = message.seq  # only after the commit succeeded
         return message, duplicate
+
+    # ----------------------------------------------------------------------- meta and counters
+
+    def meta(self, key: str) -> SqlValue:
+        rows = self._sql.execute("SELECT value FROM room_meta WHERE key = ?", key)
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: SqlValue) -> None:
+        self._sql.execute(
+            "INSERT INTO room_meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            key,
+            value,
+        )
+
+    def bump(self, counter: str, by: int = 1) -> None:
+        """Add to a named counter (wakes, rejections, ...) kept for operators."""
+        self._sql.execute(
+            "INSERT INTO room_meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+            counter,
+            by,
+        )
+
+    # ----------------------------------------------------------------------- archiving
+
+    @property
+    def archived(self) -> int:
+        """The highest seq confirmed archived (in R2 and indexed in D1)."""
+        return self._archived
+
+    def pending_segment(self) -> tuple[int, int] | None:
+        """The range an unfinished archive attempt chose; a retry must reuse it exactly."""
+        first, last = self.meta("pending_first"), self.meta("pending_last")
+        if first is None or last is None:
+            return None
+        return int(first), int(last)
+
+    def choose_segment(self, max_messages: int) -> tuple[int, int] | None:
+        """The next range to archive, persisted before any I/O so that retries agree on it."""
+        pending = self.pending_segment()
+        if pending is not None:
+            return pending
+        first, last = self._archived + 1, min(self._head, self._archived + max_messages)
+        if first > last:
+            return None
+
+        def write() -> None:
+            self.set_meta("pending_first", first)
+            self.set_meta("pending_last", last)
+
+        self._sql.transaction(write)
+        return first, last
+
+    def mark_archived(self, last: int) -> None:
+        def write() -> None:
+            self.set_meta("archived", last)
+            self._sql.execute(
+                "DELETE FROM room_meta WHERE key IN ('pending_first', 'pending_last')"
+            )
+
+        self._sql.transaction(write)
+        self._archived = last
+
+    def prune(self, retain_messages: int, dedupe_before_ms: int) -> int:
+        """Drop archived rows beyond the newest ``retain_messages``; return how many went.
+
+        Only confirmed-archived messages are ever deleted, so nothing is lost; dedupe entries
+        are kept for their own time window, independent of message rows.
+        """
+        cutoff = min(self._archived, self._head - retain_messages)
+        removed = 0
+        if cutoff > 0:
+            before = self.retained_count()
+            self._sql.execute("DELETE FROM messages WHERE seq <= ?", cutoff)
+            removed = before - self.retained_count()
+        self._sql.execute("DELETE FROM dedupe WHERE at_ms < ?", dedupe_before_ms)
+        return removed
+
+    def retained_count(self) -> int:
+        return int(self._sql.execute("SELECT COUNT(*) FROM messages")[0][0] or 0)
+
+    def dedupe_count(self) -> int:
+        return int(self._sql.execute("SELECT COUNT(*) FROM dedupe")[0][0] or 0)
+
+    def between(self, first: int, last: int) -> list[Message]:
+        """The retained messages with first <= seq <= last, oldest first."""
+        rows = self._sql.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq BETWEEN ? AND ? ORDER BY seq",
+            first,
+            last,
+        )
+        return [_message(row) for row in rows]
+
+    # ----------------------------------------------------------------------- reads
 
     def get(self, seq: int) -> Message | None:
         rows = self._sql.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq = ?", seq)
@@ -154,12 +258,3 @@ class RoomStore:
             limit,
         )
         return [_message(row) for row in reversed(rows)]
-
-    def missing_between(self, first: int, last: int) -> list[SeqRange]:
-        """The part of [first, last] no longer retained here (empty until pruning exists)."""
-        if first > last:
-            return []
-        low = self.oldest_retained()
-        if first >= low:
-            return []
-        return [SeqRange(first, min(last, low - 1))]
