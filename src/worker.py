@@ -43,6 +43,8 @@ NOT_FOUND = error_reply(404, "not_found", "nothing here")
 # Every client-sent header in our namespace is dropped before forwarding, not only today's
 # identity headers: the room trusts whatever the front sends it.
 TRUSTED_HEADER_PREFIX = "x-rooms-"
+# Headers that may carry credentials; the room needs none of them.
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "sec-websocket-protocol"})
 LogFields = dict[str, str | int | float]
 
 
@@ -112,11 +114,11 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
 def upgrade_headers(
     client_headers: Iterable[tuple[str, str]], upgrade: ForwardUpgrade
 ) -> list[tuple[str, str]]:
-    """The forwarded request's headers: ours for identity, nothing that carries the token."""
+    """The forwarded request's headers: ours for identity, nothing that carries credentials."""
     kept = []
     for name, value in client_headers:
         lower = name.lower()
-        if lower.startswith(TRUSTED_HEADER_PREFIX) or lower == "sec-websocket-protocol":
+        if lower.startswith(TRUSTED_HEADER_PREFIX) or lower in CREDENTIAL_HEADERS:
             continue
         kept.append((lower, value))
     if upgrade.subprotocol is not None:

@@ -79,7 +79,7 @@ def upgrade_request(js_request: JsObject, url: str, headers: Iterable[tuple[str,
     for name, value in headers:
         js_headers.append(name, value)
     init = {"method": str(js_request.method), "headers": js_headers}
-    return js.Request.new(url, to_js(init))
+    return js.Request.new(url, to_js(init, dict_converter=js.Object.fromEntries))
 
 
 def object_name(ctx: JsObject) -> str | None:

@@ -12,10 +12,12 @@ from tests.cloudflare.support import check_clean, make_cloudflare  # installs th
 
 
 @pytest.fixture(autouse=True)
-def _fresh_ffi_warnings() -> Iterator[None]:
+def _fresh_fakes() -> Iterator[None]:
     fake_js.FFI_WARNINGS.clear()
     yield
     fake_js.FFI_WARNINGS.clear()
+    while fake_js.OPEN_DATABASES:
+        fake_js.OPEN_DATABASES.pop().close()
 
 
 @pytest.fixture

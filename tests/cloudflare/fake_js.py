@@ -25,6 +25,7 @@ from typing import Any
 # Coercions the real runtime performs silently (a PyProxy stringified or ignored). The fixtures
 # fail any test that leaves one here.
 FFI_WARNINGS: list[str] = []
+OPEN_DATABASES: list[sqlite3.Connection] = []
 
 WS_CONNECTING, WS_OPEN, WS_CLOSING, WS_CLOSED = 0, 1, 2, 3
 MAX_TAGS = 10  # workerd actor-state.h MAX_TAGS_PER_CONNECTION (§2.1)
@@ -724,6 +725,7 @@ class SqlStorage(JsProxy):
 
     def __init__(self) -> None:
         self._db = sqlite3.connect(":memory:", isolation_level=None)
+        OPEN_DATABASES.append(self._db)  # closed after each test (Python 3.13 warns otherwise)
         self._internal = False
         self._db.set_authorizer(self._authorize)
         self.statements: list[str] = []

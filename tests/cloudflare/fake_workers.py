@@ -191,7 +191,7 @@ def _idempotent_new(cls: type, obj: Any) -> Any:
 
 
 class _EnvWrapper:
-    __new__ = _idempotent_new
+    __new__ = _idempotent_new  # type: ignore[assignment]
 
     def __init__(self, env: Any) -> None:
         if env is self:
@@ -213,7 +213,7 @@ class _EnvWrapper:
 class DurableObjectContext:
     """``ctx`` for a DO: every attribute passes through raw, except ``storage`` (§1.1)."""
 
-    __new__ = _idempotent_new
+    __new__ = _idempotent_new  # type: ignore[assignment]
 
     def __init__(self, ctx: Any) -> None:
         if ctx is self:
@@ -231,7 +231,7 @@ class DurableObjectContext:
 # --------------------------------------------------------------------------- fetch API
 
 
-class _HTTPMessageMapping(http.client.HTTPMessage, Mapping):  # type: ignore[misc]
+class _HTTPMessageMapping(http.client.HTTPMessage, Mapping[str, str]):  # type: ignore[misc]
     pass
 
 

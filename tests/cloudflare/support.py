@@ -25,7 +25,7 @@ def install_fakes() -> None:
     workers = fake_workers.build_module()
     for name, module in (("js", js), ("pyodide", pyodide), ("pyodide.ffi", ffi),
                          ("workers", workers)):
-        module.__fake__ = True  # type: ignore[attr-defined]
+        setattr(module, "__fake__", True)  # noqa: B010  (a marker on a module object)
         sys.modules.setdefault(name, module)
 
 

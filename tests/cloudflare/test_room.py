@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import pytest
 
 from objects.room import Room
 from rooms.limits import Limits
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
-from tests.cloudflare.fake_js import JsArray, WebSocketRequestResponsePair
-from tests.cloudflare.runtime import FakeClient, FakeCloudflare, Request
+from tests.cloudflare.fake_js import JsArray, Request, Response, WebSocketRequestResponsePair
+from tests.cloudflare.runtime import FakeClient, FakeCloudflare
 from tests.cloudflare.support import check_clean, log_records, make_cloudflare, token
 
 
-def join(cf: FakeCloudflare, user: str, room: str = "lobby", **kwargs: object) -> FakeClient:
-    return cf.connect(room, token(user, user.title()), **kwargs)  # type: ignore[arg-type]
+def join(cf: FakeCloudflare, user: str, room: str = "lobby", **kwargs: Any) -> FakeClient:
+    return cf.connect(room, token(user, user.title()), **kwargs)
 
 
 def test_publish_is_acked_and_broadcast_to_both_sockets(cf_any: FakeCloudflare) -> None:
@@ -123,11 +125,16 @@ def test_tags_are_a_js_array_and_the_attachment_a_json_string(cf_any: FakeCloudf
     assert json.loads(writes[-1])["user_id"] == "alice"
 
 
-def test_room_name_survives_hibernation_even_when_the_id_has_no_name() -> None:
+def test_room_name_survives_hibernation_even_when_the_id_has_no_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """The name read from the first upgrade is stored; a woken room still knows it."""
     cf = make_cloudflare(hibernate_every_event=True, id_has_name=False)
     alice = join(cf, "alice", room="blue-room")
-    alice.publish("m", "hi")
+    capsys.readouterr()
+    alice.publish("m", "hi")  # handled by a room woken with no URL and no ctx.id.name
+    (published,) = [r for r in log_records(capsys.readouterr().out) if r["event"] == "publish"]
+    assert published["room"] == "blue-room"
     bob = join(cf, "bob", room="blue-room")
     assert bob.frames("welcome")[0]["room"] == "blue-room"
     assert bob.seqs() == [1]
@@ -154,13 +161,14 @@ def test_close_is_answered_when_the_runtime_did_not(cf: FakeCloudflare) -> None:
 def test_closing_socket_is_not_a_member_after_a_wake(cf: FakeCloudflare) -> None:
     """getWebSockets still lists a CLOSING socket; the rebuilt room does not count it."""
     alice, bob = join(cf, "alice"), join(cf, "bob")
-    bob.close(deliver=False)  # the close event has not reached the room yet
+    bob.close(runtime_answers=False, deliver=False)  # CLOSING; the event has not arrived yet
     cf.hibernate()
     carol = join(cf, "carol")
     (welcome,) = carol.frames("welcome")
     assert [m["user_id"] for m in welcome["presence"]] == ["alice", "carol"]
     cf.deliver_close(bob)
     assert [p["event"] for p in alice.frames("presence")] == ["join", "join", "leave"]
+    assert bob.close_received == (1000, "")  # our answer to the client's close
 
 
 def test_socket_error_announces_the_leave(cf_any: FakeCloudflare) -> None:
@@ -202,7 +210,7 @@ def test_room_without_forwarded_identity_gets_400(cf: FakeCloudflare) -> None:
     request.headers.set("upgrade", "websocket")
     response = _await(stub.fetch(request))
     assert response.status == 400
-    assert json.loads(response._body)["error"]["code"] == "identity_missing"
+    assert json.loads(response._body or b"")["error"]["code"] == "identity_missing"
 
 
 def test_room_refuses_a_bad_since(cf: FakeCloudflare) -> None:
@@ -242,10 +250,9 @@ def test_room_recovers_after_a_handler_exception(cf: FakeCloudflare) -> None:
     assert bob.close_received == (CloseCode.INTERNAL_ERROR, "internal error")
 
 
-def _await(awaitable: object) -> object:
-    import asyncio
-
-    async def run() -> object:
-        return await awaitable  # type: ignore[misc]
+def _await(promise: Any) -> Response:
+    async def run() -> Response:
+        response: Response = await promise
+        return response
 
     return asyncio.run(run())

@@ -8,8 +8,8 @@ from typing import Any
 import jwt
 import pytest
 
-from tests.cloudflare.runtime import FakeClient, FakeCloudflare
-from tests.cloudflare.support import SECRET, check_clean, log_records, make_cloudflare, token
+from tests.cloudflare.runtime import SECRET, FakeClient, FakeCloudflare
+from tests.cloudflare.support import check_clean, log_records, make_cloudflare, token
 
 
 def error_of(body: dict[str, Any]) -> tuple[str, str]:
@@ -66,7 +66,7 @@ def test_refused_tokens_get_401_with_a_json_error(cf: FakeCloudflare, make_token
 
 def mint(secret: str | None, claims: dict[str, Any], algorithm: str = "HS256") -> str:
     claims = {"exp": int(time.time()) + 3600, **claims}
-    return jwt.encode(claims, secret, algorithm=algorithm)  # type: ignore[arg-type]
+    return jwt.encode(claims, secret, algorithm=algorithm)
 
 
 @pytest.mark.parametrize("room", ["bad%20name", "a" * 65, "caf%C3%A9"])
@@ -91,12 +91,15 @@ def test_client_sent_identity_headers_are_ignored(cf: FakeCloudflare) -> None:
 
 
 def test_forwarded_request_carries_no_token(cf: FakeCloudflare) -> None:
-    """The token stays at the front: not in the forwarded URL nor in its subprotocol header."""
+    """Credentials stay at the front: not in the forwarded URL, subprotocol or other headers."""
     secret_token = token("alice")
-    cf.upgrade("lobby", secret_token, since=3, subprotocols=["rooms.v1", token("bob")])
+    cf.upgrade("lobby", secret_token, since=3, subprotocols=["rooms.v1", token("bob")],
+               headers=[("Authorization", f"Bearer {token('carol')}"), ("Cookie", "s=1")])
     (forwarded,) = cf.room("lobby").requests
     assert forwarded.url == "https://rooms.example/rooms/lobby/ws?since=3"
     assert forwarded.headers.get("sec-websocket-protocol") == "rooms.v1"
+    assert not forwarded.headers.has("authorization")
+    assert not forwarded.headers.has("cookie")
     assert "eyJ" not in str([list(pair) for pair in forwarded.headers])
 
 
