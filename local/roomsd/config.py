@@ -8,8 +8,10 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rooms.archive import ArchivePolicy
 from rooms.front import FrontConfig
 from rooms.limits import Limits
+from roomsd.bindings import Faults
 from roomsd.rooms import HibernationPolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +63,8 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     hibernation: HibernationPolicy = field(default_factory=HibernationPolicy)
     heartbeat_s: float = 30.0
+    archive: ArchivePolicy = field(default_factory=ArchivePolicy)
+    faults: Faults = field(default_factory=Faults)
 
     @property
     def front(self) -> FrontConfig:

@@ -4,7 +4,8 @@ A `LocalRoom` owns a room's sockets and its SQLite file. Its `RoomHost` (the awa
 dropped after `hibernate_after_s` of idleness, or after every event with `hibernate_every_event`,
 and rebuilt from the database and the socket attachments on the next event, the way workerd
 evicts a Durable Object and runs `__init__` again. All room work runs synchronously on the event
-loop, so each room handles one event at a time.
+loop, so each room handles one event at a time (an await on R2 or D1 lets other events in, as
+Cloudflare's input gate does for non-storage I/O).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rooms.archive import ArchiveOutcome
 from rooms.auth import Identity
-from rooms.host import RoomHost
+from rooms.host import ArchiveBindings, RoomHost
 from rooms.limits import Limits
+from roomsd.bindings import AlarmScheduler, RoomAlarm
 from roomsd.sockets import LocalSocket, LocalSockets
 from roomsd.sqlite import SqliteSql
 
@@ -38,8 +41,12 @@ class LocalRoom:
         limits: Limits,
         policy: HibernationPolicy,
         emit: Callable[[str], None],
+        archive: ArchiveBindings | None = None,
+        alarms: AlarmScheduler | None = None,
     ) -> None:
         self.name = name
+        self.archive = archive
+        self.alarms = alarms
         self.db_path = db_path
         self.limits = limits
         self.policy = policy
@@ -60,25 +67,38 @@ class LocalRoom:
         if self._host is None:
             if self._sql is None:
                 self._sql = SqliteSql(self.db_path)
-            self._host = RoomHost(self.name, self._sql, self.sockets, self.limits, log=self._emit)
+            self._host = RoomHost(
+                self.name,
+                self._sql,
+                self.sockets,
+                self.limits,
+                log=self._emit,
+                archive=self.archive,
+                alarms=RoomAlarm(self.alarms, self.name) if self.alarms else None,
+            )
             self.wakes += 1
         return self._host
 
     def admits(self, identity: Identity) -> bool:
         return self.host().admits(identity)
 
-    def connect(self, ws: LocalSocket, identity: Identity, since: int | None) -> None:
-        self.host().connect(ws, identity, since)
+    async def connect(self, ws: LocalSocket, identity: Identity, since: int | None) -> None:
+        await self.host().connect(ws, identity, since)
         self._after_event()
 
-    def message(self, ws: LocalSocket, data: str | bytes) -> None:
-        self.host().message(ws, data)
+    async def message(self, ws: LocalSocket, data: str | bytes) -> None:
+        await self.host().message(ws, data)
         self._after_event()
 
-    def closed(self, ws: LocalSocket) -> None:
-        self.host().closed(ws)
+    async def closed(self, ws: LocalSocket) -> None:
+        await self.host().closed(ws)
         self.sockets.forget(ws)
         self._after_event()
+
+    async def alarm(self) -> ArchiveOutcome | None:
+        outcome = await self.host().alarm()
+        self._after_event()
+        return outcome
 
     def hibernate(self) -> None:
         """Drop the in-memory instance; sockets stay open, storage stays on disk."""
@@ -104,8 +124,12 @@ class RoomRegistry:
         limits: Limits,
         policy: HibernationPolicy,
         emit: Callable[[str], None],
+        archive: ArchiveBindings | None = None,
+        alarms: AlarmScheduler | None = None,
     ) -> None:
         rooms_dir.mkdir(parents=True, exist_ok=True)
+        self.archive = archive
+        self.alarms = alarms
         self.rooms_dir = rooms_dir
         self.limits = limits
         self.policy = policy
@@ -117,7 +141,9 @@ class RoomRegistry:
         if room is None:
             # Names are validated by the front ([A-Za-z0-9._-]{1,64}): safe as file names.
             path = self.rooms_dir / f"{name}.sqlite"
-            room = self.rooms[name] = LocalRoom(name, path, self.limits, self.policy, self._emit)
+            room = self.rooms[name] = LocalRoom(
+                name, path, self.limits, self.policy, self._emit, self.archive, self.alarms
+            )
         return room
 
     def sweep(self, now: float | None = None) -> None:

@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
 from rooms.front import ForwardUpgrade, HttpReply, error_reply, route
+from rooms.host import ArchiveBindings
 from rooms.limits import PLATFORM_MAX_MESSAGE_BYTES
 from rooms.logs import http_log_line
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
+from roomsd.bindings import AlarmScheduler, LocalD1, LocalR2
 from roomsd.config import Settings
 from roomsd.d1 import open_d1
 from roomsd.r2 import FileBucket
@@ -32,9 +34,16 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 REGISTRY: web.AppKey[RoomRegistry] = web.AppKey("registry", RoomRegistry)
 
 
-# What the Worker's env holds on Cloudflare: D1 (the archive index) and R2 (segments).
-D1: web.AppKey[sqlite3.Connection] = web.AppKey("d1", sqlite3.Connection)
-R2: web.AppKey[FileBucket] = web.AppKey("r2", FileBucket)
+@dataclass(frozen=True)
+class Bindings:
+    """What the Worker's env holds on Cloudflare: D1 (the archive index) and R2 (segments)."""
+
+    d1: LocalD1
+    r2: LocalR2
+
+
+BINDINGS: web.AppKey[Bindings] = web.AppKey("bindings", Bindings)
+ALARMS: web.AppKey[AlarmScheduler] = web.AppKey("alarms", AlarmScheduler)
 
 
 def _reply(reply: HttpReply) -> web.Response:
@@ -80,15 +89,15 @@ async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.Stre
     await ws.prepare(request)
     sock = LocalSocket(request, ws, settings.limits.max_backlog_bytes)
     try:
-        room.connect(sock, upgrade.identity, upgrade.since)
+        await room.connect(sock, upgrade.identity, upgrade.since)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 if msg.data == PING_TEXT:  # setWebSocketAutoResponse: the room stays asleep
                     sock.send(PONG_TEXT)
                     continue
-                room.message(sock, msg.data)
+                await room.message(sock, msg.data)
             elif msg.type == WSMsgType.BINARY:
-                room.message(sock, msg.data)
+                await room.message(sock, msg.data)
             if not sock.is_open:
                 break
     except Exception:
@@ -96,7 +105,7 @@ async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.Stre
         if not ws.closed:
             await ws.close(code=CloseCode.INTERNAL_ERROR, message=b"internal error")
     finally:
-        room.closed(sock)
+        await room.closed(sock)
         await sock.finished()
     return ws
 
@@ -147,19 +156,42 @@ def make_app(settings: Settings) -> web.Application:
     d1, applied = open_d1(data / "d1.sqlite", settings.migrations_dir)
     for name in applied:
         log.info('{"event":"d1_migration_applied","name":"%s"}', name)
-    registry = RoomRegistry(data / "rooms", settings.limits, settings.hibernation, log.info)
+    bindings = Bindings(
+        d1=LocalD1(d1, settings.faults), r2=LocalR2(FileBucket(data / "r2"), settings.faults)
+    )
+    archive = ArchiveBindings(bindings.d1, bindings.r2, settings.archive)
+    registry_box: list[RoomRegistry] = []
+
+    async def fire_alarm(room: str) -> None:
+        await registry_box[0].get(room).alarm()
+
+    alarms = AlarmScheduler(data / "alarms.sqlite", fire_alarm)
+    registry = RoomRegistry(
+        data / "rooms",
+        settings.limits,
+        settings.hibernation,
+        log.info,
+        archive=archive,
+        alarms=alarms,
+    )
+    registry_box.append(registry)
     app = web.Application()
     app[SETTINGS] = settings
     app[REGISTRY] = registry
-    app[D1] = d1
-    app[R2] = FileBucket(data / "r2")
+    app[BINDINGS] = bindings
+    app[ALARMS] = alarms
     app.cleanup_ctx.append(_sweeper)
     app.on_shutdown.append(_shutdown_sockets)
 
+    async def start_alarms(app: web.Application) -> None:
+        alarms.start()
+
     async def close_storage(app: web.Application) -> None:
+        await alarms.close()
         registry.close()
         d1.close()
 
+    app.on_startup.append(start_alarms)
     app.on_cleanup.append(close_storage)
     app.router.add_route("*", "/{tail:.*}", front)
     return app

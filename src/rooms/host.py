@@ -9,17 +9,28 @@ and the local runtime both drive this class; only their `Sockets` implementation
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
+from rooms.archive import (
+    ArchiveIndex,
+    ArchiveOutcome,
+    ArchivePolicy,
+    Archiver,
+    ArchiveReader,
+    Database,
+    ObjectStore,
+)
 from rooms.auth import Identity
-from rooms.effects import Broadcast, Close, Effect, Log, SavePeer, Send
+from rooms.effects import Broadcast, Close, Effect, Log, ReadArchive, SavePeer, Send, Stored
 from rooms.engine import RoomEngine
 from rooms.limits import Limits
 from rooms.logs import log_line
 from rooms.peers import Peer, decode_attachment, encode_attachment, new_peer
+from rooms.protocol import CloseCode, Message, SeqRange
 from rooms.store import RoomStore, Sql
 
 S = TypeVar("S")
@@ -35,6 +46,22 @@ class Sockets(Protocol[S]):
     def set_attachment(self, ws: S, value: str) -> None: ...
     def send(self, ws: S, text: str) -> None: ...
     def close(self, ws: S, code: int, reason: str) -> None: ...
+
+
+class Alarms(Protocol):
+    """The object's single alarm (Cloudflare: ctx.storage.setAlarm; locally: a scheduler)."""
+
+    async def set(self, at_ms: int) -> None: ...
+
+
+class ArchiveBindings:
+    """R2 and D1 as one room sees them, with the policy that drives archiving."""
+
+    def __init__(self, db: Database, bucket: ObjectStore, policy: ArchivePolicy) -> None:
+        self.index = ArchiveIndex(db)
+        self.bucket = bucket
+        self.policy = policy
+        self.reader = ArchiveReader(self.index, bucket)
 
 
 def conn_tag(conn_id: str) -> str:
@@ -61,8 +88,12 @@ class RoomHost(Generic[S]):
         *,
         log: Callable[[str], None] = print,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        archive: ArchiveBindings | None = None,
+        alarms: Alarms | None = None,
     ) -> None:
         self.room = room
+        self.archive = archive
+        self.alarms = alarms
         self.sockets = sockets
         self._log = log
         self._clock_ms = clock_ms
@@ -74,12 +105,19 @@ class RoomHost(Generic[S]):
                 continue  # closing or foreign sockets never count as members
             peers.append(peer)
             self._by_conn[peer.conn_id] = ws
-        self.engine = RoomEngine(room, RoomStore(sql), limits, peers)
+        store = RoomStore(sql)
+        store.bump("wakes")
+        self.engine = RoomEngine(room, store, limits, peers, archive=archive is not None)
+        self.archiver = (
+            Archiver(room, store, archive.index, archive.bucket, archive.policy)
+            if archive is not None
+            else None
+        )
 
     def admits(self, identity: Identity) -> bool:
         return self.engine.admits(identity.user_id)
 
-    def connect(self, ws: S, identity: Identity, since: int | None) -> str:
+    async def connect(self, ws: S, identity: Identity, since: int | None) -> str:
         """Accept ``ws`` into the room; returns its connection id."""
         started = time.perf_counter()
         now_ms = self._clock_ms()
@@ -89,10 +127,10 @@ class RoomHost(Generic[S]):
         self.sockets.accept(ws, [conn_tag(conn_id), user_tag(identity.user_id)])
         self.sockets.set_attachment(ws, encode_attachment(peer))
         self._by_conn[conn_id] = ws
-        self._apply(self.engine.connect(peer, since, now_ms), started)
+        await self._apply(self.engine.connect(peer, since, now_ms), started)
         return conn_id
 
-    def message(self, ws: S, data: str | bytes) -> None:
+    async def message(self, ws: S, data: str | bytes) -> None:
         started = time.perf_counter()
         peer = decode_attachment(self.sockets.attachment(ws))
         if peer is None or peer.closed:
@@ -100,9 +138,9 @@ class RoomHost(Generic[S]):
         if peer.conn_id not in self._by_conn:  # accepted by another host instance
             self._by_conn[peer.conn_id] = ws
             self.engine.peers.setdefault(peer.conn_id, peer)
-        self._apply(self.engine.receive(peer.conn_id, data, self._clock_ms()), started)
+        await self._apply(self.engine.receive(peer.conn_id, data, self._clock_ms()), started)
 
-    def closed(self, ws: S) -> None:
+    async def closed(self, ws: S) -> None:
         """The socket closed or failed (a close event, an error, or a vanished peer)."""
         started = time.perf_counter()
         peer = decode_attachment(self.sockets.attachment(ws))
@@ -113,11 +151,57 @@ class RoomHost(Generic[S]):
             self.engine.peers.pop(peer.conn_id, None)
             return
         user_id = peer.user_id if peer.joined else None
-        self._apply(self.engine.disconnect(peer.conn_id, user_id, self._clock_ms()), started)
+        await self._apply(self.engine.disconnect(peer.conn_id, user_id, self._clock_ms()), started)
 
     # ----------------------------------------------------------------------- effects
 
-    def _apply(self, effects: list[Effect], started: float) -> None:
+    async def alarm(self) -> ArchiveOutcome | None:
+        """The object's alarm fired: archive what is waiting, then schedule the next run."""
+        if self.archiver is None:
+            return None
+        store = self.engine.store
+        store.set_meta("alarm_at", None)
+        now_ms = self._clock_ms()
+        outcome = await self.archiver.run(now_ms, members=len(self.engine.members()))
+        if outcome.error is not None:
+            failures = int(store.meta("archive_failures") or 1)
+            await self._set_alarm(now_ms + self.archiver.policy.retry_delay_ms(failures))
+            event = Log("archive_failed", code=outcome.error, extra={"failures": failures})
+        else:
+            if outcome.more:
+                await self._set_alarm(now_ms)
+            archived = outcome.archived[-1].last if outcome.archived else None
+            event = Log(
+                "archived",
+                seq=archived,
+                extra={"segments": len(outcome.archived), "pruned": outcome.pruned},
+            )
+        self._log(log_line(self.room, event))
+        return outcome
+
+    async def _schedule_archive(self) -> None:
+        if self.archiver is None or self.alarms is None:
+            return
+        due = self.archiver.due_in_ms()
+        if due is None:
+            return
+        at_ms = self._clock_ms() + due
+        current = self.engine.store.meta("alarm_at")
+        if current is None or int(current) > at_ms:
+            await self._set_alarm(at_ms)
+
+    async def _set_alarm(self, at_ms: int) -> None:
+        if self.alarms is None:
+            return
+        await self.alarms.set(at_ms)
+        self.engine.store.set_meta("alarm_at", at_ms)
+
+    # ----------------------------------------------------------------------- effects
+
+    async def _apply(self, effects: list[Effect], started: float) -> None:
+        """Carry out effects in order; one failing effect never stops the others."""
+        archive_reads: list[ReadArchive] = []
+        stored = False
         for effect in effects:
             match effect:
                 case Send(conn_id, text):
@@ -126,14 +210,48 @@ class RoomHost(Generic[S]):
                     for conn_id in conn_ids:
                         self._send(conn_id, text)
                 case SavePeer(peer):
-                    ws = self._by_conn.get(peer.conn_id)
-                    if ws is not None:
-                        self.sockets.set_attachment(ws, encode_attachment(peer))
+                    self._save_peer(peer)
                 case Close(conn_id, code, reason):
-                    self._close(conn_id, code, reason)
+                    await self._close(conn_id, code, reason)
+                case Stored():
+                    stored = True
+                case ReadArchive():
+                    archive_reads.append(effect)
                 case Log():
+                    if effect.code == "rate_limited":
+                        self.engine.store.bump("rate_limited")
                     elapsed_ms = (time.perf_counter() - started) * 1000
                     self._log(log_line(self.room, effect, elapsed_ms))
+        if stored:
+            await self._schedule_archive()
+        for request in archive_reads:
+            await self._read_archive(request)
+
+    async def _read_archive(self, request: ReadArchive) -> None:
+        started = time.perf_counter()
+        messages: list[Message] = []
+        if self.archive is None:
+            missing = [SeqRange(request.first, request.last)]
+        else:
+            messages, missing = await self.archive.reader.read(
+                self.room, request.first, request.last
+            )
+        # Other events may have run while we awaited R2 and D1; the engine re-checks its state.
+        effects = self.engine.archive_read(request, messages, missing, self._clock_ms())
+        await self._apply(effects, started)
+
+    def _save_peer(self, peer: Peer) -> None:
+        ws = self._by_conn.get(peer.conn_id)
+        if ws is None:
+            return
+        try:
+            self.sockets.set_attachment(ws, encode_attachment(peer))
+        except Exception as exc:  # e.g. the platform refused it: that socket cannot go on
+            self._log(
+                log_line(self.room, Log("attachment_failed", peer.conn_id, code=type(exc).__name__))
+            )
+            with contextlib.suppress(Exception):
+                self.sockets.close(ws, CloseCode.INTERNAL_ERROR, "internal error")
 
     def _send(self, conn_id: str, text: str) -> None:
         ws = self._by_conn.get(conn_id)
@@ -144,17 +262,19 @@ class RoomHost(Generic[S]):
         except Exception as exc:  # the peer vanished; its close event will clean up
             self._log(log_line(self.room, Log("send_failed", conn_id, code=type(exc).__name__)))
 
-    def _close(self, conn_id: str, code: int, reason: str) -> None:
+    async def _close(self, conn_id: str, code: int, reason: str) -> None:
         """Close a socket and announce the leave now: its close event may never reach us."""
         ws = self._by_conn.pop(conn_id, None)
         peer = self.engine.peers.get(conn_id)
         if ws is None or peer is None:
             return
         peer.closed = True
-        self.sockets.set_attachment(ws, encode_attachment(peer))
+        with contextlib.suppress(Exception):  # the socket may already be gone
+            self.sockets.set_attachment(ws, encode_attachment(peer))
         try:
             self.sockets.close(ws, code, reason)
         except Exception as exc:
             self._log(log_line(self.room, Log("close_failed", conn_id, code=type(exc).__name__)))
         user_id = peer.user_id if peer.joined else None
-        self._apply(self.engine.disconnect(conn_id, user_id, self._clock_ms()), time.perf_counter())
+        disconnect = self.engine.disconnect(conn_id, user_id, self._clock_ms())
+        await self._apply(disconnect, time.perf_counter())

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
 
+from rooms.archive import ArchivePolicy
 from rooms.auth import Identity
-from rooms.host import RoomHost
+from rooms.host import ArchiveBindings, RoomHost
 from rooms.limits import Limits
+from roomsd.bindings import Faults, LocalD1, LocalR2
+from roomsd.config import PROJECT_ROOT
+from roomsd.d1 import open_d1
+from roomsd.r2 import FileBucket
 from roomsd.sqlite import SqliteSql
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Drive a host coroutine that never suspends (no real I/O here) without an event loop."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise AssertionError("the host suspended: core tests must not do real I/O")
 
 
 class MemorySocket:
@@ -69,7 +88,7 @@ class Client:
 
     def send(self, frame: dict[str, Any] | str | bytes) -> None:
         data = json.dumps(frame) if isinstance(frame, dict) else frame
-        self.harness.host.message(self.ws, data)
+        run(self.harness.host.message(self.ws, data))
         self.harness.after_event()
 
     def publish(self, id_: str, body: str) -> None:
@@ -83,16 +102,39 @@ class Client:
 
     def leave(self) -> None:
         self.ws.open = False
-        self.harness.host.closed(self.ws)
+        run(self.harness.host.closed(self.ws))
         self.harness.after_event()
+
+
+class RecordedAlarm:
+    """The `Alarms` port, recording what the room asked for."""
+
+    def __init__(self) -> None:
+        self.at_ms: int | None = None
+        self.history: list[int] = []
+
+    async def set(self, at_ms: int) -> None:
+        self.at_ms = at_ms
+        self.history.append(at_ms)
+
+
+def archive_bindings(root: Path, policy: ArchivePolicy) -> tuple[ArchiveBindings, Faults]:
+    """D1 (SQLite with our migrations) and R2 (a directory), as the local runtime has them."""
+    db, _ = open_d1(root / "d1.sqlite", PROJECT_ROOT / "migrations")
+    faults = Faults()
+    bindings = ArchiveBindings(LocalD1(db, faults), LocalR2(FileBucket(root / "r2"), faults),
+                               policy)
+    return bindings, faults
 
 
 class RoomHarness:
     """A room with a real SQLite store; `hibernate()` rebuilds the host from storage + sockets."""
 
     def __init__(self, limits: Limits | None = None, *, hibernate_every_event: bool = False,
-                 path: str = ":memory:") -> None:
+                 path: str = ":memory:", archive: ArchiveBindings | None = None) -> None:
         self.limits = limits or Limits()
+        self.archive = archive
+        self.alarm = RecordedAlarm()
         self.sql = SqliteSql(path)
         self.sockets = MemorySockets()
         self.now_ms = 1_000_000
@@ -102,7 +144,8 @@ class RoomHarness:
 
     def _new_host(self) -> RoomHost[MemorySocket]:
         return RoomHost("lobby", self.sql, self.sockets, self.limits, log=self.logs.append,
-                        clock_ms=lambda: self.now_ms)
+                        clock_ms=lambda: self.now_ms, archive=self.archive,
+                        alarms=self.alarm if self.archive else None)
 
     def hibernate(self) -> None:
         self.host = self._new_host()
@@ -113,7 +156,7 @@ class RoomHarness:
 
     def join(self, user_id: str, since: int | None = 0, name: str | None = None) -> Client:
         ws = MemorySocket()
-        self.host.connect(ws, Identity(user_id, name or user_id.title()), since)
+        run(self.host.connect(ws, Identity(user_id, name or user_id.title()), since))
         self.after_event()
         return Client(self, ws, user_id)
 

@@ -8,7 +8,7 @@ import pytest
 
 from rooms.limits import Limits
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
-from tests.core.harness import RoomHarness
+from tests.core.harness import RoomHarness, run
 
 
 @pytest.fixture(params=[False, True], ids=["awake", "hibernate-every-event"])
@@ -271,7 +271,7 @@ def test_presence_is_rebuilt_from_open_sockets_after_hibernation() -> None:
     bob.ws.open = False  # vanished without a close event reaching the old instance
     room.hibernate()
     assert [m.user_id for m in room.host.engine.members()] == ["alice"]
-    room.host.closed(bob.ws)  # the late close event still announces the leave
+    run(room.host.closed(bob.ws))  # the late close event still announces the leave
     assert [p["event"] for p in alice.take("presence")] == ["join", "leave"]
 
 

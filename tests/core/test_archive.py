@@ -1,0 +1,162 @@
+"""Archiving to R2 + D1 and reading back, with real SQLite and a directory bucket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rooms.archive import ArchivePolicy
+from rooms.limits import Limits
+from rooms.segments import decode_segment, encode_segment, segment_key
+from tests.core.harness import RoomHarness, archive_bindings, run
+
+POLICY = ArchivePolicy(interval_ms=1000, threshold=1000, max_segment=4, retain_messages=3)
+
+
+@pytest.fixture(params=[False, True], ids=["awake", "hibernate-every-event"])
+def archived_room(request: pytest.FixtureRequest, tmp_path: Path) -> RoomHarness:
+    bindings, _ = archive_bindings(tmp_path, POLICY)
+    return RoomHarness(Limits(burst=1000), hibernate_every_event=request.param,
+                       archive=bindings)
+
+
+def publish(room: RoomHarness, count: int, user: str = "alice") -> None:
+    client = room.join(user)
+    for i in range(count):
+        client.publish(f"{user}{i}", f"message {i}")
+    client.leave()
+
+
+def segments(room: RoomHarness) -> list[tuple[int, int]]:
+    assert room.archive is not None
+    rows = run(room.archive.index.segments("lobby"))
+    return [(int(r["first_seq"] or 0), int(r["last_seq"] or 0)) for r in rows]
+
+
+def test_first_write_sets_the_alarm_and_the_alarm_archives_in_segments(
+    archived_room: RoomHarness,
+) -> None:
+    """A publish schedules the archive; the alarm writes consecutive segments and the index."""
+    room = archived_room
+    publish(room, 10)
+    assert room.alarm.history == [room.now_ms + POLICY.interval_ms]
+    outcome = run(room.host.alarm())
+    assert outcome is not None
+    assert outcome.error is None
+    assert segments(room) == [(1, 4), (5, 8), (9, 10)]
+    assert room.host.engine.store.archived == 10
+    assert room.archive is not None
+    data = run(room.archive.bucket.get(segment_key("lobby", 5, 8)))
+    assert data is not None
+    assert [m.body for m in decode_segment(data, "lobby", 5, 8)] == [f"message {i}" for i in
+                                                                       range(4, 8)]
+    rooms = run(room.archive.index.db.all("SELECT name, head_seq, archived_seq FROM rooms"))
+    assert [dict(r) for r in rooms] == [{"name": "lobby", "head_seq": 10, "archived_seq": 10}]
+
+
+def test_pruning_keeps_only_the_retention_window_and_only_archived_rows(
+    archived_room: RoomHarness,
+) -> None:
+    """After archiving, rows beyond the newest `retain_messages` are gone from the room."""
+    room = archived_room
+    publish(room, 10)
+    run(room.host.alarm())
+    store = room.host.engine.store
+    assert [m.seq for m in store.after(0, 100)] == [8, 9, 10]
+
+
+@pytest.mark.parametrize("fault", ["r2", "d1"])
+def test_a_failed_step_is_retried_with_the_same_range_and_no_duplicate(
+    tmp_path: Path, fault: str
+) -> None:
+    """R2 or D1 failing mid-way: the retry reuses the pending range, and nothing is doubled."""
+    bindings, faults = archive_bindings(tmp_path, POLICY)
+    room = RoomHarness(Limits(burst=1000), archive=bindings)
+    publish(room, 6)
+    if fault == "r2":
+        faults.r2_put_failures = 1
+    else:
+        faults.d1_write_failures = 1
+    first = run(room.host.alarm())
+    assert first is not None
+    assert first.error is not None
+    assert room.host.engine.store.archived == 0
+    assert room.host.engine.store.pending_segment() == (1, 4)
+    assert room.alarm.at_ms == room.now_ms + POLICY.retry_base_ms  # backoff after a failure
+    publish(room, 3, user="bob")  # more arrive meanwhile: the pending range must not grow
+    second = run(room.host.alarm())
+    assert second is not None
+    assert second.error is None
+    assert segments(room) == [(1, 4), (5, 8), (9, 9)]
+    assert sorted(bindings.bucket.bucket.list()) == [  # type: ignore[attr-defined]
+        segment_key("lobby", 1, 4), segment_key("lobby", 5, 8), segment_key("lobby", 9, 9)]
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    """Retry delays grow exponentially and stop at retry_max_ms."""
+    policy = ArchivePolicy(retry_base_ms=100, retry_max_ms=1000)
+    assert [policy.retry_delay_ms(n) for n in range(1, 7)] == [100, 200, 400, 800, 1000, 1000]
+
+
+def test_resume_from_zero_reads_pruned_messages_back_from_the_archive(
+    archived_room: RoomHarness,
+) -> None:
+    """A client cannot tell archived from retained: since=0 replays 1..head in order."""
+    room = archived_room
+    publish(room, 10)
+    run(room.host.alarm())
+    reader = room.join("reader", since=0)
+    welcome = reader.ws.frames("welcome")[0]
+    assert welcome["resume"] == {"since": 0, "complete": True, "missing": [], "reason": None}
+    assert reader.seqs() == list(range(1, 11))
+    assert [m["body"] for m in reader.ws.frames("message")] == [f"message {i}" for i in range(10)]
+
+
+def test_history_pages_across_the_archive_boundary(archived_room: RoomHarness) -> None:
+    """Paging back from the head crosses from retained rows into R2 without a seam."""
+    room = archived_room
+    publish(room, 10)
+    run(room.host.alarm())
+    reader = room.join("reader")
+    reader.take()
+    seen: list[int] = []
+    before = None
+    while True:
+        request = {"type": "history", "limit": 4} | ({"before": before} if before else {})
+        reader.send(request)
+        page = reader.take("history")[0]
+        assert page["missing"] == []
+        seen = [m["seq"] for m in page["messages"]] + seen
+        before = page["next_before"]
+        if before is None:
+            break
+    assert seen == list(range(1, 11))
+
+
+def test_an_unreachable_archive_is_named_as_missing_never_skipped(tmp_path: Path) -> None:
+    """When a segment cannot be read, the welcome lists the range instead of a silent hole."""
+    bindings, _ = archive_bindings(tmp_path, POLICY)
+    room = RoomHarness(Limits(burst=1000), archive=bindings)
+    publish(room, 10)
+    run(room.host.alarm())
+    (tmp_path / "r2" / segment_key("lobby", 5, 8)).unlink()
+    reader = room.join("reader", since=0)
+    resume = reader.ws.frames("welcome")[0]["resume"]
+    assert resume["complete"] is False
+    assert resume["missing"] == [[5, 7]]  # 8 is still retained in the room
+    assert reader.seqs() == [1, 2, 3, 4, 8, 9, 10]
+
+
+def test_segments_are_deterministic_and_validated() -> None:
+    """The same messages give the same bytes; a segment under the wrong range is refused."""
+    from rooms.protocol import Message
+    from rooms.segments import SegmentError
+
+    messages = [Message(seq=s, id=str(s), user_id="u", name="U", body="b", sent_ms=1)
+                for s in (3, 4)]
+    assert encode_segment("r", messages) == encode_segment("r", messages)
+    with pytest.raises(SegmentError):
+        decode_segment(encode_segment("r", messages), "r", 3, 5)
+    with pytest.raises(ValueError, match="consecutive"):
+        encode_segment("r", [messages[1], messages[0]])
