@@ -11,10 +11,12 @@ from aiohttp import web
 
 from rooms.auth import mint_token
 from roomsd import logredact
+from roomsd.bindings import Faults
 from roomsd.config import (
     PROJECT_ROOT,
     ConfigError,
     Settings,
+    archive_policy_from,
     ensure_dev_secret,
     limits_from,
     origins_from,
@@ -57,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evict room instances after every event (for tests)",
     )
+    serve.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        choices=["r2-put", "d1-write", "crash-after-r2-put"],
+        help="inject a failure (repeatable; for testing the archive's retries)",
+    )
 
     token = sub.add_parser("token", help="mint a development JWT signed with JWT_SECRET")
     token.add_argument("user", help="the user id (the token's `sub`)")
@@ -83,12 +92,16 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # it would log query tokens
     logredact.install()
     ensure_dev_secret(args.dev_vars)
+    ensure_dev_secret(args.dev_vars, "ADMIN_TOKEN")
     values = vars_from(args.dev_vars)
     settings = Settings(
         host=args.host,
         port=args.port,
         data_dir=args.data_dir,
         jwt_secret=values["JWT_SECRET"],
+        admin_token=values.get("ADMIN_TOKEN"),
+        archive=archive_policy_from(values.get("ARCHIVE_POLICY")),
+        faults=Faults.from_names(args.fault),
         allowed_origins=origins_from(values.get("ALLOWED_ORIGINS")),
         limits=limits_from(values.get("ROOM_LIMITS")),
         hibernation=HibernationPolicy(

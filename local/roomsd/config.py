@@ -40,14 +40,14 @@ def read_dev_vars(path: Path) -> dict[str, str]:
     return values
 
 
-def ensure_dev_secret(path: Path) -> str:
-    """The JWT secret from `.dev.vars`, created there on first run so one command just works."""
-    current = read_dev_vars(path).get("JWT_SECRET")
+def ensure_dev_secret(path: Path, name: str = "JWT_SECRET") -> str:
+    """A secret from `.dev.vars`, created there on first run so one command just works."""
+    current = read_dev_vars(path).get(name)
     if current:
         return current
     secret = secrets.token_urlsafe(32)
     with path.open("a") as f:
-        f.write(f"JWT_SECRET={secret}\n")
+        f.write(f"{name}={secret}\n")
     return secret
 
 
@@ -59,6 +59,7 @@ class Settings:
     public_dir: Path = PROJECT_ROOT / "public"
     migrations_dir: Path = PROJECT_ROOT / "migrations"
     jwt_secret: str = ""
+    admin_token: str | None = None
     allowed_origins: frozenset[str] = frozenset()
     limits: Limits = field(default_factory=Limits)
     hibernation: HibernationPolicy = field(default_factory=HibernationPolicy)
@@ -74,7 +75,7 @@ class Settings:
 def vars_from(dev_vars: Path) -> dict[str, str]:
     """`.dev.vars` overlaid by the process environment (the environment wins)."""
     merged = read_dev_vars(dev_vars)
-    for key in ("JWT_SECRET", "ALLOWED_ORIGINS", "ROOM_LIMITS"):
+    for key in ("JWT_SECRET", "ADMIN_TOKEN", "ALLOWED_ORIGINS", "ROOM_LIMITS", "ARCHIVE_POLICY"):
         if key in os.environ:
             merged[key] = os.environ[key]
     return merged
@@ -88,6 +89,16 @@ def limits_from(raw: str | None) -> Limits:
         return Limits.model_validate(json.loads(raw))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"ROOM_LIMITS is invalid: {exc}") from None
+
+
+def archive_policy_from(raw: str | None) -> ArchivePolicy:
+    """`ARCHIVE_POLICY` is a JSON object of `ArchivePolicy` fields, validated at start-up."""
+    if not raw:
+        return ArchivePolicy()
+    try:
+        return ArchivePolicy.model_validate(json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"ARCHIVE_POLICY is invalid: {exc}") from None
 
 
 def origins_from(raw: str | None) -> frozenset[str]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rooms.archive import ArchiveOutcome
 from rooms.auth import Identity
@@ -91,7 +92,10 @@ class LocalRoom:
         self._after_event()
 
     async def closed(self, ws: LocalSocket) -> None:
-        await self.host().closed(ws)
+        host = self.host()
+        if ws.cut_for_backlog:
+            host.engine.store.bump("slow_consumer")
+        await host.closed(ws)
         self.sockets.forget(ws)
         self._after_event()
 
@@ -99,6 +103,11 @@ class LocalRoom:
         outcome = await self.host().alarm()
         self._after_event()
         return outcome
+
+    async def admin(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
+        result = await self.host().admin(action, params)
+        self._after_event()
+        return result
 
     def hibernate(self) -> None:
         """Drop the in-memory instance; sockets stay open, storage stays on disk."""
@@ -145,6 +154,17 @@ class RoomRegistry:
                 name, path, self.limits, self.policy, self._emit, self.archive, self.alarms
             )
         return room
+
+    def exists(self, name: str) -> bool:
+        return name in self.rooms or (self.rooms_dir / f"{name}.sqlite").exists()
+
+    async def call(
+        self, room: str, action: str, params: Mapping[str, str]
+    ) -> dict[str, Any] | None:
+        """The admin API's `RoomControl` port: run an action in the room's actor."""
+        if not self.exists(room):
+            return None
+        return await self.get(room).admin(action, params)
 
     def sweep(self, now: float | None = None) -> None:
         """Hibernate idle rooms; close the database of idle rooms with no sockets."""

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
-from rooms.front import ForwardUpgrade, HttpReply, error_reply, route
+from rooms.admin import AdminApi
+from rooms.front import AdminRequest, ForwardUpgrade, HttpReply, error_reply, route
 from rooms.host import ArchiveBindings
 from rooms.limits import PLATFORM_MAX_MESSAGE_BYTES
 from rooms.logs import http_log_line
@@ -44,6 +45,7 @@ class Bindings:
 
 BINDINGS: web.AppKey[Bindings] = web.AppKey("bindings", Bindings)
 ALARMS: web.AppKey[AlarmScheduler] = web.AppKey("alarms", AlarmScheduler)
+ADMIN: web.AppKey[AdminApi] = web.AppKey("admin", AdminApi)
 
 
 def _reply(reply: HttpReply) -> web.Response:
@@ -67,6 +69,19 @@ async def front(request: web.Request) -> web.StreamResponse:
         return _reply(decision)
     if isinstance(decision, ForwardUpgrade):
         return await room_socket(request, decision)
+    if isinstance(decision, AdminRequest):
+        reply = await request.app[ADMIN].handle(
+            request.method, request.path, request.query, headers, int(time.time() * 1000)
+        )
+        log.info(
+            http_log_line(
+                "admin",
+                reply.status,
+                "/admin",
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+        )
+        return _reply(reply)
     return await static(request)
 
 
@@ -180,6 +195,7 @@ def make_app(settings: Settings) -> web.Application:
     app[REGISTRY] = registry
     app[BINDINGS] = bindings
     app[ALARMS] = alarms
+    app[ADMIN] = AdminApi(bindings.d1, archive.reader, registry, settings.admin_token)
     app.cleanup_ctx.append(_sweeper)
     app.on_shutdown.append(_shutdown_sockets)
 

@@ -42,6 +42,7 @@ class LocalSocket:
         self._max_backlog_bytes = max_backlog_bytes
         self._wakeup = asyncio.Event()
         self._closing = False
+        self.cut_for_backlog = False
         self._reader_done = asyncio.Event()
         self._writer = asyncio.create_task(self._drain())
 
@@ -77,6 +78,7 @@ class LocalSocket:
             raise ConnectionError("socket is closing")
         self._backlog_bytes += len(text)
         if self._backlog_bytes > self._max_backlog_bytes:
+            self.cut_for_backlog = True
             self.abort(CloseCode.SLOW_CONSUMER, "slow consumer: resume with since")
             return
         self._queue.append(text)

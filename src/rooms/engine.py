@@ -68,8 +68,14 @@ class RoomEngine:
         self.limits = limits
         # Rebuilt from socket attachments after hibernation; insertion order = join order.
         self.peers: dict[str, Peer] = {peer.conn_id: peer for peer in peers}
+        # An operator closed the room to new messages (kept in the store, read once per wake).
+        self.closed = bool(store.meta("closed"))
 
     # ----------------------------------------------------------------------- queries
+
+    def set_closed(self, closed: bool) -> None:
+        self.store.set_meta("closed", int(closed))
+        self.closed = closed
 
     def members(self) -> list[Member]:
         """Present users: one entry per user, however many sockets they hold."""
@@ -288,6 +294,13 @@ class RoomEngine:
         return effects
 
     def _publish(self, peer: Peer, frame: Publish, now_ms: int) -> list[Effect]:
+        if self.closed:
+            error = Error(
+                code=ErrorCode.ROOM_CLOSED,
+                message="the room is closed to new messages",
+                ref=frame.id,
+            )
+            return [SavePeer(peer), Send(peer.conn_id, encode(error))]
         if len(frame.body) > self.limits.max_body_chars:
             return self._reject(
                 peer,

@@ -53,6 +53,13 @@ class NotHandled:
 NOT_HANDLED = NotHandled()
 
 
+class AdminRequest:
+    """The path belongs to the admin API (rooms.admin.AdminApi answers it)."""
+
+
+ADMIN_REQUEST = AdminRequest()
+
+
 def error_reply(status: int, code: str, message: str) -> HttpReply:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     return HttpReply(status, body)
@@ -82,8 +89,10 @@ def route(
     query: Mapping[str, str],
     headers: Mapping[str, str],
     config: FrontConfig,
-) -> HttpReply | ForwardUpgrade | NotHandled:
+) -> HttpReply | ForwardUpgrade | AdminRequest | NotHandled:
     """Decide what a request gets. ``headers`` keys must be lower-case."""
+    if path.startswith("/admin/"):
+        return ADMIN_REQUEST
     if path == "/health":
         if method not in ("GET", "HEAD"):
             return error_reply(405, "method_not_allowed", "use GET")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, Protocol, TypeVar
 
 from rooms.archive import (
     ArchiveIndex,
@@ -105,6 +105,7 @@ class RoomHost(Generic[S]):
                 continue  # closing or foreign sockets never count as members
             peers.append(peer)
             self._by_conn[peer.conn_id] = ws
+        self._sql = sql
         store = RoomStore(sql)
         store.bump("wakes")
         self.engine = RoomEngine(room, store, limits, peers, archive=archive is not None)
@@ -154,6 +155,68 @@ class RoomHost(Generic[S]):
         await self._apply(self.engine.disconnect(peer.conn_id, user_id, self._clock_ms()), started)
 
     # ----------------------------------------------------------------------- effects
+
+    # ----------------------------------------------------------------------- operators
+
+    async def admin(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """Run one admin action (see rooms.admin); returns its JSON-able result."""
+        if action == "inspect":
+            return self.inspect()
+        if action == "archive":
+            outcome = await self.alarm()
+            if outcome is None:
+                return {"archived": [], "error": "archiving is not configured"}
+            return {
+                "archived": [[r.first, r.last] for r in outcome.archived],
+                "pruned": outcome.pruned,
+                "error": outcome.error,
+            }
+        if action == "disconnect":
+            user_id = params.get("user_id", "")
+            conn_ids = [c for c, p in self.engine.peers.items() if p.user_id == user_id]
+            for conn_id in conn_ids:
+                await self._close(conn_id, CloseCode.KICKED, "disconnected by an operator")
+            return {"user_id": user_id, "sockets_closed": len(conn_ids)}
+        if action in ("close", "open"):
+            self.engine.set_closed(action == "close")
+            return {"closed": self.engine.closed}
+        raise ValueError(f"unknown admin action {action!r}")
+
+    def inspect(self) -> dict[str, Any]:
+        store = self.engine.store
+        members: dict[str, dict[str, Any]] = {}
+        for peer in self.engine.peers.values():
+            if not peer.joined:
+                continue
+            entry = members.setdefault(
+                peer.user_id, {"user_id": peer.user_id, "name": peer.name, "sockets": []}
+            )
+            entry["sockets"].append(
+                {
+                    "conn_id": peer.conn_id,
+                    "joined_ms": peer.joined_ms,
+                    "last_message_ms": peer.last_message_ms,
+                    "messages_sent": peer.sent,
+                }
+            )
+        alarm_at = store.meta("alarm_at")
+        error = store.meta("last_archive_error")
+        return {
+            "room": self.room,
+            "members": sorted(members.values(), key=lambda m: str(m["user_id"])),
+            "head_seq": store.head,
+            "archived_seq": store.archived,
+            "rows_retained": store.retained_count(),
+            "dedupe_entries": store.dedupe_count(),
+            "storage_bytes": self._sql.size_bytes(),
+            "next_alarm_ms": int(alarm_at) if alarm_at is not None else None,
+            "wakes": int(store.meta("wakes") or 0),
+            "rate_limit_rejections": int(store.meta("rate_limited") or 0),
+            "slow_consumer_disconnects": int(store.meta("slow_consumer") or 0),
+            "archive_failures": int(store.meta("archive_failures") or 0),
+            "last_archive_error": str(error) if error is not None else None,
+            "closed": self.engine.closed,
+        }
 
     async def alarm(self) -> ArchiveOutcome | None:
         """The object's alarm fired: archive what is waiting, then schedule the next run."""

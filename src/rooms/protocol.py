@@ -44,6 +44,7 @@ class ErrorCode:
     HELLO_REQUIRED = "hello_required"
     ALREADY_JOINED = "already_joined"
     SINCE_AHEAD = "since_ahead"
+    ROOM_CLOSED = "room_closed"
     INTERNAL = "internal"
 
 

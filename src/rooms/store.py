@@ -28,6 +28,10 @@ class Sql(Protocol):
         """Run ``fn`` atomically: all its writes commit together or none do."""
         ...
 
+    def size_bytes(self) -> int:
+        """The database's size on disk, for operators."""
+        ...
+
 
 SCHEMA = (
     # Small named values: head, archived seq, the pending segment, counters, the room's name.
