@@ -141,13 +141,15 @@ class AlarmScheduler:
         task.add_done_callback(self._running.discard)
 
     async def _run(self, room: str, at_ms: int) -> None:
-        # Cleared before running, like workerd: the handler sets the next alarm itself.
-        self.db.execute("DELETE FROM alarms WHERE room = ? AND at_ms = ?", (room, at_ms))
         try:
             await self._fire(room)
         except Exception:
             log.exception("alarm failed room=%s", room)
             self.set(room, int(time.time() * 1000) + 5000)  # at-least-once: try again
+            return
+        # Removed only once the handler finished, like workerd: a crash mid-run leaves the row,
+        # and the alarm fires again after a restart. A handler that set a new time keeps it.
+        self.db.execute("DELETE FROM alarms WHERE room = ? AND at_ms = ?", (room, at_ms))
 
     async def close(self) -> None:
         for timer in self._timers.values():
