@@ -40,11 +40,12 @@ def dev_vars(tmp_path: Path) -> Path:
     return path
 
 
-def start(dev_vars: Path, data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start(dev_vars: Path, data_dir: Path, port: int, log: Path,
+          *extra: str) -> subprocess.Popen[bytes]:
     with log.open("ab") as sink:  # a file, not a pipe: a full pipe would stall the server
         return subprocess.Popen(
             [*ROOMS, "--dev-vars", str(dev_vars), "serve", "--port", str(port),
-             "--data-dir", str(data_dir)],
+             "--data-dir", str(data_dir), *extra],
             env=ENV, stdout=sink, stderr=sink,
         )
 
@@ -138,12 +139,7 @@ async def test_killed_between_r2_put_and_d1_write_recovers_without_loss_or_dupli
     dev_vars.write_text(f'JWT_SECRET="{SECRET}"\nROOM_LIMITS={{"burst": 500}}\n'
                         'ARCHIVE_POLICY={"interval_ms": 300, "retain_messages": 0}\n')
     data, log_path, port = tmp_path / "data", tmp_path / "server.log", free_port()
-    with log_path.open("ab") as sink:
-        crashing = subprocess.Popen(
-            [*ROOMS, "--dev-vars", str(dev_vars), "serve", "--port", str(port),
-             "--data-dir", str(data), "--fault", "crash-after-r2-put"],
-            env=ENV, stdout=sink, stderr=sink,
-        )
+    crashing = start(dev_vars, data, port, log_path, "--fault", "crash-after-r2-put")
     processes.append(crashing)
     await wait_ready(port)
     url = f"ws://127.0.0.1:{port}/rooms/vault/ws?token={mint_token(SECRET, 'alice')}&since=0"
