@@ -89,3 +89,72 @@ class RoomMachine(RuleBasedStateMachine):
 
 TestRoomMachine = RoomMachine.TestCase
 TestRoomMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+class ArchivedRoomMachine(RuleBasedStateMachine):
+    """Random publish / archive / fault / hibernate: a resume from 0 always yields 1..head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+        from pathlib import Path
+
+        from rooms.archive import ArchivePolicy
+        from tests.core.harness import archive_bindings
+
+        self.tmp = tempfile.TemporaryDirectory()
+        policy = ArchivePolicy(max_segment=3, retain_messages=2, interval_ms=0)
+        bindings, self.faults = archive_bindings(Path(self.tmp.name), policy)
+        self.room = RoomHarness(Limits(burst=10_000, messages_per_second=10_000),
+                                archive=bindings)
+        self.writer = self.room.join("writer")
+        self.count = 0
+
+    @rule(n=st.integers(min_value=1, max_value=5))
+    def publish(self, n: int) -> None:
+        for _ in range(n):
+            self.count += 1
+            self.writer.publish(f"m{self.count}", f"body {self.count}")
+
+    @rule(r2=st.booleans(), d1=st.booleans())
+    def archive(self, r2: bool, d1: bool) -> None:
+        self.faults.r2_put_failures = int(r2)
+        self.faults.d1_write_failures = int(d1)
+        from tests.core.harness import run
+
+        run(self.room.host.alarm())
+
+    @rule()
+    def hibernate(self) -> None:
+        self.room.hibernate()
+
+    @invariant()
+    def resume_from_zero_is_complete_and_in_order(self) -> None:
+        reader = self.room.join("reader", since=0)
+        head = self.room.host.engine.store.head
+        assert reader.ws.frames("welcome")[0]["resume"]["complete"] is True
+        assert reader.seqs() == list(range(1, head + 1))
+        assert [m["body"] for m in reader.ws.frames("message")] == [
+            f"body {i}" for i in range(1, head + 1)]
+        reader.leave()
+
+    @invariant()
+    def index_is_consecutive_without_overlap(self) -> None:
+        from tests.core.harness import run
+
+        assert self.room.archive is not None
+        rows = run(self.room.archive.index.segments("lobby"))
+        ranges = [(int(r["first_seq"] or 0), int(r["last_seq"] or 0)) for r in rows]
+        expected_first = 1
+        for first, last in ranges:
+            assert first == expected_first
+            expected_first = last + 1
+        assert expected_first - 1 == self.room.host.engine.store.archived
+
+    def teardown(self) -> None:
+        self.tmp.cleanup()
+
+
+TestArchivedRoomMachine = ArchivedRoomMachine.TestCase
+TestArchivedRoomMachine.settings = settings(max_examples=40, stateful_step_count=20,
+                                            deadline=None)
