@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -10,7 +9,7 @@ from pathlib import Path
 
 from rooms.archive import ArchivePolicy
 from rooms.front import FrontConfig
-from rooms.limits import Limits
+from rooms.limits import Limits, SettingsModel, settings_from_json
 from roomsd.bindings import Faults
 from roomsd.rooms import HibernationPolicy
 
@@ -82,23 +81,20 @@ def vars_from(dev_vars: Path) -> dict[str, str]:
 
 
 def limits_from(raw: str | None) -> Limits:
-    """`ROOM_LIMITS` is a JSON object of `Limits` fields; invalid values fail at start-up."""
-    if not raw:
-        return Limits()
-    try:
-        return Limits.model_validate(json.loads(raw))
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"ROOM_LIMITS is invalid: {exc}") from None
+    """`ROOM_LIMITS`: a JSON object of `Limits` fields; invalid values fail at start-up."""
+    return _settings(Limits, raw, "ROOM_LIMITS")
 
 
 def archive_policy_from(raw: str | None) -> ArchivePolicy:
-    """`ARCHIVE_POLICY` is a JSON object of `ArchivePolicy` fields, validated at start-up."""
-    if not raw:
-        return ArchivePolicy()
+    """`ARCHIVE_POLICY`: a JSON object of `ArchivePolicy` fields, validated at start-up."""
+    return _settings(ArchivePolicy, raw, "ARCHIVE_POLICY")
+
+
+def _settings(model: type[SettingsModel], raw: str | None, name: str) -> SettingsModel:
     try:
-        return ArchivePolicy.model_validate(json.loads(raw))
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"ARCHIVE_POLICY is invalid: {exc}") from None
+        return settings_from_json(model, raw, name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def origins_from(raw: str | None) -> frozenset[str]:

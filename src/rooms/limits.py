@@ -6,7 +6,9 @@ rather than surprising a user at run time.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Cloudflare's own limits, enforced by the local runtime too so that what works locally works
 # there (../shared/reference/cloudflare-python.md, sections 2.1, 2.3, 2.4).
@@ -37,3 +39,19 @@ class Limits(BaseModel):
         if self.max_body_chars > self.max_frame_bytes:
             raise ValueError("max_body_chars cannot exceed max_frame_bytes")
         return self
+
+
+SettingsModel = TypeVar("SettingsModel", bound=BaseModel)
+
+
+def settings_from_json(model: type[SettingsModel], raw: str | None, name: str) -> SettingsModel:
+    """A settings model from a JSON var (defaults when unset); ValueError names what is wrong.
+
+    Used for ROOM_LIMITS and ARCHIVE_POLICY on both runtimes, so a bad value fails at start-up.
+    """
+    if not raw:
+        return model()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise ValueError(f"{name} is invalid: {exc}") from None
