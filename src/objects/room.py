@@ -94,7 +94,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             if isinstance(checked, HttpReply):
                 return reply_response(checked)
             client, server = ffi.websocket_pair()
-            checked.host.connect(server, checked.identity, checked.since)
+            await checked.host.connect(server, checked.identity, checked.since)
             # Echo our subprotocol only if the client offered it (the front narrowed the offer).
             echo = {"sec-websocket-protocol": SUBPROTOCOL} if checked.subprotocol else None
             return Response(None, status=101, headers=echo, web_socket=client)
@@ -104,20 +104,20 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
 
     async def webSocketMessage(self, ws: JsObject, message: str | JsObject) -> None:
         try:
-            self._awake().message(ws, ffi.frame_data(message))
+            await self._awake().message(ws, ffi.frame_data(message))
         except Exception as exc:
             self._failed("webSocketMessage", exc, ws)
 
     async def webSocketClose(self, ws: JsObject, code: int, reason: str, wasClean: bool) -> None:
         try:
-            self._awake().closed(ws)
+            await self._awake().closed(ws)
             self._sockets.answer_close(ws, code)
         except Exception as exc:
             self._failed("webSocketClose", exc)
 
     async def webSocketError(self, ws: JsObject, error: JsObject) -> None:
         try:
-            self._awake().closed(ws)
+            await self._awake().closed(ws)
         except Exception as exc:
             self._failed("webSocketError", exc)
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from objects.room import Room
+from rooms.host import RoomHost
 from rooms.limits import Limits
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
 from tests.cloudflare.fake_js import JsArray, Request, Response, WebSocketRequestResponsePair
@@ -220,11 +221,15 @@ def test_room_refuses_a_bad_since(cf: FakeCloudflare) -> None:
 
 
 def test_handler_exception_is_logged_without_details_and_the_socket_closed(
-    cf_any: FakeCloudflare, capsys: pytest.CaptureFixture[str]
+    cf_any: FakeCloudflare, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A platform failure mid-event logs one line (room, handler, type) and closes with 1011."""
+    """An exception escaping a handler logs one line (room, handler, type) and closes 1011."""
     alice = join(cf_any, "alice")
-    alice.server.fail_attachment_writes = RuntimeError("secret detail")
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(RoomHost, "message", broken)  # a bug anywhere below the handler
     capsys.readouterr()
     alice.publish("m", "hi")
     output = capsys.readouterr().out
@@ -236,18 +241,22 @@ def test_handler_exception_is_logged_without_details_and_the_socket_closed(
     assert "secret detail" not in json.dumps(alice.frames())
 
 
-def test_room_recovers_after_a_handler_exception(cf: FakeCloudflare) -> None:
-    """After a failure the host is rebuilt from storage; members go on and nothing is lost."""
+def test_a_failed_attachment_write_still_broadcasts_the_stored_message(
+    cf: FakeCloudflare, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Saving one socket's state fails after the insert: that socket is closed with 1011, and
+    every other member still receives the stored message, in order."""
     alice, bob = join(cf, "alice"), join(cf, "bob")
     alice.publish("a", "1")
     bob.server.fail_attachment_writes = RuntimeError("boom")
-    bob.publish("b", "2")  # stored, then saving bob's state fails before the broadcast
+    capsys.readouterr()
+    bob.publish("b", "2")
     alice.publish("c", "3")
-    assert alice.seqs() == [1, 3]
-    alice.send({"type": "history", "ref": "h"})
-    (history,) = alice.frames("history")
-    assert [m["seq"] for m in history["messages"]] == [1, 2, 3]
+    assert alice.seqs() == [1, 2, 3]
     assert bob.close_received == (CloseCode.INTERNAL_ERROR, "internal error")
+    events = [r["event"] for r in log_records(capsys.readouterr().out)]
+    assert "attachment_failed" in events
+    assert "boom" not in json.dumps(alice.frames())
 
 
 def _await(promise: Any) -> Response:
