@@ -8,13 +8,14 @@ refer to ../shared/reference/cloudflare-python.md.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from workers import Response, WorkerEntrypoint
 
 from objects import ffi
+from objects.bindings import D1Database, R2Bucket
 from objects.room import Room  # noqa: F401  (§1.1: workerd exports DO classes of the main module)
 from objects.web import (
     INTERNAL_ERROR,
@@ -26,9 +27,12 @@ from objects.web import (
     reply_response,
     request_method,
 )
+from rooms.admin import AdminApi
+from rooms.archive import ArchiveIndex, ArchiveReader
 from rooms.front import (
     ROOM_PATH,
     SUBPROTOCOL,
+    AdminRequest,
     ForwardUpgrade,
     FrontConfig,
     HttpReply,
@@ -84,6 +88,8 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         if isinstance(decision, ForwardUpgrade):
             fields.update(decision.log, room=decision.room, user_id=decision.identity.user_id)
             return await self._forward(request, decision)
+        if isinstance(decision, AdminRequest):
+            return await self._admin(request, path, url.query, headers, fields)
         assets = getattr(self.env, "ASSETS", None)  # an absent binding is an AttributeError
         if assets is None:
             fields["code"] = "not_found"
@@ -99,6 +105,30 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         origins = frozenset(o.strip() for o in str(raw_origins).split(",") if o.strip())
         return FrontConfig(jwt_secret=secret, allowed_origins=origins)
 
+    async def _admin(
+        self, request: Any, path: str, query: str, headers: dict[str, str], fields: LogFields
+    ) -> Response:
+        db, bucket = getattr(self.env, "DB", None), getattr(self.env, "ARCHIVE", None)
+        if db is None or bucket is None:
+            fields["code"] = "server_misconfigured"
+            return reply_response(MISCONFIGURED)
+        database = D1Database(db)
+        reader = ArchiveReader(ArchiveIndex(database), R2Bucket(bucket))
+        token = getattr(self.env, "ADMIN_TOKEN", None)
+        api = AdminApi(
+            database,
+            reader,
+            DurableObjectRooms(self.env.ROOMS),
+            token if isinstance(token, str) else None,
+        )
+        reply = await api.handle(
+            request_method(request), path, query_params(query), headers, int(time.time() * 1000)
+        )
+        code = error_code(reply)
+        if code is not None:
+            fields["code"] = code
+        return reply_response(reply)
+
     async def _forward(self, request: Any, upgrade: ForwardUpgrade) -> Response:
         """Send the upgrade to the room's object and return its 101 (with the client socket).
 
@@ -109,6 +139,25 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         stub = self.env.ROOMS.getByName(upgrade.room)
         response: Response = await stub.fetch(forwarded)
         return response
+
+
+class DurableObjectRooms:
+    """The admin API's `RoomControl` port: a room's actions run inside its object."""
+
+    def __init__(self, namespace: Any) -> None:
+        self._rooms = namespace
+
+    async def call(
+        self, room: str, action: str, params: Mapping[str, str]
+    ) -> dict[str, Any] | None:
+        url = f"https://rooms.internal/admin/{room}/{action}?{urlencode(dict(params))}"
+        response = await self._rooms.getByName(room).fetch(url, method="POST")
+        if response.status == 404:
+            return None
+        if response.status != 200:
+            raise RuntimeError(f"room admin {action} answered {response.status}")
+        answer: dict[str, Any] = await response.json()
+        return answer
 
 
 def upgrade_headers(

@@ -38,6 +38,10 @@ class DurableObjectSql:
         # §3.1: consume the cursor now (no await may come between), and raw() keeps column order.
         return [ffi.row_values(row) for row in cursor.raw()]
 
+    def size_bytes(self) -> int:
+        # §3.1: the database's current size in bytes, for operators.
+        return int(self._sql.databaseSize)
+
     def transaction(self, fn: Callable[[], T]) -> T:
         # §3.2: BEGIN is refused on SQLite objects; transactionSync commits fn's writes together
         # and rolls back when it raises. The result stays on the Python side instead of making a

@@ -13,6 +13,7 @@ The front Worker is the only caller of `fetch` (objects are reachable only throu
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 from workers import DurableObject, Response
 
 from objects import ffi
+from objects.bindings import D1Database, DurableObjectAlarms, R2Bucket
 from objects.ffi import JsObject
 from objects.platform import DurableObjectSql, HibernatableSockets
 from objects.web import (
@@ -30,6 +32,7 @@ from objects.web import (
     query_params,
     reply_response,
 )
+from rooms.archive import ArchivePolicy
 from rooms.auth import Identity
 from rooms.front import (
     ROOM_NAME,
@@ -38,11 +41,12 @@ from rooms.front import (
     HttpReply,
     error_reply,
     identity_from_forwarded,
+    json_reply,
     offered_subprotocols,
     parse_since,
 )
-from rooms.host import RoomHost
-from rooms.limits import Limits
+from rooms.host import ArchiveBindings, RoomHost
+from rooms.limits import Limits, settings_from_json
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
 
 # The room's name, so that an object woken by a socket event (no URL to read it from) knows it.
@@ -51,6 +55,8 @@ NAME_SCHEMA = """CREATE TABLE IF NOT EXISTS room_name (
     name TEXT NOT NULL
 )"""
 UNNAMED = "?"  # only if an object somehow gets socket events before its first upgrade
+# How the front reaches a room's admin actions: /admin/{room}/{action}?params
+ADMIN_PATH = re.compile(r"/admin/([A-Za-z0-9._-]{1,64})/([a-z]+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +76,8 @@ class RoomMismatchError(Exception):
 class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the host
     """A room's Durable Object: handlers translate workerd events into `RoomHost` calls."""
 
-    limits: ClassVar[Limits] = Limits()
+    # None: read the ROOM_LIMITS var (JSON); a subclass may fix limits (tests do).
+    limits: ClassVar[Limits | None] = None
 
     def __init__(self, ctx: Any, env: Any) -> None:
         super().__init__(ctx, env)
@@ -80,6 +87,10 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         self.ctx.setWebSocketAutoResponse(ffi.auto_response_pair(PING_TEXT, PONG_TEXT))
         # §3.2: create tables synchronously here, not in blockConcurrencyWhile.
         self._sql.execute(NAME_SCHEMA)
+        self._room_limits = self.limits or settings_from_json(
+            Limits, _var(self.env, "ROOM_LIMITS"), "ROOM_LIMITS"
+        )
+        self._archive = self._archive_bindings()
         self._name = self._stored_name() or ffi.object_name(self.ctx)
         self._host: RoomHost[JsObject] | None = None
         if self._name is not None:
@@ -90,6 +101,9 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
     async def fetch(self, request: Any) -> Response:
         server: JsObject | None = None
         try:
+            admin = ADMIN_PATH.fullmatch(urlsplit(request.url).path)
+            if admin is not None:
+                return await self._admin(admin.group(1), admin.group(2), request)
             checked = self._admit(request)
             if isinstance(checked, HttpReply):
                 return reply_response(checked)
@@ -152,7 +166,44 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         return str(rows[0][0]) if rows else None
 
     def _new_host(self, name: str) -> RoomHost[JsObject]:
-        return RoomHost(name, self._sql, self._sockets, self.limits, log=emit)
+        alarms = DurableObjectAlarms(self.ctx.storage) if self._archive else None
+        return RoomHost(
+            name,
+            self._sql,
+            self._sockets,
+            self._room_limits,
+            log=emit,
+            archive=self._archive,
+            alarms=alarms,
+        )
+
+    def _archive_bindings(self) -> ArchiveBindings | None:
+        db, bucket = getattr(self.env, "DB", None), getattr(self.env, "ARCHIVE", None)
+        if db is None or bucket is None:
+            return None  # a deployment without D1/R2 keeps every message in the object
+        policy = settings_from_json(
+            ArchivePolicy, _var(self.env, "ARCHIVE_POLICY"), "ARCHIVE_POLICY"
+        )
+        return ArchiveBindings(D1Database(db), R2Bucket(bucket), policy)
+
+    async def alarm(self, alarm_info: Any = None) -> None:
+        """§3.2: archive what is waiting; the host sets the next alarm itself (with backoff)."""
+        try:
+            if self._name is not None:
+                await self._awake().alarm()
+        except Exception as exc:
+            self._failed("alarm", exc)
+
+    async def _admin(self, room: str, action: str, request: Any) -> Response:
+        """An admin action forwarded by the front (only the front can reach an object, §1.3)."""
+        stored = self._stored_name()
+        if stored is None:
+            return reply_response(error_reply(404, "room_not_found", "no such room"))
+        if stored != room:
+            raise RoomMismatchError("object serves another room")
+        params = query_params(urlsplit(request.url).query)
+        result = await self._awake().admin(action, params)
+        return reply_response(json_reply(200, result))
 
     def _host_for(self, name: str) -> RoomHost[JsObject]:
         """The host for an upgrade to ``name``; stores the name the first time."""
@@ -183,3 +234,8 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         # yet or already closed; the failure logged above is what matters.
         with contextlib.suppress(Exception):
             self._sockets.close(ws, CloseCode.INTERNAL_ERROR, "internal error")
+
+
+def _var(env: Any, name: str) -> str | None:
+    value = getattr(env, name, None)  # vars arrive as str (§4); an absent one is undefined
+    return value if isinstance(value, str) and value else None

@@ -65,6 +65,9 @@ def log_failure(handler: str, exc: BaseException, **fields: str) -> None:
     Messages can carry tokens, SQL or a Python traceback (a JS error's message does, §1.4).
     """
     record: Mapping[str, str] = {
-        "event": "unexpected_error", "handler": handler, "error": type(exc).__name__, **fields,
+        "event": "unexpected_error",
+        "handler": handler,
+        "error": type(exc).__name__,
+        **fields,
     }
     emit(json.dumps(record, separators=(",", ":")))

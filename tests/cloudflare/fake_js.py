@@ -669,6 +669,13 @@ class DurableObjectState(JsProxy):
         return self.auto_response
 
 
+def _settled(value: Any) -> Callable[[], Any]:
+    async def settle() -> Any:
+        return value
+
+    return settle
+
+
 class DurableObjectStorage(JsProxy):
     """The JS class name matters: the SDK wraps `ctx.storage` only under this name (harness §4E)."""
 
@@ -677,6 +684,22 @@ class DurableObjectStorage(JsProxy):
     def __init__(self) -> None:
         self.sql = SqlStorage()
         self._depth = 0
+        self.alarm: float | None = None  # epoch ms; one alarm per object
+        self.alarm_sets: list[float] = []
+
+    def setAlarm(self, scheduled: Any) -> JsPromise:
+        if not isinstance(scheduled, int | float) or isinstance(scheduled, bool):
+            raise JsTypeError("setAlarm() takes a Date or a number of milliseconds")
+        self.alarm = float(scheduled)
+        self.alarm_sets.append(self.alarm)
+        return JsPromise(_settled(None))
+
+    def getAlarm(self) -> JsPromise:
+        return JsPromise(_settled(jsnull if self.alarm is None else self.alarm))
+
+    def deleteAlarm(self) -> JsPromise:
+        self.alarm = None
+        return JsPromise(_settled(None))
 
     def transactionSync(self, fn: Any) -> Any:
         if not callable(fn):
@@ -798,7 +821,11 @@ class SqlStorage(JsProxy):
 
     @property
     def databaseSize(self) -> int:
-        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        self._internal = True  # the runtime reads its own size; user code may not PRAGMA
+        try:
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        finally:
+            self._internal = False
         return int(pages) * 4096
 
 

@@ -204,6 +204,8 @@ class _EnvWrapper:
             result: Any = _FetcherWrapper(binding)
         elif _is_js_instance(binding, "DurableObjectNamespace"):
             result = _DurableObjectNamespaceWrapper(binding)
+        elif _is_js_instance(binding, "D1Database") or _is_js_instance(binding, "R2Bucket"):
+            result = _BindingWrapper(binding)  # rpc.py wraps these, converting in and out
         else:
             result = binding  # vars and secrets are plain str
         setattr(self, name, result)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from tests.cloudflare.fake_bindings import D1Database, R2Bucket
 from tests.cloudflare.fake_js import (
     WS_CLOSED,
     WS_CLOSING,
@@ -146,6 +147,9 @@ class FakeCloudflare:
         assets: bool = True,
         hibernate_every_event: bool = False,
         id_has_name: bool = True,
+        archive: bool = True,
+        admin_token: str | None = None,
+        extra_vars: dict[str, str] | None = None,
     ) -> None:
         self.worker_class = worker_class
         self.room_class = room_class
@@ -160,6 +164,13 @@ class FakeCloudflare:
             props["JWT_SECRET"] = secret
         if allowed_origins is not None:
             props["ALLOWED_ORIGINS"] = allowed_origins
+        self.d1 = D1Database() if archive else None
+        self.r2 = R2Bucket() if archive else None
+        if self.d1 is not None and self.r2 is not None:
+            props["DB"], props["ARCHIVE"] = self.d1, self.r2
+        if admin_token is not None:
+            props["ADMIN_TOKEN"] = admin_token
+        props.update(extra_vars or {})
         self.env = JsObject(props)
         self.objects: dict[str, ObjectSlot] = {}
         self.escaped: list[BaseException] = []
@@ -213,6 +224,21 @@ class FakeCloudflare:
             raise JsTypeError("Can't return WebSocket in a Response after calling "
                               "acceptWebSocket().")  # web-socket.c++ WebSocket::couple
         return response
+
+    def fire_alarm(self, room: str) -> None:
+        """Run the object's due alarm the way workerd does: cleared first, then `alarm()`."""
+        slot = self.room(room)
+        storage = slot.state.storage
+        assert storage.alarm is not None, "no alarm is set"
+        storage.alarm = None
+        try:
+            instance = self._wake(slot)
+            info = JsObject({"retryCount": 0, "isRetry": False})
+            asyncio.run(_relaxed_call(instance.alarm, (info,)))
+        except Exception as exc:
+            self.escaped.append(exc)
+        finally:
+            self._after_event(slot)
 
     def _deliver(self, ws: WebSocket, handler: str, *js_args: Any) -> None:
         """A hibernatable socket event: wake the object and call the handler, relaxed."""
