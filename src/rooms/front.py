@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
 
 from rooms.auth import AuthError, Identity, verify_token
 
@@ -159,8 +160,6 @@ def forwarded_headers(
 
 def identity_from_forwarded(headers: Mapping[str, str]) -> Identity | None:
     """The identity the front attached (only the front can reach a room)."""
-    from urllib.parse import unquote
-
     user_id = headers.get(USER_ID_HEADER)
     name = headers.get(USER_NAME_HEADER)
     if not user_id or not name:
@@ -169,6 +168,4 @@ def identity_from_forwarded(headers: Mapping[str, str]) -> Identity | None:
 
 
 def _header_safe(value: str) -> str:
-    from urllib.parse import quote
-
     return quote(value, safe="")
