@@ -11,6 +11,7 @@ The SDK converts arguments only for env bindings and `ctx.storage`; `ctx.*` hibe
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -86,3 +87,19 @@ def object_name(ctx: JsObject) -> str | None:
     """The name the object was reached by (`ctx.id.name`), or None when it has none (§1.1)."""
     name = getattr(ctx.id, "name", None)  # undefined surfaces as AttributeError on a JsProxy
     return name if isinstance(name, str) and name else None
+
+
+def var_text(value: str | JsObject | None) -> str | None:
+    """A var from ``env`` as text: None when unset or empty.
+
+    §4: a var given as a string arrives as str, but one given as a JSON object or array in
+    wrangler.jsonc arrives as a JsProxy; `to_py()` converts it and it is re-encoded as JSON, so
+    both spellings of ROOM_LIMITS and ARCHIVE_POLICY mean the same.
+    """
+    if value is None or value is jsnull:
+        return None
+    if isinstance(value, str):
+        return value or None
+    if hasattr(value, "to_py"):
+        return json.dumps(value.to_py())
+    raise TypeError(f"a var must be a string or JSON, not {type(value).__name__}")

@@ -39,8 +39,13 @@ class DurableObjectSql:
         return [ffi.row_values(row) for row in cursor.raw()]
 
     def size_bytes(self) -> int:
-        # §3.1: the database's current size in bytes, for operators.
-        return int(self._sql.databaseSize)
+        # §3.1: the database's current size in bytes, for operators. The SDK's storage wrapper
+        # caches every attribute after its first read (workers/rpc.py `_BindingWrapper`), so
+        # `.databaseSize` would stay at its first value; its subscript reads afresh.
+        try:
+            return int(self._sql["databaseSize"])
+        except TypeError:  # a raw SqlStorage JsProxy is not subscriptable
+            return int(self._sql.databaseSize)
 
     def transaction(self, fn: Callable[[], T]) -> T:
         # §3.2: BEGIN is refused on SQLite objects; transactionSync commits fn's writes together

@@ -3,8 +3,12 @@
 Nothing that matters lives in memory. workerd evicts a hibernating object and runs `__init__`
 again on the next event (../shared/reference/cloudflare-python.md §2.3), so the message log is in
 SQLite, each connection's state is in its socket's attachment, and the room's own name is in a
-one-row table, written by the first upgrade. Handlers never await, so each event runs to
-completion before the next one (§3.3).
+one-row table, written by the first upgrade. A message is stored and broadcast with no await
+in between; the only awaits are on the archive (R2, D1, the alarm), where other events may
+interleave (§3.3), and the host re-checks its state after each of them.
+
+With `env.DB` and `env.ARCHIVE` bound, the room archives to R2 segments indexed in D1 from its
+alarm (§3.2, §4), and serves history older than it retains from there.
 
 The front Worker is the only caller of `fetch` (objects are reachable only through bindings,
 §1.3); it has verified the token and forwards the identity in ``x-rooms-*`` headers.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -87,14 +92,18 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         self.ctx.setWebSocketAutoResponse(ffi.auto_response_pair(PING_TEXT, PONG_TEXT))
         # §3.2: create tables synchronously here, not in blockConcurrencyWhile.
         self._sql.execute(NAME_SCHEMA)
-        self._room_limits = self.limits or settings_from_json(
-            Limits, _var(self.env, "ROOM_LIMITS"), "ROOM_LIMITS"
+        # A bad ROOM_LIMITS or ARCHIVE_POLICY fails here, on every event, rather than at run time.
+        self._room_limits = (
+            self.limits
+            if self.limits is not None
+            else settings_from_json(Limits, _var(self.env, "ROOM_LIMITS"), "ROOM_LIMITS")
         )
         self._archive = self._archive_bindings()
         self._name = self._stored_name() or ffi.object_name(self.ctx)
+        # Built by the first handler (`_awake`, `_host_for`), synchronously before its first
+        # await, so the store's tables exist in time (§3.3) and a failure while rebuilding from
+        # storage and sockets is caught and logged by that handler instead of failing __init__.
         self._host: RoomHost[JsObject] | None = None
-        if self._name is not None:
-            self._host = self._new_host(self._name)  # RoomStore creates its schema here
 
     # ----------------------------------------------------------------------- workerd handlers
 
@@ -166,7 +175,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         return str(rows[0][0]) if rows else None
 
     def _new_host(self, name: str) -> RoomHost[JsObject]:
-        alarms = DurableObjectAlarms(self.ctx.storage) if self._archive else None
+        alarms = DurableObjectAlarms(self.ctx.storage) if self._archive is not None else None
         return RoomHost(
             name,
             self._sql,
@@ -187,12 +196,29 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         return ArchiveBindings(D1Database(db), R2Bucket(bucket), policy)
 
     async def alarm(self, alarm_info: Any = None) -> None:
-        """§3.2: archive what is waiting; the host sets the next alarm itself (with backoff)."""
+        """§3.2: archive what is waiting; the host sets the next alarm itself (with backoff).
+
+        An exception escaping here would make workerd retry the alarm, with its message in the
+        runtime's log; it is caught and logged like every handler's instead. Archiver failures
+        never raise (the host reschedules with backoff), so only a bug lands here, and then the
+        retry is ours: without an alarm a quiet room would never archive again.
+        """
+        if self._name is None:
+            return  # never named: nothing was ever stored, so nothing is waiting
         try:
-            if self._name is not None:
-                await self._awake().alarm()
+            await self._awake().alarm()
         except Exception as exc:
             self._failed("alarm", exc)
+            await self._retry_alarm()
+
+    async def _retry_alarm(self) -> None:
+        if self._archive is None:
+            return
+        with contextlib.suppress(Exception):  # the failure is logged already
+            storage = self.ctx.storage
+            if await storage.getAlarm() is None:  # the host may have set one before failing
+                retry_ms = self._archive.policy.retry_max_ms
+                await storage.setAlarm(int(time.time() * 1000) + retry_ms)
 
     async def _admin(self, room: str, action: str, request: Any) -> Response:
         """An admin action forwarded by the front (only the front can reach an object, §1.3)."""
@@ -237,5 +263,5 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
 
 
 def _var(env: Any, name: str) -> str | None:
-    value = getattr(env, name, None)  # vars arrive as str (§4); an absent one is undefined
-    return value if isinstance(value, str) and value else None
+    # An absent var is undefined, an AttributeError through the SDK's env wrapper.
+    return ffi.var_text(getattr(env, name, None))

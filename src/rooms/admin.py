@@ -33,6 +33,8 @@ from rooms.front import ROOM_NAME, HttpReply, error_reply
 from rooms.protocol import Message
 
 MAX_READ_RANGE = 1000
+# Seqs a client may name; beyond 2**53 - 2 a number would reach JS as a BigInt.
+MAX_SEQ = 2**53 - 2
 _ROOM_ROUTE = re.compile(r"/admin/rooms/([^/]+)(?:/([a-z]+))?")
 ROOM_ACTIONS = frozenset({"archive", "disconnect", "close", "open"})
 
@@ -235,16 +237,16 @@ class AdminApi:
         return _reply(Inspection.model_validate(answer))
 
     async def segments(self, room: str, query: Mapping[str, str]) -> HttpReply:
-        after = _int(query, "after", 0, 0, 2**53)
+        after = _int(query, "after", 0, 0, MAX_SEQ - 1)
         limit = _int(query, "limit", 100, 1, 1000)
-        rows = await self.reader.index.segments(room, after + 1, 2**53 - 1, limit)
+        rows = await self.reader.index.segments(room, after + 1, None, limit)
         return _reply(
             SegmentList(room=room, segments=[SegmentInfo.model_validate(dict(row)) for row in rows])
         )
 
     async def messages(self, room: str, query: Mapping[str, str]) -> HttpReply:
-        first = _int(query, "first", 1, 1, 2**53)
-        last = _int(query, "last", first + 99, 1, 2**53)
+        first = _int(query, "first", 1, 1, MAX_SEQ)
+        last = _int(query, "last", min(first + 99, MAX_SEQ), 1, MAX_SEQ)
         if last < first or last - first + 1 > MAX_READ_RANGE:
             raise ValueError(f"ask for 1 to {MAX_READ_RANGE} seqs with first <= last")
         messages, missing = await self.reader.read(room, first, last)

@@ -109,12 +109,22 @@ class ArchiveIndex:
         )
 
     async def segments(
-        self, room: str, first: int = 1, last: int = 2**53 - 1, limit: int = 1000
+        self, room: str, first: int = 1, last: int | None = None, limit: int = 1000
     ) -> list[Row]:
-        """Index rows of the segments overlapping [first, last], oldest first."""
+        """Index rows of the segments overlapping [first, last] (no upper bound when None)."""
+        # No sentinel like 2**53 - 1 for "no bound": Pyodide passes it to JS as a BigInt,
+        # which D1 refuses to bind (found by the Pyodide tier).
+        columns = "SELECT room, first_seq, last_seq, count, bytes, key, created_ms FROM segments"
+        if last is None:
+            return await self.db.all(
+                f"{columns} WHERE room = ? AND last_seq >= ? ORDER BY first_seq LIMIT ?",
+                room,
+                first,
+                limit,
+            )
         return await self.db.all(
-            "SELECT room, first_seq, last_seq, count, bytes, key, created_ms FROM segments "
-            "WHERE room = ? AND last_seq >= ? AND first_seq <= ? ORDER BY first_seq LIMIT ?",
+            f"{columns} WHERE room = ? AND last_seq >= ? AND first_seq <= ? "
+            "ORDER BY first_seq LIMIT ?",
             room,
             first,
             last,

@@ -248,9 +248,12 @@ class RoomHost(Generic[S]):
         due = self.archiver.due_in_ms()
         if due is None:
             return
-        at_ms = self._clock_ms() + due
+        now_ms = self._clock_ms()
+        at_ms = now_ms + due
         current = self.engine.store.meta("alarm_at")
-        if current is None or int(current) > at_ms:
+        # A stored time already past means that alarm was used up without reaching `alarm()`
+        # (a failed handler, retries exhausted, deleteAll): treat it as unset.
+        if current is None or int(current) <= now_ms or int(current) > at_ms:
             await self._set_alarm(at_ms)
 
     async def _set_alarm(self, at_ms: int) -> None:

@@ -1,24 +1,36 @@
-"""Fakes of workerd's D1 and R2 bindings and of the object's alarm, for the archive path.
+"""Fakes of workerd's D1 and R2 bindings, for the archive path.
 
-Class names match what the SDK keys on (pyodide-harness.md §4F). D1 runs real SQLite with our
-migrations applied in file order; R2 keeps objects in memory. Both can be told to fail their
-next calls, the way a remote binding fails in production (a rejected promise).
+Class names match what the SDK keys on (pyodide-harness.md §4F): the SDK wraps `D1Database` and
+`R2Bucket` (reference §4), converting arguments with `python_to_rpc` and results with
+`python_from_rpc`. What reaches these classes is therefore what JS would see: `jsnull` for a
+Python None, a `Uint8Array` for bytes, a plain `JsObject` for a dict of options.
+
+D1 runs real SQLite with our migrations applied in file order (`wrangler d1 migrations apply`),
+with D1's binding rules and result shapes. R2 keeps objects in memory with R2's object shape.
+Both can be told to fail their next calls, the way a remote binding fails in production: the
+promise rejects, and Python sees a `JsException` when it awaits.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from tests.cloudflare.fake_js import (
     OPEN_DATABASES,
     ArrayBuffer,
+    Date,
     JsArray,
     JsException,
     JsObject,
     JsPromise,
     JsProxy,
+    JsTypeError,
+    becomes_bigint,
     jsnull,
 )
 
@@ -32,21 +44,49 @@ def _resolved(value: Any) -> JsPromise:
     return JsPromise(settle)
 
 
-def _rejected(message: str) -> JsPromise:
+def _rejected(error: JsException) -> JsPromise:
     async def fail() -> Any:
-        raise JsException("Error", message)
+        raise error
 
     return JsPromise(fail)
 
 
-def _bind(value: Any) -> Any:
-    if value is jsnull or value is None:
+def _option(options: Any, name: str, default: Any = None) -> Any:
+    """A property of an options object (a plain JS object after the SDK's conversion)."""
+    if options is None or options is jsnull:
+        return default
+    value = getattr(options, name, default)
+    return default if value is jsnull else value
+
+
+# --------------------------------------------------------------------------- D1
+
+
+def _d1_value(value: Any) -> Any:
+    """D1's `bind()` rules: null, number, string; boolean as 1/0; buffers as blobs (§4).
+
+    A Python None that did not go through the SDK is JS undefined, and an int outside the safe
+    range is a BigInt (`becomes_bigint`): D1 refuses both.
+    """
+    if value is jsnull:
         return None
     if isinstance(value, bool):
-        return int(value)  # reference §4: D1 binds booleans as 1/0
-    if isinstance(value, int | float | str):
+        return int(value)
+    if isinstance(value, int | float | str) and not becomes_bigint(value):
         return value
-    raise JsException("Error", f"D1_TYPE_ERROR: Type '{type(value).__name__}' not supported")
+    if isinstance(value, ArrayBuffer):
+        return value.to_bytes()
+    kind = "undefined" if value is None else "bigint" if becomes_bigint(value) else "object"
+    raise JsException("Error", f"D1_TYPE_ERROR: Type '{kind}' not supported for value '{value}'")
+
+
+def _js_value(value: Any) -> Any:
+    """A SQLite value as D1 returns it: NULL is null, a BLOB an Array of byte numbers."""
+    if value is None:
+        return jsnull
+    if isinstance(value, bytes):
+        return JsArray(value)
+    return value
 
 
 class D1PreparedStatement(JsProxy):
@@ -58,25 +98,82 @@ class D1PreparedStatement(JsProxy):
         self.params = params
 
     def bind(self, *values: Any) -> D1PreparedStatement:
-        return D1PreparedStatement(self._db, self.query, tuple(_bind(v) for v in values))
+        # Like D1's shim, a value of the wrong type throws at bind(), not at execution.
+        return D1PreparedStatement(self._db, self.query, tuple(_d1_value(v) for v in values))
 
-    def _execute(self) -> JsObject:
-        cursor = self._db.sqlite.execute(self.query, self.params)
+    def _execute(self) -> tuple[list[str], list[tuple[Any, ...]], JsObject]:
+        """Run on the database; raises JsException with D1's message format on an error."""
+        sqlite = self._db.sqlite
+        before = sqlite.total_changes
+        started = time.perf_counter()
+        try:
+            cursor = sqlite.execute(self.query, self.params)
+            rows = cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise JsException("Error", f"D1_ERROR: {exc}: SQLITE_ERROR") from None
+        changes = sqlite.total_changes - before
         names = [d[0] for d in cursor.description or ()]
-        rows = [JsObject(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
-        meta = JsObject({"changes": cursor.rowcount, "last_row_id": cursor.lastrowid})
-        return JsObject({"success": True, "results": JsArray(rows), "meta": meta})
+        meta = JsObject({
+            "served_by": "fake-d1",
+            "duration": (time.perf_counter() - started) * 1000,
+            "changes": changes,
+            "last_row_id": cursor.lastrowid or 0,
+            "changed_db": changes > 0,
+            "size_after": self._db.size(),
+            "rows_read": len(rows),
+            "rows_written": changes,
+        })
+        return names, rows, meta
+
+    def _result(self) -> JsObject:
+        names, rows, meta = self._execute()
+        objects = [JsObject({n: _js_value(v) for n, v in zip(names, row, strict=True)})
+                   for row in rows]
+        return JsObject({"success": True, "results": JsArray(objects), "meta": meta})
+
+    def _settle(self, produce: Any) -> JsPromise:
+        if self._db.fail_reads > 0:
+            self._db.fail_reads -= 1
+            return _rejected(JsException("Error", "D1_ERROR: injected failure: SQLITE_IOERR"))
+        try:
+            return _resolved(produce())
+        except JsException as exc:
+            return _rejected(exc)
 
     def all(self) -> JsPromise:
-        if self._db.fail_reads:
-            return _rejected("D1_ERROR: injected read failure")
-        return _resolved(self._execute())
+        return self._settle(self._result)
 
     def run(self) -> JsPromise:
-        return self._db.batch(JsArray([self]))
+        return self._settle(self._result)  # same shape as all() on current D1 (§4)
+
+    def first(self, column: Any = None) -> JsPromise:
+        def first_row() -> Any:
+            names, rows, _ = self._execute()
+            if not rows:
+                return jsnull
+            row = dict(zip(names, rows[0], strict=True))
+            if column is None:
+                return JsObject({n: _js_value(v) for n, v in row.items()})
+            if column not in row:
+                raise JsException("Error", "D1_COLUMN_NOTFOUND: Column not found")
+            return _js_value(row[column])
+
+        return self._settle(first_row)
+
+    def raw(self, options: Any = None) -> JsPromise:
+        def arrays() -> JsArray:
+            names, rows, _ = self._execute()
+            out = [JsArray(_js_value(v) for v in row) for row in rows]
+            if _option(options, "columnNames", False):
+                out.insert(0, JsArray(names))
+            return JsArray(out)
+
+        return self._settle(arrays)
 
 
 class D1Database(JsProxy):
+    """`env.DB`. Fault injection: ``fail_batches`` and ``fail_reads`` reject that many calls."""
+
     js_class = "D1Database"
 
     def __init__(self) -> None:
@@ -85,63 +182,203 @@ class D1Database(JsProxy):
         for path in sorted(MIGRATIONS.glob("*.sql")):  # `wrangler d1 migrations apply` order
             self.sqlite.executescript(path.read_text())
         self.fail_batches = 0
-        self.fail_reads = False
-        self.batches = 0
+        self.fail_reads = 0  # statements run on their own: all/run/first/raw
+        self.batches = 0  # committed batches
 
-    def prepare(self, query: str) -> D1PreparedStatement:
+    def size(self) -> int:
+        pages = self.sqlite.execute("PRAGMA page_count").fetchone()[0]
+        return int(pages) * 4096
+
+    def prepare(self, query: Any) -> D1PreparedStatement:
+        if not isinstance(query, str):
+            raise JsTypeError("Failed to execute 'prepare' on 'D1Database': parameter 1 is not "
+                              "of type 'string'.")
         return D1PreparedStatement(self, query)
 
     def batch(self, statements: Any) -> JsPromise:
-        if not isinstance(statements, JsArray):
-            raise JsException("TypeError", "batch() takes an Array of prepared statements")
+        """All statements in one transaction: every result, or a rejection and no writes."""
+        if not isinstance(statements, JsArray) or not all(
+            isinstance(s, D1PreparedStatement) for s in statements
+        ):  # a Python list that skipped the SDK is a PyProxy, not an Array
+            raise JsTypeError("batch() takes an Array of D1PreparedStatement")
         if self.fail_batches > 0:
             self.fail_batches -= 1
-            return _rejected("D1_ERROR: injected write failure")
+            return _rejected(JsException("Error", "D1_ERROR: injected failure: SQLITE_IOERR"))
         self.sqlite.execute("BEGIN")
         try:
-            results = [stmt._execute() for stmt in statements]
-        except sqlite3.Error as exc:
+            results = [stmt._result() for stmt in statements]
+        except JsException as exc:
             self.sqlite.execute("ROLLBACK")
-            return _rejected(f"D1_ERROR: {exc}")
+            return _rejected(exc)
         self.sqlite.execute("COMMIT")
         self.batches += 1
         return _resolved(JsArray(results))
 
+    def exec(self, query: Any) -> JsPromise:
+        """Several `;`-separated statements, no bindings; resolves to ``{count, duration}``."""
+        statements = [s for s in str(query).split(";") if s.strip()]
+        try:
+            for statement in statements:
+                self.sqlite.execute(statement)
+        except sqlite3.Error as exc:
+            return _rejected(JsException("Error", f"D1_EXEC_ERROR: {exc}"))
+        return _resolved(JsObject({"count": len(statements), "duration": 0}))
 
-class R2ObjectBody(JsProxy):
+
+# --------------------------------------------------------------------------- R2
+
+
+class HeadResult(JsProxy):
+    """An R2Object: what put() and head() return, and what list() lists (harness §4F)."""
+
+    js_class = "HeadResult"
+
+    def __init__(self, key: str, data: bytes, uploaded_ms: float, version: str,
+                 http_metadata: Any, custom_metadata: Any) -> None:
+        self.key = key
+        self.version = version
+        self.size = len(data)
+        self.etag = hashlib.md5(data).hexdigest()  # R2: an MD5
+        self.httpEtag = f'"{self.etag}"'
+        self.uploaded = Date(uploaded_ms)
+        self.httpMetadata = http_metadata
+        self.customMetadata = custom_metadata
+        self.storageClass = "Standard"
+        self.checksums = JsObject({"md5": ArrayBuffer(hashlib.md5(data).digest())})
+
+
+class GetResult(HeadResult):
+    """An R2ObjectBody: the object with its body, readable once (like any Body)."""
+
     js_class = "GetResult"
 
-    def __init__(self, key: str, data: bytes) -> None:
-        self.key = key
-        self.size = len(data)
+    def __init__(self, head: HeadResult, data: bytes) -> None:
+        self.__dict__.update(head.__dict__)
         self._data = data
+        self.bodyUsed = False
+
+    def _consume(self) -> bytes:
+        if self.bodyUsed:
+            raise JsTypeError("Body has already been used. It can only be used once.")
+        self.bodyUsed = True
+        return self._data
+
+    def _read(self, convert: Any) -> JsPromise:
+        try:
+            return _resolved(convert(self._consume()))
+        except JsException as exc:
+            return _rejected(exc)
 
     def arrayBuffer(self) -> JsPromise:
-        return _resolved(ArrayBuffer(self._data))
+        return self._read(ArrayBuffer)  # the SDK hands Python a memoryview (§4)
 
     def text(self) -> JsPromise:
-        return _resolved(self._data.decode())
+        return self._read(lambda data: data.decode())
+
+    def json(self) -> JsPromise:
+        return self._read(lambda data: json.loads(data))
 
 
 class R2Bucket(JsProxy):
+    """`env.ARCHIVE`. Fault injection: ``fail_puts`` and ``fail_gets`` reject that many calls."""
+
     js_class = "R2Bucket"
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self._heads: dict[str, HeadResult] = {}
         self.fail_puts = 0
-        self.puts = 0
+        self.fail_gets = 0
+        self.puts = 0  # successful puts
+        self._versions = 0
 
-    def put(self, key: str, value: Any, options: Any = None) -> JsPromise:
-        if not isinstance(value, ArrayBuffer | str):  # Uint8Array is an ArrayBuffer here
-            raise JsException("TypeError", "put() value must be a string, buffer or stream")
+    def put(self, key: Any, value: Any, options: Any = None) -> JsPromise:
+        if not isinstance(key, str):
+            raise JsTypeError("Failed to execute 'put' on 'R2Bucket': parameter 1 is not of "
+                              "type 'string'.")
+        # ArrayBuffer and views (Uint8Array is one here), string, or null. Python bytes that
+        # skipped the SDK's to_js are a PyProxy and land here, as in workerd.
+        if value is jsnull:
+            data = b""
+        elif isinstance(value, ArrayBuffer):
+            data = value.to_bytes()
+        elif isinstance(value, str):
+            data = value.encode()
+        else:
+            raise JsTypeError("Failed to execute 'put' on 'R2Bucket': parameter 2 is not of "
+                              "type 'ReadableStream or ArrayBuffer or ArrayBufferView or string "
+                              "or Blob'.")
         if self.fail_puts > 0:
             self.fail_puts -= 1
-            return _rejected("R2 put failed: injected")
-        data = value.encode() if isinstance(value, str) else value.to_bytes()
+            return _rejected(JsException("Error", "put: We encountered an internal error. "
+                                         "Please try again. (10001)"))
+        self._versions += 1
+        head = HeadResult(key, data, time.time() * 1000, f"v{self._versions}",
+                          _option(options, "httpMetadata", JsObject()),
+                          _option(options, "customMetadata", JsObject()))
         self.objects[key] = data
+        self._heads[key] = head
         self.puts += 1
-        return _resolved(JsObject({"key": key, "size": len(data)}))
+        return _resolved(head)
 
-    def get(self, key: str, options: Any = None) -> JsPromise:
-        data = self.objects.get(key)
-        return _resolved(jsnull if data is None else R2ObjectBody(key, data))
+    def get(self, key: Any, options: Any = None) -> JsPromise:
+        if self.fail_gets > 0:
+            self.fail_gets -= 1
+            return _rejected(JsException("Error", "get: We encountered an internal error. "
+                                         "Please try again. (10001)"))
+        data = self.objects.get(str(key))
+        if data is None:
+            return _resolved(jsnull)
+        byte_range = _option(options, "range")
+        if byte_range is not None:
+            suffix = _option(byte_range, "suffix")
+            if suffix is not None:
+                data = data[-int(suffix):]
+            else:
+                offset = int(_option(byte_range, "offset", 0))
+                length = _option(byte_range, "length")
+                data = data[offset:] if length is None else data[offset:offset + int(length)]
+        return _resolved(GetResult(self._heads[str(key)], data))
+
+    def head(self, key: Any) -> JsPromise:
+        head = self._heads.get(str(key))
+        return _resolved(jsnull if head is None else head)
+
+    def delete(self, keys: Any) -> JsPromise:
+        for key in list(keys) if isinstance(keys, JsArray) else [keys]:
+            self.objects.pop(str(key), None)
+            self._heads.pop(str(key), None)
+        return _resolved(None)
+
+    def list(self, options: Any = None) -> JsPromise:
+        """``{objects, truncated, cursor, delimitedPrefixes}``, keys in lexicographic order."""
+        prefix = str(_option(options, "prefix", ""))
+        limit = int(_option(options, "limit", 1000))
+        delimiter = _option(options, "delimiter")
+        start_after = _option(options, "startAfter")
+        start = int(_option(options, "cursor", "0") or 0)
+        keys = [k for k in sorted(self.objects) if k.startswith(prefix)
+                and (start_after is None or k > start_after)]
+        objects: list[HeadResult] = []
+        prefixes: list[str] = []
+        position = start
+        for key in keys[start:]:
+            if len(objects) + len(prefixes) >= limit:
+                break
+            position += 1
+            rest = key[len(prefix):]
+            if delimiter and delimiter in rest:
+                common = prefix + rest[: rest.index(delimiter) + len(delimiter)]
+                if common not in prefixes:
+                    prefixes.append(common)
+                continue
+            objects.append(self._heads[key])
+        truncated = position < len(keys)
+        listing: dict[str, Any] = {
+            "objects": JsArray(objects),
+            "truncated": truncated,
+            "delimitedPrefixes": JsArray(prefixes),
+        }
+        if truncated:
+            listing["cursor"] = str(position)
+        return _resolved(JsObject(listing))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -98,6 +99,16 @@ class JsProxy:
 
 def is_primitive(value: object) -> bool:
     return value is None or value is jsnull or isinstance(value, bool | int | float | str)
+
+
+def becomes_bigint(value: object) -> bool:
+    """Whether Pyodide hands this Python int to JS as a BigInt rather than a Number.
+
+    Only ints strictly inside (-(2**53 - 1), 2**53 - 1) become Numbers (Pyodide 314's
+    `Jsv_BigIntToNum`), so Number.MAX_SAFE_INTEGER itself is already a BigInt.
+    """
+    safe = MAX_SAFE_INTEGER - 1
+    return isinstance(value, int) and not isinstance(value, bool) and not -safe < value < safe
 
 
 def is_pyproxy(value: object) -> bool:
@@ -190,6 +201,21 @@ class ArrayBuffer(JsProxy):
 
 class Uint8Array(ArrayBuffer):
     js_class = "Uint8Array"
+
+
+class Date(JsProxy):
+    """A JS Date: milliseconds since the epoch (the SDK converts it to and from datetime)."""
+
+    js_class = "Date"
+
+    def __init__(self, ms: float) -> None:
+        self._ms = float(ms)
+
+    def getTime(self) -> float:
+        return self._ms
+
+    def valueOf(self) -> float:
+        return self._ms
 
 
 class JsError(JsProxy):
@@ -620,6 +646,7 @@ class DurableObjectState(JsProxy):
         self.auto_response_calls: list[Any] = []
         self.auto_responses_sent = 0
         self.fail_next_accept: BaseException | None = None  # fault injection for tests
+        self.fail_next_get_websockets: BaseException | None = None
 
     def acceptWebSocket(self, ws: Any, tags: Any = None) -> None:
         self.accept_calls.append((ws, tags))
@@ -650,6 +677,9 @@ class DurableObjectState(JsProxy):
         self.sockets.append(ws)
 
     def getWebSockets(self, tag: Any = None) -> JsArray:
+        if self.fail_next_get_websockets is not None:
+            exc, self.fail_next_get_websockets = self.fail_next_get_websockets, None
+            raise exc
         # §2.3: CLOSING sockets are included until their close event was delivered.
         return JsArray(ws for ws in self.sockets if tag is None or tag in ws.tags)
 
@@ -684,22 +714,49 @@ class DurableObjectStorage(JsProxy):
     def __init__(self) -> None:
         self.sql = SqlStorage()
         self._depth = 0
-        self.alarm: float | None = None  # epoch ms; one alarm per object
-        self.alarm_sets: list[float] = []
+        self.alarm: int | None = None  # epoch ms; one alarm per object
+        self.alarm_sets: list[int] = []
+        self.alarm_retries = 0  # consecutive failed runs of the current alarm
+        self._running_alarm: int | None = None
 
     def setAlarm(self, scheduled: Any) -> JsPromise:
+        # §3.2: a Date (the SDK converts a datetime to one) or epoch ms; kept to the millisecond.
+        if isinstance(scheduled, Date):
+            scheduled = scheduled.getTime()
         if not isinstance(scheduled, int | float) or isinstance(scheduled, bool):
-            raise JsTypeError("setAlarm() takes a Date or a number of milliseconds")
-        self.alarm = float(scheduled)
+            raise JsTypeError("Failed to execute 'setAlarm' on 'DurableObjectStorage': "
+                              "parameter 1 is not of type 'Date or number'.")
+        self.alarm = int(scheduled)
         self.alarm_sets.append(self.alarm)
         return JsPromise(_settled(None))
 
     def getAlarm(self) -> JsPromise:
+        # An integral JS number reaches Python as int; no alarm is null (None via the SDK).
         return JsPromise(_settled(jsnull if self.alarm is None else self.alarm))
 
     def deleteAlarm(self) -> JsPromise:
         self.alarm = None
         return JsPromise(_settled(None))
+
+    def begin_alarm(self) -> JsObject:
+        """The runtime starts the alarm handler: returns the `alarmInfo` it passes.
+
+        While the handler runs, getAlarm() is null unless the handler set a new alarm (DOCS
+        api-storage-alarms); the fired alarm is deleted only if the handler succeeds.
+        """
+        assert self.alarm is not None, "no alarm is set"
+        self._running_alarm = self.alarm
+        self.alarm = None
+        retries = self.alarm_retries
+        return JsObject({"retryCount": retries, "isRetry": retries > 0})
+
+    def end_alarm(self, succeeded: bool) -> None:
+        """A failed handler is retried (at-least-once, §3.2) unless it set a new alarm itself."""
+        if succeeded:
+            self.alarm_retries = 0
+        elif self.alarm is None and self._running_alarm is not None:
+            self.alarm = self._running_alarm
+            self.alarm_retries += 1
 
     def transactionSync(self, fn: Any) -> Any:
         if not callable(fn):
@@ -778,7 +835,7 @@ class SqlStorage(JsProxy):
         if isinstance(value, bool):
             return "true" if value else "false"  # §3.1: a boolean becomes its string
         if isinstance(value, int):
-            return value if abs(value) <= MAX_SAFE_INTEGER else str(value)  # a BigInt: text
+            return str(value) if becomes_bigint(value) else value  # a BigInt binds as text
         if isinstance(value, float | str):
             return value
         if isinstance(value, ArrayBuffer):
@@ -905,6 +962,7 @@ def build_module() -> Any:
         ArrayBuffer=JsConstructor("ArrayBuffer", lambda n=0: ArrayBuffer(bytes(n))),
         Uint8Array=JsConstructor("Uint8Array", lambda data=b"": Uint8Array(bytes(data))),
         Error=JsConstructor("Error", JsError),
+        Date=JsConstructor("Date", Date, now=lambda: time.time() * 1000),
         fetch=_outbound_fetch,
     )
     return module

@@ -6,13 +6,15 @@ It mirrors what the SDK converts and what it leaves raw (../shared/reference/clo
 * `DurableObject`/`WorkerEntrypoint` subclasses get their ``__init__`` wrapped: a DO's ``ctx``
   becomes a `DurableObjectContext` that wraps only ``ctx.storage``; ``env`` becomes `_EnvWrapper`.
 * Wrapped bindings convert arguments with `python_to_rpc` (None -> null, dict -> plain object,
-  tuple/bytearray -> TypeError, callables -> proxies) and results with `python_from_rpc`
-  (Arrays -> list, plain objects -> `JsDict`, other JS objects wrapped again).
+  datetime -> Date, tuple/bytearray -> TypeError, callables -> proxies) and results with
+  `python_from_rpc` (Arrays -> list, plain objects -> `JsDict`, Date -> datetime, other JS
+  objects wrapped again).
 * `getByName(...).fetch(...)` and `ASSETS.fetch(...)` return a `Response`.
 """
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import inspect
 import json
@@ -57,6 +59,8 @@ def _from_rpc_default(value: Any, convert: Any, cache: Any) -> Any:
         return Response(value)
     if _is_js_instance(value, "Request"):
         return Request(value)
+    if _is_js_instance(value, "Date"):  # naive local time, as the SDK's fromtimestamp gives
+        return datetime.datetime.fromtimestamp(value.getTime() / 1000)
     return value
 
 
@@ -90,6 +94,8 @@ def _to_rpc_default(obj: Any, convert: Any, cache: Any) -> Any:
         return obj._binding
     if hasattr(obj, "js_object"):
         return obj.js_object
+    if isinstance(obj, datetime.datetime):
+        return fake_js.Date(obj.timestamp() * 1000)
     if callable(obj) and not isinstance(obj, type):
         return create_proxy(obj)
     _raise_on_disabled_type(obj)
@@ -137,8 +143,9 @@ class _BindingWrapper:
 
     def _invoke(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         js_args = [python_to_rpc(arg) for arg in args]
-        js_kwargs = {k: python_to_rpc(v) for k, v in kwargs.items()}
-        result = fn(*js_args, **js_kwargs)
+        if kwargs:  # Pyodide passes Python kwargs to JS as one trailing options object (§5.4)
+            js_args.append(fake_js.JsObject({k: python_to_rpc(v) for k, v in kwargs.items()}))
+        result = fn(*js_args)
         if hasattr(result, "then") and callable(result.then):
 
             async def settle() -> Any:
@@ -156,8 +163,16 @@ class _BindingWrapper:
             result: Any = method
         else:
             result = self._convert_result(attr)
+        # Like the SDK, every attribute is cached after its first read, values included: a
+        # property that changes (sql.databaseSize) keeps its first value through `.name`.
         setattr(self, name, result)
         return result
+
+    def __getitem__(self, key: Any) -> Any:
+        # The SDK's subscript reads afresh, without caching.
+        if isinstance(key, int):
+            return self._convert_result(self._binding[key])
+        return self._convert_result(getattr(self._binding, key))
 
     def __iter__(self) -> Any:
         if not hasattr(self._binding, "__iter__"):

@@ -2,10 +2,13 @@
 
 `FakeCloudflare` dispatches the way pyodide-harness.md §2 describes: a fresh `Default` per
 request; `fetch` on an object through the SDK's conversions (`python_from_rpc` in,
-`python_to_rpc` out); `webSocketMessage`/`Close`/`Error` with raw JS arguments and the relaxed
-call that drops arguments a handler does not take. One `Room` instance lives per name until it
-"hibernates": the instance is dropped and the next event constructs a new one (running
-`__init__` again) while its `DurableObjectState`, sockets and SQLite persist (§2.3).
+`python_to_rpc` out); `webSocketMessage`/`Close`/`Error` and `alarm` with raw JS arguments and
+the relaxed call that drops arguments a handler does not take. One `Room` instance lives per name
+until it "hibernates": the instance is dropped and the next event constructs a new one (running
+`__init__` again) while its `DurableObjectState`, sockets, SQLite and alarm persist (§2.3).
+Alarms fire only when a test asks (`fire_alarm`, `fire_due_alarms`), never on a timer.
+The env holds fake D1 and R2 bindings as DB and ARCHIVE (fake_bindings.py) unless
+``archive=False``.
 
 Exceptions that escape a handler are recorded in ``escaped``; the fixtures require none.
 """
@@ -16,6 +19,7 @@ import asyncio
 import hashlib
 import inspect
 import json
+import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,19 +230,36 @@ class FakeCloudflare:
         return response
 
     def fire_alarm(self, room: str) -> None:
-        """Run the object's due alarm the way workerd does: cleared first, then `alarm()`."""
-        slot = self.room(room)
+        """Run the object's alarm now, the way workerd runs a due one (§3.2).
+
+        The object is woken (constructed again if it hibernated) and `alarm(alarmInfo)` is called
+        relaxed with raw JS arguments. While it runs, getAlarm() is null unless the handler sets
+        a new alarm. If the handler throws, the alarm stays set and the next run is a retry.
+        """
+        self._run_alarm(self.room(room))
+
+    def _run_alarm(self, slot: ObjectSlot) -> None:
         storage = slot.state.storage
-        assert storage.alarm is not None, "no alarm is set"
-        storage.alarm = None
+        info = storage.begin_alarm()
+        succeeded = False
         try:
             instance = self._wake(slot)
-            info = JsObject({"retryCount": 0, "isRetry": False})
             asyncio.run(_relaxed_call(instance.alarm, (info,)))
+            succeeded = True
         except Exception as exc:
             self.escaped.append(exc)
         finally:
+            storage.end_alarm(succeeded)
             self._after_event(slot)
+
+    def fire_due_alarms(self, now_ms: int | None = None) -> list[str]:
+        """Fire every alarm due at ``now_ms`` (default: now), as workerd's scheduler would."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        due = [slot for slot in self.objects.values()
+               if slot.state.storage.alarm is not None and slot.state.storage.alarm <= now]
+        for slot in due:
+            self._run_alarm(slot)
+        return [slot.name for slot in due]
 
     def _deliver(self, ws: WebSocket, handler: str, *js_args: Any) -> None:
         """A hibernatable socket event: wake the object and call the handler, relaxed."""

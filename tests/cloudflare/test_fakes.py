@@ -6,6 +6,8 @@ real runtime would give (reference sections in fake_js.py).
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import json
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 
 from objects.room import Room
 from tests.cloudflare import fake_js
+from tests.cloudflare.fake_bindings import D1Database, R2Bucket
 from tests.cloudflare.fake_js import (
     WS_CLOSING,
     DurableObjectId,
@@ -26,6 +29,7 @@ from tests.cloudflare.fake_js import (
     build_module,
 )
 from tests.cloudflare.fake_pyodide import to_js
+from tests.cloudflare.fake_workers import DurableObjectContext, _EnvWrapper
 from tests.cloudflare.support import check_clean, make_cloudflare, token
 
 
@@ -209,3 +213,157 @@ def test_a_misspelled_handler_is_never_called() -> None:
     alice.publish("m", "hi")
     assert alice.seqs() == []
     assert cf.dropped == ["webSocketMessage: no such handler"]
+
+
+# --------------------------------------------------------------------------- D1, R2, alarms
+
+
+def sdk_env(**bindings: Any) -> Any:
+    """``self.env`` as the SDK hands it to Python code: D1 and R2 wrapped (reference §4)."""
+    return _EnvWrapper(JsObject(bindings))
+
+
+def run(awaitable: Any) -> Any:
+    async def wait() -> Any:
+        return await awaitable
+
+    return asyncio.run(wait())
+
+
+def test_d1_results_have_d1_shapes_and_bools_bind_as_integers() -> None:
+    """all/run -> {success, results, meta}; first -> row or value or None; raw -> lists."""
+    db = sdk_env(DB=D1Database()).DB
+    run(db.exec("CREATE TABLE t (a INTEGER, b TEXT)"))
+    written = run(db.prepare("INSERT INTO t VALUES (?, ?), (?, ?)").bind(True, None, 7, "x").run())
+    assert (written["success"], written["meta"]["changes"], written["results"]) == (True, 2, [])
+    rows = run(db.prepare("SELECT a, b FROM t ORDER BY a").all())
+    assert rows["results"] == [{"a": 1, "b": None}, {"a": 7, "b": "x"}]
+    assert rows["results"][1].b == "x"  # JsDict: attribute access too
+    assert run(db.prepare("SELECT typeof(a) AS t FROM t WHERE a = 1").first("t")) == "integer"
+    assert run(db.prepare("SELECT a FROM t WHERE a > 99").first()) is None
+    assert run(db.prepare("SELECT a, b FROM t ORDER BY a").raw(columnNames=True)) == [
+        ["a", "b"], [1, None], [7, "x"]]
+
+
+def test_d1_refuses_undefined_and_reports_sql_errors_as_rejections() -> None:
+    """A raw Python None is JS undefined (D1_TYPE_ERROR); SQL errors reject with D1_ERROR."""
+    raw = D1Database()
+    with pytest.raises(JsException, match="D1_TYPE_ERROR: Type 'undefined'"):
+        raw.prepare("SELECT ?").bind(None)
+    db = sdk_env(DB=raw).DB
+    statement = db.prepare("SELECT * FROM no_such_table")  # prepare itself does not fail
+    with pytest.raises(JsException, match="D1_ERROR: no such table"):
+        run(statement.all())
+
+
+def test_d1_batch_is_atomic_and_can_be_told_to_fail() -> None:
+    """One failing statement rolls back the batch; an injected failure rejects it whole."""
+    raw = D1Database()
+    db = sdk_env(DB=raw).DB
+    insert = "INSERT INTO rooms (name, created_ms, last_activity_ms) VALUES (?, 1, 1)"
+    with pytest.raises(JsException, match="UNIQUE"):
+        run(db.batch([db.prepare(insert).bind("a"), db.prepare(insert).bind("a")]))
+    raw.fail_batches = 1
+    with pytest.raises(JsException, match="injected"):
+        run(db.batch([db.prepare(insert).bind("b")]))
+    results = run(db.batch([db.prepare(insert).bind("c")]))
+    assert [r["meta"]["changes"] for r in results] == [1]
+    assert raw.sqlite.execute("SELECT name FROM rooms").fetchall() == [("c",)]
+    with pytest.raises(TypeError, match="Array"):
+        raw.batch([raw.prepare(insert).bind("d")])  # a Python list is a PyProxy, not an Array
+
+
+def test_d1_has_the_migrations_applied_in_order() -> None:
+    """Tables from migrations/0001 and 0002 exist, as `d1 migrations apply` leaves them."""
+    tables = {row[0] for row in D1Database().sqlite.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"rooms", "segments", "audit"} <= tables
+
+
+def test_r2_put_takes_bytes_but_not_a_bytearray() -> None:
+    """Through the SDK bytes become a Uint8Array; a bytearray is a TypeError (§4)."""
+    raw = R2Bucket()
+    bucket = sdk_env(ARCHIVE=raw).ARCHIVE
+    with pytest.raises(TypeError, match="bytearray"):
+        run(bucket.put("k", bytearray(b"x")))
+    with pytest.raises(TypeError, match="parameter 2"):
+        raw.put("k", b"x")  # bytes that skipped the SDK's to_js are a PyProxy
+    head = run(bucket.put("k", b"\x00gz", customMetadata={"room": "lobby"}))
+    assert (head.key, head.size, head.httpEtag) == ("k", 3, f'"{head.etag}"')
+    assert isinstance(head.uploaded, datetime.datetime)  # the SDK converts the Date
+    assert raw.objects == {"k": b"\x00gz"}
+
+
+def test_r2_get_head_and_list_have_r2_shapes() -> None:
+    """get -> body (arrayBuffer as memoryview, once) or None; head; list with a cursor."""
+    raw = R2Bucket()
+    bucket = sdk_env(ARCHIVE=raw).ARCHIVE
+    for key in ("rooms/a/segments/1", "rooms/a/segments/2", "rooms/b/segments/1"):
+        run(bucket.put(key, key))
+    body = run(bucket.get("rooms/a/segments/2"))
+    data = run(body.arrayBuffer())
+    assert isinstance(data, memoryview)
+    assert bytes(data) == b"rooms/a/segments/2"
+    with pytest.raises(TypeError, match="already been used"):
+        run(body.text())
+    assert run(bucket.get("missing")) is None
+    assert run(bucket.head("missing")) is None
+    assert run(bucket.head("rooms/b/segments/1")).size == len("rooms/b/segments/1")
+    page = run(bucket.list(prefix="rooms/a/", limit=1))
+    assert ([o.key for o in page["objects"]], page["truncated"]) == (["rooms/a/segments/1"], True)
+    rest = run(bucket.list(prefix="rooms/a/", cursor=page["cursor"]))
+    assert ([o.key for o in rest["objects"]], rest["truncated"]) == (["rooms/a/segments/2"], False)
+    top = run(bucket.list(prefix="rooms/", delimiter="/"))
+    assert top["delimitedPrefixes"] == ["rooms/a/", "rooms/b/"]
+
+
+def test_r2_put_can_be_told_to_fail() -> None:
+    raw = R2Bucket()
+    bucket = sdk_env(ARCHIVE=raw).ARCHIVE
+    raw.fail_puts = 1
+    with pytest.raises(JsException, match="internal error"):
+        run(bucket.put("k", b"x"))
+    run(bucket.put("k", b"x"))
+    assert (raw.objects, raw.puts) == ({"k": b"x"}, 1)
+
+
+def test_alarm_takes_ms_or_a_datetime_and_get_returns_ms_or_none() -> None:
+    """§3.2: setAlarm(ms | datetime -> Date); getAlarm() -> int ms or None; deleteAlarm."""
+    state = DurableObjectState(DurableObjectId("00", "t"), DurableObjectStorage())
+    storage = DurableObjectContext(state).storage  # SDK-wrapped, as a Room sees it
+    assert run(storage.getAlarm()) is None
+    run(storage.setAlarm(1_700_000_000_123))
+    assert run(storage.getAlarm()) == 1_700_000_000_123
+    at = datetime.datetime.fromtimestamp(1_800_000_000.5)
+    run(storage.setAlarm(at))
+    assert run(storage.getAlarm()) == 1_800_000_000_500
+    with pytest.raises(TypeError, match="setAlarm"):
+        run(storage.setAlarm("soon"))
+    run(storage.deleteAlarm())
+    assert run(storage.getAlarm()) is None
+
+
+def test_a_failing_alarm_handler_is_retried_and_a_passing_one_clears_the_alarm() -> None:
+    """workerd deletes a fired alarm only when its handler succeeds; info says retry."""
+    infos: list[tuple[int, bool]] = []
+
+    class Flaky(Room):
+        failures = 1
+
+        async def alarm(self, alarm_info: Any = None) -> None:
+            infos.append((alarm_info.retryCount, alarm_info.isRetry))
+            if Flaky.failures:
+                Flaky.failures -= 1
+                raise RuntimeError("flaky")
+
+    cf = make_cloudflare(room_class=Flaky)
+    storage = cf.room("lobby").state.storage
+    storage.alarm = 1
+    cf.fire_alarm("lobby")
+    assert storage.alarm == 1  # kept for the retry
+    assert [type(e) for e in cf.escaped] == [RuntimeError]
+    cf.escaped.clear()
+    cf.fire_alarm("lobby")
+    assert storage.alarm is None
+    assert infos == [(0, False), (1, True)]
+    check_clean(cf)

@@ -241,22 +241,49 @@ def test_handler_exception_is_logged_without_details_and_the_socket_closed(
     assert "secret detail" not in json.dumps(alice.frames())
 
 
+def test_room_recovers_after_a_handler_exception(
+    cf_any: FakeCloudflare, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rebuilding the host after a wake fails (getWebSockets throws): the event's socket is
+    closed with 1011, the next event rebuilds it, and nothing stored is lost or duplicated."""
+    alice, bob = join(cf_any, "alice"), join(cf_any, "bob")
+    alice.publish("a", "1")
+    cf_any.hibernate()
+    cf_any.room("lobby").state.fail_next_get_websockets = RuntimeError("secret detail")
+    capsys.readouterr()
+    bob.publish("b", "2")  # the host cannot be built: nothing is stored
+    failures = [r for r in log_records(capsys.readouterr().out) if r["event"] != "publish"]
+    assert failures == [{"event": "unexpected_error", "handler": "webSocketMessage",
+                         "error": "RuntimeError", "room": "lobby"}]
+    assert bob.close_received == (CloseCode.INTERNAL_ERROR, "internal error")
+    bob.echo_close()
+    alice.publish("c", "3")
+    assert alice.seqs() == [1, 2]
+    assert [m["body"] for m in alice.frames("message")] == ["1", "3"]
+    again = join(cf_any, "bob", since=1)
+    assert again.seqs() == [2]
+    assert "secret detail" not in json.dumps(again.frames())
+
+
 def test_a_failed_attachment_write_still_broadcasts_the_stored_message(
-    cf: FakeCloudflare, capsys: pytest.CaptureFixture[str]
+    cf_any: FakeCloudflare, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Saving one socket's state fails after the insert: that socket is closed with 1011, and
     every other member still receives the stored message, in order."""
-    alice, bob = join(cf, "alice"), join(cf, "bob")
+    alice, bob, carol = join(cf_any, "alice"), join(cf_any, "bob"), join(cf_any, "carol")
     alice.publish("a", "1")
     bob.server.fail_attachment_writes = RuntimeError("boom")
     capsys.readouterr()
     bob.publish("b", "2")
     alice.publish("c", "3")
-    assert alice.seqs() == [1, 2, 3]
+    assert alice.seqs() == carol.seqs() == [1, 2, 3]
+    assert [m["body"] for m in carol.frames("message")] == ["1", "2", "3"]
     assert bob.close_received == (CloseCode.INTERNAL_ERROR, "internal error")
-    events = [r["event"] for r in log_records(capsys.readouterr().out)]
-    assert "attachment_failed" in events
-    assert "boom" not in json.dumps(alice.frames())
+    records = log_records(capsys.readouterr().out)
+    assert [r.get("code") for r in records if r["event"] == "attachment_failed"] == [
+        "RuntimeError"]
+    assert not [r for r in records if r["event"] == "unexpected_error"]  # nothing escaped
+    assert "boom" not in json.dumps([alice.frames(), carol.frames()])
 
 
 def _await(promise: Any) -> Response:
