@@ -35,13 +35,17 @@ from rooms.front import (
     AdminRequest,
     ForwardUpgrade,
     FrontConfig,
+    GuestTokenRequest,
     HttpReply,
     error_reply,
     forwarded_headers,
     route,
 )
+from rooms.guest import GuestIssuer, parse_switch
 from rooms.logs import http_log_line
 
+# Per isolate: the guest-token rate-limit buckets (nothing random is drawn at import).
+GUEST_ISSUER = GuestIssuer()
 MISCONFIGURED = error_reply(500, "server_misconfigured", "the server is misconfigured")
 NOT_FOUND = error_reply(404, "not_found", "nothing here")
 # Every client-sent header in our namespace is dropped before forwarding, not only today's
@@ -90,6 +94,14 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             return await self._forward(request, decision)
         if isinstance(decision, AdminRequest):
             return await self._admin(request, path, url.query, headers, fields)
+        if isinstance(decision, GuestTokenRequest):
+            body = await request.bytes()
+            client = headers.get("cf-connecting-ip", "")
+            reply = GUEST_ISSUER.handle(body, client, config.jwt_secret, int(time.time() * 1000))
+            code = error_code(reply)
+            if code is not None:
+                fields["code"] = code
+            return reply_response(reply)
         assets = getattr(self.env, "ASSETS", None)  # an absent binding is an AttributeError
         if assets is None:
             fields["code"] = "not_found"
@@ -103,7 +115,11 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             return None
         raw_origins = getattr(self.env, "ALLOWED_ORIGINS", None) or ""
         origins = frozenset(o.strip() for o in str(raw_origins).split(",") if o.strip())
-        return FrontConfig(jwt_secret=secret, allowed_origins=origins)
+        try:
+            guest = parse_switch(getattr(self.env, "GUEST_TOKENS", None), default=False)
+        except ValueError:
+            return None  # -> 500 server_misconfigured, never a silent default
+        return FrontConfig(jwt_secret=secret, allowed_origins=origins, guest_tokens=guest)
 
     async def _admin(
         self, request: Any, path: str, query: str, headers: dict[str, str], fields: LogFields

@@ -16,6 +16,7 @@ from rooms.auth import AuthError, Identity, verify_token
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ROOM_PATH = re.compile(r"/rooms/([^/]*)/ws")
+GUEST_PATH = "/auth/guest"
 SUBPROTOCOL = "rooms.v1"
 # Set by the front on the request it forwards to the room; any client-sent copy is removed first.
 USER_ID_HEADER = "x-rooms-user-id"
@@ -27,6 +28,7 @@ IDENTITY_HEADERS = (USER_ID_HEADER, USER_NAME_HEADER)
 class FrontConfig:
     jwt_secret: str
     allowed_origins: frozenset[str] = frozenset()  # empty: any Origin is accepted
+    guest_tokens: bool = False  # POST /auth/guest mints guest tokens (rooms.guest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,13 @@ class AdminRequest:
 ADMIN_REQUEST = AdminRequest()
 
 
+class GuestTokenRequest:
+    """An allowed ``POST /auth/guest``: rooms.guest.GuestIssuer answers it with the body."""
+
+
+GUEST_TOKEN_REQUEST = GuestTokenRequest()
+
+
 def error_reply(status: int, code: str, message: str) -> HttpReply:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     return HttpReply(status, body)
@@ -90,10 +99,18 @@ def route(
     query: Mapping[str, str],
     headers: Mapping[str, str],
     config: FrontConfig,
-) -> HttpReply | ForwardUpgrade | AdminRequest | NotHandled:
+) -> HttpReply | ForwardUpgrade | AdminRequest | GuestTokenRequest | NotHandled:
     """Decide what a request gets. ``headers`` keys must be lower-case."""
     if path.startswith("/admin/"):
         return ADMIN_REQUEST
+    if path == GUEST_PATH:
+        if not config.guest_tokens:
+            return error_reply(404, "guest_tokens_disabled", "this server issues no guest tokens")
+        if method != "POST":
+            return error_reply(405, "method_not_allowed", "use POST")
+        if config.allowed_origins and headers.get("origin") not in config.allowed_origins:
+            return error_reply(403, "origin_not_allowed", "this Origin may not get guest tokens")
+        return GUEST_TOKEN_REQUEST
     if path == "/health":
         if method not in ("GET", "HEAD"):
             return error_reply(405, "method_not_allowed", "use GET")

@@ -415,6 +415,7 @@ class Request(JsProxy):
         self.method = method
         self.headers = headers or Headers()
         self.bodyUsed = False
+        self._body = b""
 
     @classmethod
     def construct(cls, input: Any, init: Any = None) -> Request:
@@ -430,10 +431,16 @@ class Request(JsProxy):
             headers = getattr(options, "headers", None)
             if headers is not None:
                 request.headers = Headers(headers)
+            body = getattr(options, "body", None)
+            if body is not None:
+                request._body = _body_bytes(body) or b""
         return request
 
     async def text(self) -> str:
-        return ""
+        return self._body.decode()
+
+    async def arrayBuffer(self) -> ArrayBuffer:
+        return ArrayBuffer(self._body)
 
 
 NULL_BODY_STATUSES = frozenset({101, 204, 205, 304})

@@ -301,6 +301,10 @@ class Request:
     async def text(self) -> str:
         return str(await self._js_request.text())
 
+    async def bytes(self) -> bytes:
+        buffer = await self._js_request.arrayBuffer()
+        return bytes(buffer.to_bytes())
+
 
 class Response:
     def __init__(self, body: Any = None, status: int | None = None, status_text: str = "",

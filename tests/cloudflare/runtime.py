@@ -284,10 +284,12 @@ class FakeCloudflare:
     # ----------------------------------------------------------------------- the front
 
     def fetch(self, path: str, *, method: str = "GET",
-              headers: Iterable[tuple[str, str]] = ()) -> HttpResult:
+              headers: Iterable[tuple[str, str]] = (), body: str | None = None) -> HttpResult:
         js_headers = Headers(list(headers))
-        request = Request.construct(ORIGIN + path, JsObject({"method": method,
-                                                             "headers": js_headers}))
+        init: dict[str, Any] = {"method": method, "headers": js_headers}
+        if body is not None:
+            init["body"] = body
+        request = Request.construct(ORIGIN + path, JsObject(init))
         response = asyncio.run(self._front(request))
         return HttpResult(
             status=response.status,

@@ -199,3 +199,24 @@ def test_each_request_logs_one_json_line_without_the_token(
     assert requests[1]["user_id"] == "alice"
     assert requests[2]["code"] == "token_invalid"
     assert all(isinstance(r["duration_ms"], float) for r in requests)
+
+
+def test_guest_tokens_are_off_unless_the_var_turns_them_on() -> None:
+    """POST /auth/guest: 404 by default on Cloudflare; with GUEST_TOKENS=1 a usable token."""
+    from rooms.auth import verify_token
+    from tests.cloudflare.runtime import SECRET
+
+    off = make_cloudflare()
+    result = off.fetch("/auth/guest", method="POST", body='{"name": "Ann"}')
+    assert (result.status, result.json()["error"]["code"]) == (404, "guest_tokens_disabled")
+    on = make_cloudflare(extra_vars={"GUEST_TOKENS": "1"})
+    result = on.fetch("/auth/guest", method="POST", body='{"name": "Ann"}',
+                      headers=[("cf-connecting-ip", "203.0.113.9")])
+    assert result.status == 200
+    identity = verify_token(result.json()["token"], SECRET)
+    assert identity.name == "Ann"
+    assert identity.user_id.startswith("guest-")
+    bad = make_cloudflare(extra_vars={"GUEST_TOKENS": "maybe"})
+    assert bad.fetch("/auth/guest", method="POST", body="{}").status == 500
+    for deployment in (off, on, bad):
+        check_clean(deployment)

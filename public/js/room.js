@@ -1,0 +1,347 @@
+// One room over one WebSocket (docs/protocol.md): join, deliver every message once and in seq
+// order, reconnect with backoff and resume from the last seq, and keep unacknowledged messages
+// (under their client id, so a retransmit is never stored twice) until the room has them.
+// Own messages go out one at a time, each after the previous ack, so that a rate-limited or
+// lost publish can never be overtaken by a later one: the room stores them in the order typed.
+//
+// Events (CustomEvent.detail): state {state, retryAt}, welcome {welcome, reset}, message,
+// history {messages, done, missing}, pending, presence, signal, notice {code, message}.
+
+const PING = '{"type":"ping"}'; // answered by the platform without waking the room
+const PING_EVERY_MS = 20_000;
+const SILENT_AFTER_MS = 45_000; // nothing heard for this long: the connection is dead
+const RATE_LIMITED_RETRY_MS = 1_000;
+const HISTORY_PAGE = 50;
+
+// Exponential backoff with "equal jitter": half the ceiling plus a random half, so retries
+// neither hammer the server nor arrive in lockstep from every page after an outage.
+export function backoffDelay(attempt, random = Math.random) {
+  const ceiling = Math.min(30_000, 500 * 2 ** attempt);
+  return ceiling / 2 + (random() * ceiling) / 2;
+}
+
+export function newId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export class RoomConnection extends EventTarget {
+  // getToken(force) resolves to a token; force asks for a fresh one after a refused upgrade.
+  constructor(room, getToken) {
+    super();
+    this.room = room;
+    this.getToken = getToken;
+    this.state = "idle"; // connecting | online | waiting | stopped
+    this.head = null; // every seq up to here has been delivered (null: never joined)
+    this.oldest = null; // the oldest seq delivered; history pages go below it
+    this.historyDone = false;
+    this.historyRef = null;
+    this.user = null;
+    this.ws = null;
+    this.attempt = 0;
+    this.retryAt = 0;
+    this.timer = null;
+    this.heartbeat = null;
+    this.lastHeard = 0;
+    this.renewToken = false;
+    this.refused = false;
+    this.storageKey = `rooms.pending.${room}`;
+    // In the order typed: id -> {id, body, state: queued|sending|sent|failed, error}
+    this.pending = new Map();
+    this.inflight = null; // the id of the publish awaiting its ack
+    this.pausedUntil = 0; // after a rate_limited answer
+    for (const { id, body } of JSON.parse(sessionStorage.getItem(this.storageKey) ?? "[]")) {
+      this.pending.set(id, { id, body, state: "queued" });
+    }
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  setState(state) {
+    this.state = state;
+    this.emit("state", { state, retryAt: this.retryAt });
+  }
+
+  // ------------------------------------------------------------------ connection lifecycle
+
+  async open() {
+    if (["connecting", "online", "stopped"].includes(this.state)) return;
+    clearTimeout(this.timer);
+    this.setState("connecting");
+    let token;
+    try {
+      token = await this.getToken(this.renewToken);
+      this.renewToken = false;
+    } catch (error) {
+      this.emit("notice", { code: error.code, message: error.message });
+      if (error.code === "guest_tokens_disabled" || error.code === "token_expired") {
+        this.stop();
+      } else {
+        this.retryLater(error.retryAfterS * 1000);
+      }
+      return;
+    }
+    if (this.state !== "connecting") return; // left while the token was on its way
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const since = this.head === null ? "" : `?since=${this.head}`;
+    const url = `${scheme}//${location.host}/rooms/${encodeURIComponent(this.room)}/ws${since}`;
+    const ws = new WebSocket(url, ["rooms.v1", token]);
+    this.ws = ws;
+    ws.onopen = () => {
+      this.lastHeard = Date.now();
+      if (this.head === null) ws.send('{"type":"hello"}'); // first join: start at the head
+      this.heartbeat = setInterval(() => this.beat(), PING_EVERY_MS);
+    };
+    ws.onmessage = (event) => {
+      this.lastHeard = Date.now();
+      this.receive(JSON.parse(event.data));
+    };
+    ws.onclose = (event) => this.dropped(ws, event.code, this.lastHeard > 0);
+    ws.onerror = () => {}; // a close event always follows
+    this.lastHeard = 0;
+  }
+
+  beat() {
+    if (Date.now() - this.lastHeard > SILENT_AFTER_MS) {
+      this.restart(); // a half-open connection: don't wait for TCP to notice
+    } else {
+      this.ws?.send(PING);
+    }
+  }
+
+  // Drop this socket now and reconnect (resuming from the head).
+  restart() {
+    const ws = this.ws;
+    if (!ws) return;
+    this.dropped(ws, 4000, true);
+    ws.close();
+  }
+
+  async dropped(ws, code, opened) {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    this.historyRef = null;
+    clearInterval(this.heartbeat);
+    this.inflight = null;
+    for (const item of this.pending.values()) if (item.state !== "failed") item.state = "queued";
+    if (code === 4003) {
+      this.emit("notice", { code: "kicked", message: "An operator disconnected you from this room." });
+      this.stop();
+      return;
+    }
+    if (code === 1008) {
+      this.emit("notice", { code: "policy", message: "The room closed the connection after too many refused frames." });
+    }
+    if (!opened && this.state === "connecting") {
+      // The upgrade failed, and browsers don't say why: tell a refusal from an outage.
+      const up = await fetch("/health", { cache: "no-store" }).then((r) => r.ok, () => false);
+      if (up && !this.refused) {
+        this.refused = true; // until the next welcome: renew the token once, say it once
+        this.renewToken = true;
+        this.emit("notice", {
+          code: "refused",
+          message: "The server refused to open this room (expired sign-in or a full room). Retrying…",
+        });
+      }
+    }
+    if (this.state !== "stopped") this.retryLater();
+  }
+
+  retryLater(atLeastMs = 0) {
+    const delay = Math.max(atLeastMs, backoffDelay(this.attempt++));
+    this.retryAt = Date.now() + delay;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.open(), delay);
+    this.setState("waiting");
+  }
+
+  retryNow() {
+    if (this.state === "waiting" || this.state === "stopped") {
+      this.state = "idle";
+      this.open();
+    }
+  }
+
+  stop() {
+    clearTimeout(this.timer);
+    this.setState("stopped");
+  }
+
+  leave() {
+    this.stop();
+    const ws = this.ws;
+    this.ws = null;
+    clearInterval(this.heartbeat);
+    if (ws) {
+      ws.onclose = null;
+      ws.close(1000);
+    }
+  }
+
+  // ------------------------------------------------------------------ frames from the room
+
+  receive(frame) {
+    switch (frame.type) {
+      case "welcome":
+        return this.welcome(frame);
+      case "message":
+        return this.message(frame);
+      case "ack":
+        return this.ack(frame);
+      case "history":
+        return this.history(frame);
+      case "presence":
+        return this.emit("presence", frame);
+      case "signal":
+        return this.emit("signal", frame);
+      case "error":
+        return this.error(frame);
+    }
+  }
+
+  welcome(frame) {
+    this.user = { user_id: frame.user_id };
+    this.attempt = 0;
+    this.refused = false;
+    const { resume } = frame;
+    let reset = this.head === null;
+    if (!reset && resume.reason === "since_ahead") {
+      reset = true; // the room's storage is older than what we have seen: start over
+      this.head = frame.head;
+    } else if (!reset && !resume.complete && resume.missing.length > 0) {
+      // Part of what we missed is not replayed; show from the replay on and page the rest.
+      reset = true;
+      this.head = resume.missing[resume.missing.length - 1][1];
+    } else if (reset) {
+      this.head = frame.head;
+    }
+    if (reset) {
+      this.oldest = this.head + 1;
+      this.historyDone = false;
+    }
+    this.emit("welcome", { welcome: frame, reset });
+    this.setState("online");
+    this.emit("presence", { members: frame.presence });
+    if (reset) this.loadOlder();
+    this.pump();
+  }
+
+  message(frame) {
+    if (frame.seq <= this.head) return; // already delivered
+    if (frame.seq !== this.head + 1) {
+      this.restart(); // never expected: a gap. Resume from what we have.
+      return;
+    }
+    this.head = frame.seq;
+    if (frame.user_id === this.user.user_id && this.pending.delete(frame.id)) this.savePending();
+    this.emit("message", frame);
+  }
+
+  ack(frame) {
+    if (frame.id === this.inflight) this.inflight = null;
+    const item = this.pending.get(frame.id);
+    if (item && frame.seq <= this.head) {
+      this.pending.delete(frame.id); // a retransmit of a message we already have
+      this.savePending();
+    } else if (item) {
+      item.state = "sent"; // its message frame follows
+      this.emit("pending");
+    }
+    this.pump();
+  }
+
+  history(frame) {
+    if (frame.ref !== this.historyRef) return;
+    this.historyRef = null;
+    const messages = frame.messages.filter((m) => m.seq < this.oldest);
+    this.oldest = Math.min(this.oldest, frame.next_before ?? 1, ...messages.map((m) => m.seq));
+    this.historyDone = frame.next_before === null;
+    this.emit("history", { messages, done: this.historyDone, missing: frame.missing });
+  }
+
+  error(frame) {
+    const item = frame.ref && this.pending.get(frame.ref);
+    if (item) {
+      if (frame.ref === this.inflight) this.inflight = null;
+      if (frame.code === "rate_limited") {
+        item.state = "queued"; // not processed: it goes again, first, a little later
+        item.error = "rate_limited";
+        this.pausedUntil = Date.now() + RATE_LIMITED_RETRY_MS;
+        setTimeout(() => this.pump(), RATE_LIMITED_RETRY_MS);
+      } else {
+        item.state = "failed";
+        item.error = frame.code;
+      }
+      this.emit("pending");
+      this.pump();
+      return;
+    }
+    if (frame.ref && frame.ref === this.historyRef) {
+      this.historyRef = null;
+      if (frame.code === "rate_limited") setTimeout(() => this.loadOlder(), RATE_LIMITED_RETRY_MS);
+      return;
+    }
+    if (frame.code === "rate_limited") return; // a typing signal: not worth a word
+    this.emit("notice", { code: frame.code, message: frame.message });
+  }
+
+  // ------------------------------------------------------------------ what the page asks
+
+  send(body) {
+    const item = { id: newId(), body, state: "queued" };
+    this.pending.set(item.id, item);
+    this.savePending();
+    this.pump();
+    return item.id;
+  }
+
+  // Send the oldest queued message, if none is awaiting its ack.
+  pump() {
+    if (this.state !== "online" || this.inflight || Date.now() < this.pausedUntil) return;
+    const item = [...this.pending.values()].find((i) => i.state === "queued");
+    if (!item) return;
+    item.state = "sending";
+    item.error = null;
+    this.inflight = item.id;
+    this.ws.send(JSON.stringify({ type: "publish", id: item.id, body: item.body }));
+    this.emit("pending");
+  }
+
+  retry(id) {
+    const item = this.pending.get(id);
+    if (item?.state === "failed") {
+      item.state = "queued";
+      item.error = null;
+      this.emit("pending");
+      this.pump();
+    }
+  }
+
+  discard(id) {
+    if (this.pending.delete(id)) this.savePending();
+  }
+
+  savePending() {
+    const items = [...this.pending.values()].map(({ id, body }) => ({ id, body }));
+    sessionStorage.setItem(this.storageKey, JSON.stringify(items));
+    this.emit("pending");
+  }
+
+  loadOlder() {
+    if (this.state !== "online" || this.historyRef || this.historyDone) return;
+    if (this.oldest <= 1) {
+      this.historyDone = true;
+      this.emit("history", { messages: [], done: true, missing: [] });
+      return;
+    }
+    this.historyRef = `h${newId()}`;
+    const request = { type: "history", before: this.oldest, limit: HISTORY_PAGE, ref: this.historyRef };
+    this.ws.send(JSON.stringify(request));
+  }
+
+  signal(kind, data) {
+    if (this.state === "online") this.ws.send(JSON.stringify({ type: "signal", kind, data }));
+  }
+}

@@ -1,0 +1,159 @@
+"""Guest tokens: ``POST /auth/guest`` mints a short-lived token for a display name.
+
+Off unless the deployment turns it on (``GUEST_TOKENS=1``; the local runtime turns it on by
+default). `rooms.front.route` answers the method, the switch and the Origin check, and hands
+``POST /auth/guest`` over as `GUEST_TOKEN_REQUEST`; the platform then reads the body and the
+client's address (locally the peer address, on Cloudflare ``cf-connecting-ip``) and calls
+`GuestIssuer.handle`. Deployments that issue tokens from their own backend leave this off.
+
+Request: ``{"name": "Ada"}``, optionally with ``"token"``: a guest token this endpoint issued
+(still valid, or expired less than ``renew_grace_s`` ago) to renew it under the same user id, so
+that a page's retransmits stay idempotent. Reply: ``{"token", "user_id", "name", "expires_ms"}``.
+Each client address has a token bucket; the buckets live in this object's memory (per isolate
+on Cloudflare), which is a speed bump, not a quota.
+
+Platform-free: no I/O, and random ids are drawn per request, never at import time (Pyodide
+snapshots module state).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jwt
+
+from rooms.auth import ALGORITHM, MAX_NAME_CHARS
+from rooms.front import HttpReply, error_reply
+
+GUEST_PREFIX = "guest-"
+GUEST_USER_ID = re.compile(r"guest-[0-9a-f]{16}")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SWITCH_ON = frozenset({"1", "true", "yes", "on"})
+_SWITCH_OFF = frozenset({"0", "false", "no", "off", ""})
+NO_STORE = (("content-type", "application/json"), ("cache-control", "no-store"))
+
+
+def parse_switch(raw: str | None, default: bool) -> bool:
+    """A boolean setting such as ``GUEST_TOKENS``: 1/0, true/false, yes/no, on/off."""
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _SWITCH_ON:
+        return True
+    if value in _SWITCH_OFF:
+        return False
+    raise ValueError(f"expected 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class GuestPolicy:
+    ttl_s: int = 3600  # a guest token lives one hour; the page renews it before it runs out
+    burst: int = 10  # tokens one client may fetch at once ...
+    refill_s: float = 6.0  # ... and one more every `refill_s` seconds (10 a minute)
+    renew_grace_s: int = 24 * 3600  # an expired guest token may be renewed this long after
+    max_clients: int = 10_000  # buckets kept; full (idle) buckets are dropped first
+    max_body_bytes: int = 2048
+
+
+def _random_user_id() -> str:
+    return GUEST_PREFIX + secrets.token_hex(8)
+
+
+class GuestIssuer:
+    """Answers ``POST /auth/guest``; holds the per-client rate-limit buckets."""
+
+    def __init__(
+        self,
+        policy: GuestPolicy | None = None,
+        random_user_id: Callable[[], str] = _random_user_id,
+    ) -> None:
+        self.policy = policy or GuestPolicy()
+        self._random_user_id = random_user_id
+        # client -> (tokens left, when they were counted, in seconds)
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def handle(self, body: bytes, client: str, secret: str, now_ms: int) -> HttpReply:
+        """The reply to one ``POST /auth/guest`` from ``client`` (an address; may be empty)."""
+        wait_s = self._take(client, now_ms / 1000)
+        if wait_s > 0:
+            retry = max(1, round(wait_s + 0.5))
+            reply = error_reply(429, "rate_limited", f"too many guest tokens; retry in {retry} s")
+            headers = (*reply.headers, ("retry-after", str(retry)))
+            return HttpReply(reply.status, reply.body, headers)
+        if len(body) > self.policy.max_body_bytes:
+            return error_reply(413, "body_too_large", "the request body is too large")
+        try:
+            request = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            request = None
+        if not isinstance(request, dict):
+            return error_reply(400, "bad_request", 'send a JSON object: {"name": "..."}')
+        name = request.get("name")
+        if isinstance(name, str):
+            name = " ".join(name.split())
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+            return error_reply(400, "bad_name", "`name` must be 1-64 characters")
+        if _CONTROL_CHARS.search(name):
+            return error_reply(400, "bad_name", "`name` may not contain control characters")
+        old = request.get("token")
+        if old is None:
+            user_id = self._random_user_id()
+        elif isinstance(old, str):
+            renewed = self._renewable_user_id(old, secret, now_ms)
+            if isinstance(renewed, HttpReply):
+                return renewed
+            user_id = renewed
+        else:
+            return error_reply(400, "bad_request", "`token` must be a string")
+        exp = now_ms // 1000 + self.policy.ttl_s
+        claims = {"sub": user_id, "name": name, "exp": exp, "guest": True}
+        token = jwt.encode(claims, secret, algorithm=ALGORITHM)
+        answer = {"token": token, "user_id": user_id, "name": name, "expires_ms": exp * 1000}
+        return HttpReply(200, json.dumps(answer).encode(), NO_STORE)
+
+    def _renewable_user_id(self, token: str, secret: str, now_ms: int) -> str | HttpReply:
+        try:
+            claims = jwt.decode(
+                token,
+                secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["exp", "sub"], "verify_exp": False},
+            )
+        except jwt.InvalidTokenError:
+            return error_reply(401, "token_invalid", "the token to renew is not valid")
+        user_id, exp = claims.get("sub"), claims.get("exp")
+        if (
+            claims.get("guest") is not True
+            or not isinstance(user_id, str)
+            or not GUEST_USER_ID.fullmatch(user_id)
+            or not isinstance(exp, int)
+        ):
+            return error_reply(401, "token_invalid", "only guest tokens can be renewed here")
+        if exp + self.policy.renew_grace_s < now_ms // 1000:
+            return error_reply(401, "token_expired", "the token expired too long ago to renew")
+        return user_id
+
+    def _take(self, client: str, now_s: float) -> float:
+        """Take one token from ``client``'s bucket: 0 if granted, else seconds until one is."""
+        policy = self.policy
+        tokens, then = self._buckets.pop(client, (float(policy.burst), now_s))
+        tokens = min(float(policy.burst), tokens + max(0.0, now_s - then) / policy.refill_s)
+        if tokens < 1:
+            self._buckets[client] = (tokens, now_s)
+            return (1 - tokens) * policy.refill_s
+        self._buckets[client] = (tokens - 1, now_s)  # re-inserted: the dict stays in LRU order
+        if len(self._buckets) > policy.max_clients:
+            self._prune(now_s)
+        return 0.0
+
+    def _prune(self, now_s: float) -> None:
+        policy = self.policy
+        for key, (tokens, then) in list(self._buckets.items()):
+            if tokens + (now_s - then) / policy.refill_s >= policy.burst:
+                del self._buckets[key]  # full again: the same as never seen
+        while len(self._buckets) > policy.max_clients:
+            del self._buckets[next(iter(self._buckets))]  # the least recently seen
