@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONPATH := $(CURDIR)/src:$(CURDIR)/local
 
-.PHONY: setup serve test check lint types unit bench clean
+.PHONY: setup serve test check lint types unit bench clean pyodide-setup bench-pyodide browser
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -25,8 +25,8 @@ serve: setup
 	./rooms serve
 
 ## Every check and every test: what .ci/run calls.
-test: setup lint types
-	$(VENV)/bin/python -m pytest -q
+test: setup lint types pyodide-setup browser
+	ROOMS_PYODIDE_REQUIRED=1 $(VENV)/bin/python -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check src local tests
@@ -37,6 +37,25 @@ types: setup
 
 unit: setup
 	$(VENV)/bin/python -m pytest -q tests/core
+
+## The Pyodide tier's tools (tests/pyodide): Node 24 and Pyodide from npm, the Worker's wheels from
+## PyPI; pinned, cached under .cache/, a no-op when nothing changed.
+pyodide-setup: setup
+	$(VENV)/bin/python scripts/setup_pyodide.py --pip .tools/bin/pip
+
+## The Worker inside Pyodide: import time of src/worker.py, cost per message in a 100-member room.
+bench-pyodide: pyodide-setup
+	$(VENV)/bin/python bench/pyodide_bench.py $(BENCH_ARGS)
+
+## Benchmarks (figures, not tests; ~8 min): the runtime vs plain websockets and Node ws baselines.
+bench: setup
+	$(UV) sync --frozen --inexact --python $(PYTHON) --group dev --group bench
+	npm ci --prefix bench/baselines/node --no-audit --no-fund
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+## Debian's chromium for the browser tier (tests/browser/): apt-get, once, only when missing.
+browser:
+	bash scripts/setup-browser.sh
 
 clean:
 	rm -rf .tools $(VENV) .pytest_cache .mypy_cache .ruff_cache

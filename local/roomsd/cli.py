@@ -18,6 +18,7 @@ from roomsd.config import (
     Settings,
     archive_policy_from,
     ensure_dev_secret,
+    guest_tokens_from,
     limits_from,
     origins_from,
     vars_from,
@@ -71,10 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("user", help="the user id (the token's `sub`)")
     token.add_argument("--name", help="display name (default: the user id)")
     token.add_argument("--ttl", type=int, default=24 * 3600, help="seconds (default: 1 day)")
+
+    # Parsed by loadtest.cli (see `rooms loadtest --help`); listed here for `rooms --help`.
+    sub.add_parser("loadtest", help="load-test a rooms server (local or deployed)", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["loadtest"]:
+        from loadtest.cli import main as loadtest
+
+        return loadtest(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "token":
@@ -103,6 +112,7 @@ def serve(args: argparse.Namespace) -> int:
         archive=archive_policy_from(values.get("ARCHIVE_POLICY")),
         faults=Faults.from_names(args.fault),
         allowed_origins=origins_from(values.get("ALLOWED_ORIGINS")),
+        guest_tokens=guest_tokens_from(values.get("GUEST_TOKENS")),
         limits=limits_from(values.get("ROOM_LIMITS")),
         hibernation=HibernationPolicy(
             after_idle_s=args.hibernate_after, every_event=args.hibernate_every_event

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rooms.archive import ArchivePolicy
 from rooms.front import FrontConfig
+from rooms.guest import parse_switch
 from rooms.limits import Limits, SettingsModel, settings_from_json
 from roomsd.bindings import Faults
 from roomsd.rooms import HibernationPolicy
@@ -65,16 +66,29 @@ class Settings:
     heartbeat_s: float = 30.0
     archive: ArchivePolicy = field(default_factory=ArchivePolicy)
     faults: Faults = field(default_factory=Faults)
+    guest_tokens: bool = True  # POST /auth/guest; on locally, off by default on Cloudflare
 
     @property
     def front(self) -> FrontConfig:
-        return FrontConfig(jwt_secret=self.jwt_secret, allowed_origins=self.allowed_origins)
+        return FrontConfig(
+            jwt_secret=self.jwt_secret,
+            allowed_origins=self.allowed_origins,
+            guest_tokens=self.guest_tokens,
+        )
 
 
 def vars_from(dev_vars: Path) -> dict[str, str]:
     """`.dev.vars` overlaid by the process environment (the environment wins)."""
     merged = read_dev_vars(dev_vars)
-    for key in ("JWT_SECRET", "ADMIN_TOKEN", "ALLOWED_ORIGINS", "ROOM_LIMITS", "ARCHIVE_POLICY"):
+    keys = (
+        "JWT_SECRET",
+        "ADMIN_TOKEN",
+        "ALLOWED_ORIGINS",
+        "ROOM_LIMITS",
+        "ARCHIVE_POLICY",
+        "GUEST_TOKENS",
+    )
+    for key in keys:
         if key in os.environ:
             merged[key] = os.environ[key]
     return merged
@@ -95,6 +109,14 @@ def _settings(model: type[SettingsModel], raw: str | None, name: str) -> Setting
         return settings_from_json(model, raw, name)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def guest_tokens_from(raw: str | None) -> bool:
+    """`GUEST_TOKENS`: 1/0 (true/false, yes/no, on/off); on when unset in the local runtime."""
+    try:
+        return parse_switch(raw, default=True)
+    except ValueError as exc:
+        raise ConfigError(f"GUEST_TOKENS: {exc}") from None
 
 
 def origins_from(raw: str | None) -> frozenset[str]:

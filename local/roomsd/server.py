@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from aiohttp import WSMsgType, web
 
 from rooms.admin import AdminApi
-from rooms.front import AdminRequest, ForwardUpgrade, HttpReply, error_reply, route
+from rooms.front import (
+    AdminRequest,
+    ForwardUpgrade,
+    GuestTokenRequest,
+    HttpReply,
+    error_reply,
+    route,
+)
+from rooms.guest import GuestIssuer
 from rooms.host import ArchiveBindings
 from rooms.limits import PLATFORM_MAX_MESSAGE_BYTES
 from rooms.logs import http_log_line
@@ -46,6 +54,13 @@ class Bindings:
 BINDINGS: web.AppKey[Bindings] = web.AppKey("bindings", Bindings)
 ALARMS: web.AppKey[AlarmScheduler] = web.AppKey("alarms", AlarmScheduler)
 ADMIN: web.AppKey[AdminApi] = web.AppKey("admin", AdminApi)
+GUEST: web.AppKey[GuestIssuer] = web.AppKey("guest", GuestIssuer)
+
+
+def room_log(line: str) -> None:
+    """A room's JSON log line, at INFO: `log.info` without its caller lookup (once per event)."""
+    if log.isEnabledFor(logging.INFO):
+        log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))
 
 
 def _reply(reply: HttpReply) -> web.Response:
@@ -68,6 +83,7 @@ async def front(request: web.Request) -> web.StreamResponse:
         )
         return _reply(decision)
     if isinstance(decision, ForwardUpgrade):
+        del headers  # not kept alive for the socket's whole life (memory per idle connection)
         return await room_socket(request, decision)
     if isinstance(decision, AdminRequest):
         reply = await request.app[ADMIN].handle(
@@ -81,6 +97,14 @@ async def front(request: web.Request) -> web.StreamResponse:
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
             )
         )
+        return _reply(reply)
+    if isinstance(decision, GuestTokenRequest):
+        body = await request.read()
+        client = request.remote or ""
+        reply = request.app[GUEST].handle(
+            body, client, settings.jwt_secret, int(time.time() * 1000)
+        )
+        log.info(http_log_line("guest", reply.status, "/auth/guest"))
         return _reply(reply)
     return await static(request)
 
@@ -185,7 +209,7 @@ def make_app(settings: Settings) -> web.Application:
         data / "rooms",
         settings.limits,
         settings.hibernation,
-        log.info,
+        room_log,
         archive=archive,
         alarms=alarms,
     )
@@ -196,6 +220,7 @@ def make_app(settings: Settings) -> web.Application:
     app[BINDINGS] = bindings
     app[ALARMS] = alarms
     app[ADMIN] = AdminApi(bindings.d1, archive.reader, registry, settings.admin_token)
+    app[GUEST] = GuestIssuer()
     app.cleanup_ctx.append(_sweeper)
     app.on_shutdown.append(_shutdown_sockets)
 

@@ -4,15 +4,23 @@ A `LocalSocket` outlives the room instance that accepted it, exactly like a hibe
 on Cloudflare: the room can be evicted and rebuilt while the socket stays open, and the rebuilt
 room finds its state in the socket's attachment.
 
-Each socket has its own writer task draining a bounded outbound queue, so one client that stops
-reading never blocks the room: once its backlog passes the bound it is cut off with
-`CloseCode.SLOW_CONSUMER` (and resumes by seq when it returns).
+Each socket has its own bounded outbound queue, so one client that stops reading never blocks
+the room: once its backlog passes the bound it is cut off with `CloseCode.SLOW_CONSUMER` (and
+resumes by seq when it returns).
+
+Sending is cheap per recipient because broadcasts dominate: a text is framed once (the frame
+bytes are shared by every recipient of the same broadcast), and each socket's queued frames are
+written with one transport write per event-loop iteration, by one flush callback for all sockets
+rather than a task wake-up per socket and message. A socket's writer task only waits out a full
+transport buffer (a client reading slowly) and sends the close frame after the queued frames.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
+import weakref
 from collections import deque
 
 from aiohttp import web
@@ -29,7 +37,86 @@ class PlatformLimitError(Exception):
     """What workerd would throw: code that breaks a platform limit fails locally too."""
 
 
+# A socket whose transport holds more than this waits for the client before writing more (the
+# frames wait in its queue, where they count towards the slow-consumer bound).
+_HIGH_WATER_BYTES = 64 * 1024
+_DRAIN_POLL_S = 0.005
+_TEXT_FIN = 0x81  # FIN + opcode 1 (text); frames from a server are never masked
+
+
+class _FrameCache:
+    """The last text framed: every recipient of a broadcast gets the same bytes."""
+
+    text: str | None = None
+    frame: bytes = b""
+
+
+def text_frame(text: str) -> bytes:
+    """``text`` as one complete, unmasked WebSocket text frame (RFC 6455 5.2)."""
+    if text is _FrameCache.text:
+        return _FrameCache.frame
+    data = text.encode()
+    size = len(data)
+    if size < 126:
+        frame = bytes((_TEXT_FIN, size)) + data
+    elif size < 65536:
+        frame = struct.pack("!BBH", _TEXT_FIN, 126, size) + data
+    else:
+        frame = struct.pack("!BBQ", _TEXT_FIN, 127, size) + data
+    _FrameCache.text, _FrameCache.frame = text, frame
+    return frame
+
+
+class _Flusher:
+    """Writes out every socket that queued frames, once per event-loop iteration."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: list[LocalSocket] = []
+
+    def add(self, sock: LocalSocket) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(sock)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for sock in pending:
+            sock._flush()
+
+
+_FLUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _flusher() -> _Flusher:
+    loop = asyncio.get_running_loop()
+    flusher = _FLUSHERS.get(loop)
+    if flusher is None:
+        flusher = _FLUSHERS[loop] = _Flusher(loop)
+    return flusher
+
+
 class LocalSocket:
+    __slots__ = (
+        "_attachment",
+        "_backlog_bytes",
+        "_blocked",
+        "_closing",
+        "_flush_due",
+        "_flusher",
+        "_max_backlog_bytes",
+        "_queue",
+        "_reader_done",
+        "_reader_waiter",
+        "_writer",
+        "cut_for_backlog",
+        "request",
+        "tags",
+        "ws",
+    )
+
     def __init__(
         self, request: web.Request, ws: web.WebSocketResponse, max_backlog_bytes: int
     ) -> None:
@@ -37,14 +124,18 @@ class LocalSocket:
         self.ws = ws
         self.tags: tuple[str, ...] = ()
         self._attachment: str | None = None
-        self._queue: deque[str | tuple[int, str]] = deque()
+        self._queue: deque[bytes | tuple[int, str]] = deque()
         self._backlog_bytes = 0
         self._max_backlog_bytes = max_backlog_bytes
-        self._wakeup = asyncio.Event()
         self._closing = False
+        self._flush_due = False  # queued with the flusher for this loop iteration
+        self._blocked = False  # the transport is full: the writer task waits for the client
         self.cut_for_backlog = False
-        self._reader_done = asyncio.Event()
-        self._writer = asyncio.create_task(self._drain())
+        self._reader_done = False
+        self._reader_waiter: asyncio.Future[None] | None = None  # made only when awaited
+        self._flusher = _flusher()
+        # Only while there is something to wait for: a full transport, or the close frame.
+        self._writer: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------------- Sockets port
 
@@ -76,13 +167,16 @@ class LocalSocket:
             raise TypeError("rooms send text frames only")
         if self._closing:
             raise ConnectionError("socket is closing")
-        self._backlog_bytes += len(text)
+        frame = text_frame(text)
+        self._backlog_bytes += len(frame)
         if self._backlog_bytes > self._max_backlog_bytes:
             self.cut_for_backlog = True
             self.abort(CloseCode.SLOW_CONSUMER, "slow consumer: resume with since")
             return
-        self._queue.append(text)
-        self._wakeup.set()
+        self._queue.append(frame)
+        if not self._flush_due:
+            self._flush_due = True
+            self._flusher.add(self)
 
     def close(self, code: int, reason: str) -> None:
         """Close after the frames already queued (an error frame goes out before its close)."""
@@ -90,7 +184,7 @@ class LocalSocket:
             return
         self._closing = True
         self._queue.append((code, reason))
-        self._wakeup.set()
+        self._start_writer()
 
     def abort(self, code: int, reason: str) -> None:
         """Close now, dropping the backlog: the client is not reading it anyway.
@@ -101,47 +195,102 @@ class LocalSocket:
         self._closing = True
         self._queue.clear()
         self._backlog_bytes = 0
-        self._writer.cancel()
-        self._writer = asyncio.create_task(self._close_frame(code, reason))
+        if self._writer is not None:
+            self._writer.cancel()
+        # The close frame would queue behind the unread backlog: try briefly, then drop.
+        self._writer = asyncio.create_task(self._close_frame(code, reason, handshake_s=0.25))
 
     # ----------------------------------------------------------------------- writer
 
+    def _flush(self) -> None:
+        """The flusher's call: write what this socket queued during the iteration."""
+        self._flush_due = False
+        if self._closing or self._blocked:
+            return  # the writer task owns the queue now (close frame, or a full transport)
+        try:
+            self._write_queued()
+        except (ConnectionError, RuntimeError):
+            self._queue.clear()  # the connection went away; the reader reports the close
+
+    def _write_queued(self) -> None:
+        """Write the queued frames (up to a close marker) in one transport write."""
+        transport = self.request.transport
+        if transport is None or transport.is_closing() or self.ws.closed:
+            raise ConnectionError("connection closed")
+        queue = self._queue
+        frames: list[bytes] = []
+        size = 0
+        while queue and not isinstance(queue[0], tuple):
+            frame = queue.popleft()
+            assert isinstance(frame, bytes)
+            frames.append(frame)
+            size += len(frame)
+        if frames:
+            transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            self._backlog_bytes -= size
+        if transport.get_write_buffer_size() > _HIGH_WATER_BYTES:
+            self._blocked = True
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+
     async def _drain(self) -> None:
+        """Wait out a full transport, write what queued meanwhile, send a queued close frame."""
         try:
             while True:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                while self._queue:
-                    item = self._queue.popleft()
-                    if isinstance(item, tuple):
-                        await self._close_frame(*item)
-                        return
-                    self._backlog_bytes -= len(item)
-                    await self.ws.send_str(item)
+                if self._blocked:
+                    await self._until_writable()
+                    self._blocked = False
+                if not self._queue:
+                    return  # the flusher writes again from here on
+                item = self._queue[0]
+                if isinstance(item, tuple):
+                    self._queue.popleft()
+                    await self._close_frame(*item)
+                    return
+                self._write_queued()
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             pass  # the connection went away; the reader sees it and reports the close
 
-    async def _close_frame(self, code: int, reason: str) -> None:
+    async def _until_writable(self) -> None:
+        """Wait until the client has read enough of what the transport holds."""
+        while True:
+            transport = self.request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionError("connection closed")
+            if transport.get_write_buffer_size() <= _HIGH_WATER_BYTES // 2:
+                return
+            await asyncio.sleep(_DRAIN_POLL_S)
+
+    async def _close_frame(self, code: int, reason: str, handshake_s: float = 2.0) -> None:
         # A client that is not reading never answers our close frame: bound the handshake,
         # then drop the TCP connection so the reader ends and the room sees the leave.
         # aiohttp's close may end in CancelledError when its drain is interrupted by the timeout;
         # either way, what follows decides whether the connection must be dropped.
         with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), 2)
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), handshake_s)
         try:
-            await asyncio.wait_for(self._reader_done.wait(), 2)
+            if not self._reader_done:
+                self._reader_waiter = asyncio.get_running_loop().create_future()
+                await asyncio.wait_for(self._reader_waiter, 2)
         except TimeoutError:
             if self.request.transport is not None:
                 self.request.transport.abort()
 
     async def finished(self) -> None:
         """Once the reader is done: let a queued close frame go out (bounded), then stop."""
-        self._reader_done.set()
+        self._reader_done = True
+        if self._reader_waiter is not None and not self._reader_waiter.done():
+            self._reader_waiter.set_result(None)
         if not self._closing:
             self._closing = True
-            self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(self._writer, 5)
+            if self._writer is not None:
+                self._writer.cancel()
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._writer, 5)
 
 
 class LocalSockets:

@@ -1,0 +1,1 @@
+"""`rooms loadtest`: a load generator for durable-rooms (see loadtest.cli)."""

@@ -1,0 +1,111 @@
+"""`rooms loadtest` as a user meets it first: its help and its answers to bad arguments."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest import cli
+from roomsd.cli import main as rooms_main
+from tests.local.test_process import ENV
+
+
+def test_help_lists_the_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        rooms_main(["loadtest", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: rooms loadtest")
+    for word in ("fanout", "connect-storm", "idle", "reconnect-resume", "--token-command"):
+        assert word in out
+
+
+def test_rooms_help_mentions_loadtest(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        rooms_main(["--help"])
+    assert "loadtest" in capsys.readouterr().out
+
+
+def test_python_dash_m_loadtest_help() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest", "--help"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "python -m loadtest" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["storm"], "invalid choice: 'storm'"),
+        (["fanout", "--clients", "0"], "--clients must be at least 1"),
+        (["fanout", "--rooms", "two"], "expected a whole number, got 'two'"),
+        (["fanout", "--rate", "0"], "--rate must be above 0"),
+        (["fanout", "--rate", "nan"], "expected a finite number"),
+        (["fanout", "--duration", "0"], "--duration must be above 0"),
+        (["fanout", "--duration", "100000"], "at most 3600 seconds"),
+        (["fanout", "--clients", "2", "--senders", "3"], "--senders cannot exceed --clients"),
+        (["fanout", "--url", "http://127.0.0.1:8787"], "must start with ws:// or wss://"),
+        (["fanout", "--url", "ws://127.0.0.1:8787/?x=1"], "without a query"),
+        (["idle", "--rooms", "400", "--clients", "300"], "at most 100000 connections"),
+        (["idle", "--rooms", "2", "--wake-probe", "3"], "--wake-probe must be between"),
+        (["fanout", "--room-prefix", "bad/prefix"], "--room-prefix"),
+        (["fanout", "--secret", "a", "--token", "b"], "pass only one of"),
+        (["fanout", "--secret-env", "ROOMS_TEST_UNSET_VARIABLE"], "environment variable is empty"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_clear_message(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.startswith("usage: rooms loadtest")
+
+
+def test_no_token_source_says_what_to_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    monkeypatch.setattr(cli, "PROJECT_ROOT", tmp_path)  # no .dev.vars there
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["fanout"])
+    assert exit_.value.code == 2
+    assert "no token source: pass --secret" in capsys.readouterr().err
+
+
+def test_too_many_connections_for_the_open_file_limit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "raise_nofile", lambda: (1024, 1024))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["idle", "--rooms", "100", "--clients", "20", "--secret", "s"])
+    assert exit_.value.code == 2
+    assert "pass a larger --procs" in capsys.readouterr().err
+
+
+def test_a_failing_token_command_is_reported(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "loadtest", "fanout"),
+            *("--token-command", "echo nope >&2; exit 3"),
+            *("--url", "ws://127.0.0.1:9", "--out", str(tmp_path), "--progress", "none"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "--token-command failed (exit 3): nope" in done.stderr
