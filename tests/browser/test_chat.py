@@ -260,7 +260,9 @@ async def test_unsent_messages_survive_a_reload_and_are_delivered_once(
         await expect(ada.page.locator("#notice")).to_contain_text("refused")
         await ada.page.screenshot(path=str(artifact_path("chat-offline.png")))
         proxy.restore()
-        await ada.page.click("#retry")
+        # "Retry now" may already be hidden again if the backoff timer fired first: trigger
+        # the same handler without racing its visibility.
+        await ada.page.evaluate("document.querySelector('#retry').click()")
         await ada.online()
         await ada.outbox_empty()
         log = await ada.wait_for_count(3)
