@@ -34,26 +34,28 @@ class HibernationPolicy:
     every_event: bool = False
 
 
+@dataclass(frozen=True)
+class RoomServices:
+    """What every local room shares: its limits, hibernation, log, archive and alarms."""
+
+    limits: Limits
+    policy: HibernationPolicy
+    emit: Callable[[str], None]
+    archive: ArchiveBindings | None = None
+    alarms: AlarmScheduler | None = None
+
+
 class LocalRoom:
-    def __init__(
-        self,
-        name: str,
-        db_path: Path,
-        limits: Limits,
-        policy: HibernationPolicy,
-        emit: Callable[[str], None],
-        archive: ArchiveBindings | None = None,
-        alarms: AlarmScheduler | None = None,
-    ) -> None:
+    def __init__(self, name: str, db_path: Path, services: RoomServices) -> None:
         self.name = name
-        self.archive = archive
-        self.alarms = alarms
+        self.archive = services.archive
+        self.alarms = services.alarms
         self.db_path = db_path
-        self.limits = limits
-        self.policy = policy
+        self.limits = services.limits
+        self.policy = services.policy
         self.sockets = LocalSockets()
         self.wakes = 0
-        self._emit = emit
+        self._emit = services.emit
         self._sql: SqliteSql | None = None
         self._host: RoomHost[LocalSocket] | None = None
         self.last_event = time.monotonic()
@@ -127,22 +129,11 @@ class LocalRoom:
 class RoomRegistry:
     """Every room of this server, created on first use, removed when idle and empty."""
 
-    def __init__(
-        self,
-        rooms_dir: Path,
-        limits: Limits,
-        policy: HibernationPolicy,
-        emit: Callable[[str], None],
-        archive: ArchiveBindings | None = None,
-        alarms: AlarmScheduler | None = None,
-    ) -> None:
+    def __init__(self, rooms_dir: Path, services: RoomServices) -> None:
         rooms_dir.mkdir(parents=True, exist_ok=True)
-        self.archive = archive
-        self.alarms = alarms
         self.rooms_dir = rooms_dir
-        self.limits = limits
-        self.policy = policy
-        self._emit = emit
+        self.services = services
+        self.policy = services.policy
         self.rooms: dict[str, LocalRoom] = {}
 
     def get(self, name: str) -> LocalRoom:
@@ -150,9 +141,7 @@ class RoomRegistry:
         if room is None:
             # Names are validated by the front ([A-Za-z0-9._-]{1,64}): safe as file names.
             path = self.rooms_dir / f"{name}.sqlite"
-            room = self.rooms[name] = LocalRoom(
-                name, path, self.limits, self.policy, self._emit, self.archive, self.alarms
-            )
+            room = self.rooms[name] = LocalRoom(name, path, self.services)
         return room
 
     def exists(self, name: str) -> bool:

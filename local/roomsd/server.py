@@ -34,7 +34,7 @@ from roomsd.bindings import AlarmScheduler, LocalD1, LocalR2
 from roomsd.config import Settings
 from roomsd.d1 import open_d1
 from roomsd.r2 import FileBucket
-from roomsd.rooms import RoomRegistry
+from roomsd.rooms import RoomRegistry, RoomServices
 from roomsd.sockets import LocalSocket
 
 log = logging.getLogger("rooms")
@@ -207,11 +207,7 @@ def make_app(settings: Settings) -> web.Application:
     alarms = AlarmScheduler(data / "alarms.sqlite", fire_alarm)
     registry = RoomRegistry(
         data / "rooms",
-        settings.limits,
-        settings.hibernation,
-        room_log,
-        archive=archive,
-        alarms=alarms,
+        RoomServices(settings.limits, settings.hibernation, room_log, archive, alarms),
     )
     registry_box.append(registry)
     app = web.Application()
