@@ -108,6 +108,9 @@ class RoomHost(Generic[S]):
         self._sql = sql
         store = RoomStore(sql)
         store.bump("wakes")
+        # The alarm time as last set: kept in memory so a publish reads no SQL to check it.
+        stored_alarm = store.meta("alarm_at")
+        self._alarm_at = int(stored_alarm) if stored_alarm is not None else None
         self.engine = RoomEngine(room, store, limits, peers, archive=archive is not None)
         self.archiver = (
             Archiver(room, store, archive.index, archive.bucket, archive.policy)
@@ -199,7 +202,6 @@ class RoomHost(Generic[S]):
                     "messages_sent": peer.sent,
                 }
             )
-        alarm_at = store.meta("alarm_at")
         error = store.meta("last_archive_error")
         return {
             "room": self.room,
@@ -209,7 +211,7 @@ class RoomHost(Generic[S]):
             "rows_retained": store.retained_count(),
             "dedupe_entries": store.dedupe_count(),
             "storage_bytes": self._sql.size_bytes(),
-            "next_alarm_ms": int(alarm_at) if alarm_at is not None else None,
+            "next_alarm_ms": self._alarm_at,
             "wakes": int(store.meta("wakes") or 0),
             "rate_limit_rejections": int(store.meta("rate_limited") or 0),
             "slow_consumer_disconnects": int(store.meta("slow_consumer") or 0),
@@ -224,6 +226,7 @@ class RoomHost(Generic[S]):
             return None
         store = self.engine.store
         store.set_meta("alarm_at", None)
+        self._alarm_at = None
         now_ms = self._clock_ms()
         outcome = await self.archiver.run(now_ms, members=len(self.engine.members()))
         if outcome.error is not None:
@@ -250,10 +253,10 @@ class RoomHost(Generic[S]):
             return
         now_ms = self._clock_ms()
         at_ms = now_ms + due
-        current = self.engine.store.meta("alarm_at")
+        current = self._alarm_at
         # A stored time already past means that alarm was used up without reaching `alarm()`
         # (a failed handler, retries exhausted, deleteAll): treat it as unset.
-        if current is None or int(current) <= now_ms or int(current) > at_ms:
+        if current is None or current <= now_ms or current > at_ms:
             await self._set_alarm(at_ms)
 
     async def _set_alarm(self, at_ms: int) -> None:
@@ -261,6 +264,7 @@ class RoomHost(Generic[S]):
             return
         await self.alarms.set(at_ms)
         self.engine.store.set_meta("alarm_at", at_ms)
+        self._alarm_at = at_ms
 
     # ----------------------------------------------------------------------- effects
 
