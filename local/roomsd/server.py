@@ -33,9 +33,11 @@ from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
 from roomsd.bindings import AlarmScheduler, LocalD1, LocalR2
 from roomsd.config import Settings
 from roomsd.d1 import open_d1
+from roomsd.memory import release_free_memory
 from roomsd.r2 import FileBucket
 from roomsd.rooms import RoomRegistry, RoomServices
 from roomsd.sockets import LocalSocket
+from roomsd.sqlite import SqliteSql
 
 log = logging.getLogger("rooms")
 
@@ -167,13 +169,21 @@ def _path_kind(path: str) -> str:
     return path if path == "/health" else "static"
 
 
+def close_databases(databases: list[SqliteSql]) -> None:
+    for db in databases:
+        db.close()
+
+
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     registry = app[REGISTRY]
 
     async def sweep_forever() -> None:
         while True:
             await asyncio.sleep(1)
-            registry.sweep()
+            idle = registry.sweep()
+            if idle:
+                await asyncio.to_thread(close_databases, idle)
+                release_free_memory()
 
     task = asyncio.create_task(sweep_forever())
     yield

@@ -107,7 +107,7 @@ class RoomHost(Generic[S]):
             self._by_conn[peer.conn_id] = ws
         self._sql = sql
         store = RoomStore(sql)
-        store.bump("wakes")
+        store.count("wakes")
         # The alarm time as last set: kept in memory so a publish reads no SQL to check it.
         stored_alarm = store.meta("alarm_at")
         self._alarm_at = int(stored_alarm) if stored_alarm is not None else None
@@ -212,9 +212,9 @@ class RoomHost(Generic[S]):
             "dedupe_entries": store.dedupe_count(),
             "storage_bytes": self._sql.size_bytes(),
             "next_alarm_ms": self._alarm_at,
-            "wakes": int(store.meta("wakes") or 0),
-            "rate_limit_rejections": int(store.meta("rate_limited") or 0),
-            "slow_consumer_disconnects": int(store.meta("slow_consumer") or 0),
+            "wakes": store.counter("wakes"),
+            "rate_limit_rejections": store.counter("rate_limited"),
+            "slow_consumer_disconnects": store.counter("slow_consumer"),
             "archive_failures": int(store.meta("archive_failures") or 0),
             "last_archive_error": str(error) if error is not None else None,
             "closed": self.engine.closed,
@@ -289,7 +289,7 @@ class RoomHost(Generic[S]):
                     archive_reads.append(effect)
                 case Log():
                     if effect.code == "rate_limited":
-                        self.engine.store.bump("rate_limited")
+                        self.engine.store.count("rate_limited")
                     elapsed_ms = (time.perf_counter() - started) * 1000
                     self._log(log_line(self.room, effect, elapsed_ms))
         if stored:

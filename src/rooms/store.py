@@ -85,6 +85,9 @@ class RoomStore:
         # The store is the room's only writer, so cached values stay true until its next write.
         self._head = int(self.meta("head") or 0)
         self._archived = int(self.meta("archived") or 0)
+        # Operator counters wait for the room's next write: counting a wake must not cost a
+        # write of its own (a billed row write on Cloudflare, a commit on the wake path here).
+        self._unsaved_counts: dict[str, int] = {}
 
     @property
     def head(self) -> int:
@@ -135,9 +138,10 @@ class RoomStore:
             )
             return message, False
 
-        message, duplicate = self._sql.transaction(write)
+        message, duplicate = self._sql.transaction(self._with_counts(write))
+        self._unsaved_counts.clear()  # only after the commit succeeded
         if not duplicate:
-            self._head = message.seq  # only after the commit succeeded
+            self._head = message.seq
         return message, duplicate
 
     # ----------------------------------------------------------------------- meta and counters
@@ -155,13 +159,35 @@ class RoomStore:
         )
 
     def bump(self, counter: str, by: int = 1) -> None:
-        """Add to a named counter (wakes, rejections, ...) kept for operators."""
+        """Add to a named counter now (see `count` for one that can wait)."""
         self._sql.execute(
             "INSERT INTO room_meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
             counter,
             by,
         )
+
+    def count(self, counter: str, by: int = 1) -> None:
+        """Add to an operator counter (wakes, rejections) with the room's next write."""
+        self._unsaved_counts[counter] = self._unsaved_counts.get(counter, 0) + by
+
+    def counter(self, name: str) -> int:
+        """A counter's value, including what is counted but not yet written."""
+        return int(self.meta(name) or 0) + self._unsaved_counts.get(name, 0)
+
+    def save_counts(self) -> None:
+        """Write the counters now (before a local room closes its database)."""
+        if self._unsaved_counts:
+            self._sql.transaction(self._with_counts(lambda: None))
+            self._unsaved_counts.clear()
+
+    def _with_counts(self, write: Callable[[], T]) -> Callable[[], T]:
+        def write_with_counts() -> T:
+            for counter, by in self._unsaved_counts.items():
+                self.bump(counter, by)
+            return write()
+
+        return write_with_counts
 
     # ----------------------------------------------------------------------- archiving
 
@@ -190,7 +216,8 @@ class RoomStore:
             self.set_meta("pending_first", first)
             self.set_meta("pending_last", last)
 
-        self._sql.transaction(write)
+        self._sql.transaction(self._with_counts(write))
+        self._unsaved_counts.clear()
         return first, last
 
     def mark_archived(self, last: int) -> None:

@@ -12,6 +12,7 @@ import websockets
 from rooms.limits import Limits
 from rooms.protocol import PING_TEXT, CloseCode
 from roomsd.rooms import HibernationPolicy
+from roomsd.server import close_databases
 from tests.local.conftest import (
     RunningServer,
     ServerFactory,
@@ -177,7 +178,9 @@ async def test_idle_room_hibernates_and_wakes_with_sockets_still_open(
         await recv_until(alice, "welcome")
         await recv_until(bob, "welcome")
         room = server.registry.rooms["nap"]
-        server.registry.sweep()
+        idle = server.registry.sweep()
+        assert len(idle) == 1  # the sleeping room's database is handed back to be closed
+        close_databases(idle)
         assert not room.awake
         await alice.send(json.dumps({"type": "publish", "id": "1", "body": "after nap"}))
         assert (await recv_until(bob, "message"))["body"] == "after nap"
