@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="evict room instances after every event (for tests)",
     )
     serve.add_argument(
+        "--log-messages",
+        action="store_true",
+        help="log a line for every published message, not only connections and errors",
+    )
+    serve.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -117,6 +122,7 @@ def serve(args: argparse.Namespace) -> int:
         hibernation=HibernationPolicy(
             after_idle_s=args.hibernate_after, every_event=args.hibernate_every_event
         ),
+        log_messages=args.log_messages,
     )
     print(
         f"durable-rooms on http://{settings.host}:{settings.port}  (data: {settings.data_dir})",

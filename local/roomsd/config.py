@@ -67,6 +67,8 @@ class Settings:
     archive: ArchivePolicy = field(default_factory=ArchivePolicy)
     faults: Faults = field(default_factory=Faults)
     guest_tokens: bool = True  # POST /auth/guest; on locally, off by default on Cloudflare
+    # A line per published message costs more than storing it (a write to stderr each).
+    log_messages: bool = False
 
     @property
     def front(self) -> FrontConfig:

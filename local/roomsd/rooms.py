@@ -41,6 +41,7 @@ class RoomServices:
     limits: Limits
     policy: HibernationPolicy
     emit: Callable[[str], None]
+    log_messages: bool = False
     archive: ArchiveBindings | None = None
     alarms: AlarmScheduler | None = None
 
@@ -56,6 +57,7 @@ class LocalRoom:
         self.sockets = LocalSockets()
         self.wakes = 0
         self._emit = services.emit
+        self._log_messages = services.log_messages
         self._sql: SqliteSql | None = None
         self._host: RoomHost[LocalSocket] | None = None
         self.last_event = time.monotonic()
@@ -76,6 +78,7 @@ class LocalRoom:
                 self.sockets,
                 self.limits,
                 log=self._emit,
+                log_messages=self._log_messages,
                 archive=self.archive,
                 alarms=RoomAlarm(self.alarms, self.name) if self.alarms else None,
             )

@@ -217,7 +217,14 @@ def make_app(settings: Settings) -> web.Application:
     alarms = AlarmScheduler(data / "alarms.sqlite", fire_alarm)
     registry = RoomRegistry(
         data / "rooms",
-        RoomServices(settings.limits, settings.hibernation, room_log, archive, alarms),
+        RoomServices(
+            settings.limits,
+            settings.hibernation,
+            room_log,
+            settings.log_messages,
+            archive,
+            alarms,
+        ),
     )
     registry_box.append(registry)
     app = web.Application()

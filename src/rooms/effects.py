@@ -48,6 +48,8 @@ class Log:
     seq: int | None = None
     code: str | None = None
     extra: dict[str, int | str] = field(default_factory=dict)
+    # One per chat message (publish): a busy single box may leave these out of its log.
+    per_message: bool = False
 
 
 @dataclass(frozen=True, slots=True)

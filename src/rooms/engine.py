@@ -317,7 +317,13 @@ class RoomEngine:
             return [
                 SavePeer(peer),
                 ack,
-                Log("publish_duplicate", peer.conn_id, peer.user_id, seq=message.seq),
+                Log(
+                    "publish_duplicate",
+                    peer.conn_id,
+                    peer.user_id,
+                    seq=message.seq,
+                    per_message=True,
+                ),
             ]
         peer.sent += 1
         peer.last_message_ms = now_ms
@@ -326,7 +332,7 @@ class RoomEngine:
             ack,
             Broadcast(self._joined_ids(), encode(message)),
             Stored(message.seq),
-            Log("publish", peer.conn_id, peer.user_id, seq=message.seq),
+            Log("publish", peer.conn_id, peer.user_id, seq=message.seq, per_message=True),
         ]
 
     def _history(self, peer: Peer, frame: HistoryRequest) -> list[Effect]:

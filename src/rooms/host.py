@@ -87,6 +87,7 @@ class RoomHost(Generic[S]):
         limits: Limits,
         *,
         log: Callable[[str], None] = print,
+        log_messages: bool = True,
         clock_ms: Callable[[], int] = wall_clock_ms,
         archive: ArchiveBindings | None = None,
         alarms: Alarms | None = None,
@@ -96,6 +97,7 @@ class RoomHost(Generic[S]):
         self.alarms = alarms
         self.sockets = sockets
         self._log = log
+        self._log_messages = log_messages
         self._clock_ms = clock_ms
         self._by_conn: dict[str, S] = {}
         peers: list[Peer] = []
@@ -290,6 +292,8 @@ class RoomHost(Generic[S]):
                 case Log():
                     if effect.code == "rate_limited":
                         self.engine.store.count("rate_limited")
+                    if effect.per_message and not self._log_messages:
+                        continue
                     elapsed_ms = (time.perf_counter() - started) * 1000
                     self._log(log_line(self.room, effect, elapsed_ms))
         if stored:

@@ -83,7 +83,10 @@ class RoomStore:
         for statement in SCHEMA:
             sql.execute(statement)
         # The store is the room's only writer, so cached values stay true until its next write.
-        self._head = int(self.meta("head") or 0)
+        # A message's insert is its only write: `head` in room_meta is written before a prune
+        # only, for when every row is gone.
+        newest = sql.execute("SELECT MAX(seq) FROM messages")[0][0]
+        self._head = max(int(self.meta("head") or 0), int(newest or 0))
         self._archived = int(self.meta("archived") or 0)
         # Operator counters wait for the room's next write: counting a wake must not cost a
         # write of its own (a billed row write on Cloudflare, a commit on the wake path here).
@@ -103,19 +106,18 @@ class RoomStore:
         """
 
         def write() -> tuple[Message, bool]:
-            seen = self._sql.execute(
-                "SELECT seq FROM dedupe WHERE user_id = ? AND id = ?", user_id, id
-            )
-            if seen:
-                original = self.get(int(seen[0][0] or 0))
-                if original is not None:
-                    return original, True
-                # The row was pruned: the seq is still the truth, the body no longer here.
-                stub = Message(
-                    seq=int(seen[0][0] or 0), id=id, user_id=user_id, name=name, body="", sent_ms=0
-                )
-                return stub, True
             seq = self._head + 1
+            # Claiming the (user, id) key is the retransmit check: one statement, not two.
+            claimed = self._sql.execute(
+                "INSERT INTO dedupe (user_id, id, seq, at_ms) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (user_id, id) DO NOTHING RETURNING seq",
+                user_id,
+                id,
+                seq,
+                sent_ms,
+            )
+            if not claimed:
+                return self._original(user_id, id, name), True
             self._sql.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                 seq,
@@ -125,14 +127,6 @@ class RoomStore:
                 body,
                 sent_ms,
             )
-            self._sql.execute(
-                "INSERT INTO dedupe (user_id, id, seq, at_ms) VALUES (?, ?, ?, ?)",
-                user_id,
-                id,
-                seq,
-                sent_ms,
-            )
-            self._sql.execute("UPDATE room_meta SET value = ? WHERE key = 'head'", seq)
             message = Message(
                 seq=seq, id=id, user_id=user_id, name=name, body=body, sent_ms=sent_ms
             )
@@ -143,6 +137,16 @@ class RoomStore:
         if not duplicate:
             self._head = message.seq
         return message, duplicate
+
+    def _original(self, user_id: str, id: str, name: str) -> Message:
+        """The message a retransmit repeats, as first stored."""
+        rows = self._sql.execute("SELECT seq FROM dedupe WHERE user_id = ? AND id = ?", user_id, id)
+        seq = int(rows[0][0] or 0)
+        original = self.get(seq)
+        if original is not None:
+            return original
+        # The row was pruned: the seq is still the truth, the body no longer here.
+        return Message(seq=seq, id=id, user_id=user_id, name=name, body="", sent_ms=0)
 
     # ----------------------------------------------------------------------- meta and counters
 
@@ -239,9 +243,10 @@ class RoomStore:
         cutoff = min(self._archived, self._head - retain_messages)
         removed = 0
         if cutoff > 0:
-            before = self.retained_count()
+            self.set_meta("head", self._head)  # the rows that told it may all be going
+            counted = self._sql.execute("SELECT COUNT(*) FROM messages WHERE seq <= ?", cutoff)
+            removed = int(counted[0][0] or 0)
             self._sql.execute("DELETE FROM messages WHERE seq <= ?", cutoff)
-            removed = before - self.retained_count()
         self._sql.execute("DELETE FROM dedupe WHERE at_ms < ?", dedupe_before_ms)
         return removed
 

@@ -76,7 +76,9 @@ async def test_sigkill_loses_no_acknowledged_message(
 ) -> None:
     """Every acked message is there after kill -9 and a restart, and seq continues."""
     port = free_port()
-    processes.append(start(dev_vars, tmp_path / "data", port, tmp_path / "server.log"))
+    processes.append(
+        start(dev_vars, tmp_path / "data", port, tmp_path / "server.log", "--log-messages")
+    )
     await wait_ready(port)
     token = mint_token(SECRET, "alice")
     url = f"ws://127.0.0.1:{port}/rooms/crash/ws?token={token}"
@@ -89,7 +91,7 @@ async def test_sigkill_loses_no_acknowledged_message(
         processes[0].send_signal(signal.SIGKILL)
         processes[0].wait(timeout(10))
     assert acked == list(range(1, 51))
-    processes.append(start(dev_vars, tmp_path / "data", port, tmp_path / "server.log"))
+    processes.append(start(dev_vars, tmp_path / "data", port, tmp_path / "restart.log"))
     await wait_ready(port)
     async with websockets.connect(url + "&since=0", max_queue=None) as ws:
         welcome = await recv_until(ws, "welcome")
@@ -99,9 +101,12 @@ async def test_sigkill_loses_no_acknowledged_message(
         await ws.send(json.dumps({"type": "publish", "id": "after", "body": "after"}))
         assert (await recv_until(ws, "ack"))["seq"] == 51
     logs = (tmp_path / "server.log").read_bytes()
-    assert b'"event":"publish"' in logs
+    assert logs.count(b'"event":"publish"') == 50  # --log-messages: a line per message
     assert token.encode() not in logs
     assert b"body 1" not in logs
+    restart_logs = (tmp_path / "restart.log").read_bytes()
+    assert b'"event":"connect"' in restart_logs
+    assert b'"event":"publish"' not in restart_logs  # the default: connections, not messages
 
 
 def test_cli_help_and_token(dev_vars: Path) -> None:
