@@ -21,6 +21,7 @@ import multiprocessing.connection
 import os
 import platform
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -63,21 +64,32 @@ def queue_pair() -> tuple[QueueChannel, QueueChannel]:
 
 
 class PipeChannel:
-    """A `multiprocessing` pipe read from the event loop (EOF arrives as an `eof` event)."""
+    """A `multiprocessing` pipe seen from the event loop (EOF arrives as an `eof` event).
+
+    A thread does the blocking reads: a result bigger than the pipe's buffer arrives in
+    pieces, and a reader registered with the event loop (uvloop makes its fd non-blocking)
+    would fail half-way through it.
+    """
 
     def __init__(self, conn: multiprocessing.connection.Connection) -> None:
         self._conn = conn
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(conn.fileno(), self._readable)
+        self._reader = threading.Thread(target=self._read_all, name="pipe-reader", daemon=True)
+        self._reader.start()
 
-    def _readable(self) -> None:
-        try:
-            while self._conn.poll():
-                self._queue.put_nowait(self._conn.recv())
-        except (EOFError, OSError):
-            self._loop.remove_reader(self._conn.fileno())
-            self._queue.put_nowait({"ev": "eof"})
+    def _read_all(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                message = {"ev": "eof"}
+            try:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, message)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                return
+            if message.get("ev") == "eof":
+                return
 
     async def send(self, message: dict[str, Any]) -> None:
         self._conn.send(message)
@@ -86,8 +98,6 @@ class PipeChannel:
         return await self._queue.get()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(self._conn.fileno())
         self._conn.close()
 
 
