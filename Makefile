@@ -18,7 +18,10 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	$(UV) sync --frozen --python $(PYTHON) --group dev
 	touch $@
 
+## Our own modules compiled ahead too (PYTHONDONTWRITEBYTECODE stops imports caching them);
+## compileall skips what is up to date.
 setup: $(VENV)/.synced
+	$(VENV)/bin/python -m compileall -q src local
 
 ## Run the service locally on its embedded defaults (http://127.0.0.1:8787).
 serve: setup
