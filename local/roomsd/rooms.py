@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,10 @@ log = logging.getLogger("rooms")
 class HibernationPolicy:
     after_idle_s: float = 10.0
     every_event: bool = False
+    # Hibernated rooms whose SQLite connection stays open, most recently active first. An open
+    # connection costs ~150 KiB, and reopening one ~2 ms (SQLite recreates and fsyncs the WAL),
+    # so the rooms likeliest to wake soon keep theirs and memory stays bounded.
+    open_idle_databases: int = 64
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,10 @@ class LocalRoom:
     @property
     def awake(self) -> bool:
         return self._host is not None
+
+    @property
+    def holds_database(self) -> bool:
+        return self._sql is not None
 
     def host(self) -> RoomHost[LocalSocket]:
         """The awake instance, rebuilt from storage and attachments if the room hibernated."""
@@ -114,26 +123,27 @@ class LocalRoom:
         self._after_event()
         return result
 
-    def hibernate(self) -> SqliteSql | None:
-        """Drop the in-memory instance; sockets stay open, storage stays on disk.
-
-        Returns the room's database connection, detached, for the caller to close: a hibernated
-        Durable Object holds no memory, and an open SQLite connection costs ~150 KiB (page
-        cache, lookaside), more than the room's idle sockets together. Closing checkpoints the
-        WAL (an fsync), which the sweeper does off the event loop.
-        """
+    def hibernate(self) -> None:
+        """Drop the in-memory instance; sockets stay open, storage stays on disk."""
         if self._host is not None:
             try:
                 self._host.engine.store.save_counts()
             except Exception:  # operator counters only; the room's messages are committed
                 log.exception("saving counters failed room=%s", self.name)
         self._host = None
+
+    def release_database(self) -> SqliteSql | None:
+        """Hibernate and hand over the database connection, detached, for the caller to close.
+
+        Closing checkpoints the WAL (an fsync): the sweeper does it off the event loop.
+        """
+        self.hibernate()
         sql, self._sql = self._sql, None
         return sql
 
     def _after_event(self) -> None:
         if self.policy.every_event:
-            sql = self.hibernate()
+            sql = self.release_database()
             if sql is not None:
                 sql.close()
 
@@ -147,6 +157,8 @@ class RoomRegistry:
         self.services = services
         self.policy = services.policy
         self.rooms: dict[str, LocalRoom] = {}
+        # Hibernated rooms that still hold their database connection, least recently active first.
+        self._idle_open: OrderedDict[str, None] = OrderedDict()
 
     def get(self, name: str) -> LocalRoom:
         room = self.rooms.get(name)
@@ -168,25 +180,38 @@ class RoomRegistry:
         return await self.get(room).admin(action, params)
 
     def sweep(self, now: float | None = None) -> list[SqliteSql]:
-        """Hibernate idle rooms and forget idle rooms with no sockets.
+        """Hibernate idle rooms, forget idle rooms with no sockets, and keep at most
+        `open_idle_databases` hibernated rooms' connections open.
 
-        Returns the database connections of the rooms that went to sleep, for the caller to close.
+        Returns the connections to close, detached from their rooms, for the caller to close.
         """
         now = time.monotonic() if now is None else now
-        idle: list[SqliteSql] = []
+        to_close: list[SqliteSql] = []
+        falling_asleep: list[LocalRoom] = []
         for name, room in list(self.rooms.items()):
             if now - room.last_event < self.policy.after_idle_s:
                 continue
-            sql = room.hibernate()
-            if sql is not None:
-                idle.append(sql)
             if not len(room.sockets):
                 del self.rooms[name]
-        return idle
+                self._idle_open.pop(name, None)
+                if (sql := room.release_database()) is not None:
+                    to_close.append(sql)
+            elif room.awake:
+                room.hibernate()
+                falling_asleep.append(room)
+        for room in sorted(falling_asleep, key=lambda r: r.last_event):
+            self._idle_open[room.name] = None
+            self._idle_open.move_to_end(room.name)
+        while len(self._idle_open) > self.policy.open_idle_databases:
+            name, _ = self._idle_open.popitem(last=False)
+            sleeper = self.rooms.get(name)
+            if sleeper is not None and not sleeper.awake and (sql := sleeper.release_database()):
+                to_close.append(sql)
+        return to_close
 
     def close(self) -> None:
         for room in self.rooms.values():
-            sql = room.hibernate()
-            if sql is not None:
+            if (sql := room.release_database()) is not None:
                 sql.close()
         self.rooms.clear()
+        self._idle_open.clear()

@@ -172,7 +172,9 @@ async def test_idle_room_hibernates_and_wakes_with_sockets_still_open(
     server_factory: ServerFactory,
 ) -> None:
     """After the idle sweep the instance is gone; the next frame rebuilds it seamlessly."""
-    server = await server_factory(hibernation=HibernationPolicy(after_idle_s=0.0))
+    server = await server_factory(
+        hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=0)
+    )
     async with await server.connect("nap", "alice") as alice, \
             await server.connect("nap", "bob") as bob:
         await recv_until(alice, "welcome")
@@ -186,6 +188,33 @@ async def test_idle_room_hibernates_and_wakes_with_sockets_still_open(
         assert (await recv_until(bob, "message"))["body"] == "after nap"
         assert room.wakes == 2
         assert [m.user_id for m in room.host().engine.members()] == ["alice", "bob"]
+
+
+async def test_only_the_most_recently_active_sleeping_rooms_keep_their_database_open(
+    server_factory: ServerFactory,
+) -> None:
+    """Memory stays bounded: past `open_idle_databases`, the longest-idle rooms close theirs."""
+    server = await server_factory(
+        hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=1)
+    )
+    names = ["first", "second", "third"]
+    sockets = [await server.connect(name, "alice") for name in names]
+    try:
+        for ws in sockets:
+            await recv_until(ws, "welcome")
+        await sockets[0].send(json.dumps({"type": "publish", "id": "m", "body": "hello"}))
+        assert (await recv_until(sockets[0], "ack"))["seq"] == 1  # "first" is now the latest
+        closing = server.registry.sweep()
+        assert len(closing) == 2
+        close_databases(closing)
+        kept = [name for name in names if server.registry.rooms[name].holds_database]
+        assert kept == ["first"]
+        for i, ws in enumerate(sockets):  # every room wakes and carries on, open or reopened
+            await ws.send(json.dumps({"type": "publish", "id": f"m{i}", "body": "again"}))
+            assert (await recv_until(ws, "ack"))["seq"] == (2 if i == 0 else 1)
+    finally:
+        for ws in sockets:
+            await ws.close()
 
 
 async def test_slow_consumer_is_cut_off_and_the_room_keeps_going(
