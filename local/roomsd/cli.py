@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -148,7 +149,10 @@ def serve(args: argparse.Namespace) -> int:
         f"durable-rooms on http://{settings.host}:{settings.port}  (data: {settings.data_dir})",
         file=sys.stderr,
     )
-    web.run_app(
-        make_app(settings), host=settings.host, port=settings.port, print=None, access_log=None
-    )
+    app = make_app(settings)
+    # The ~50,000 objects of the imported modules live as long as the process: out of the
+    # cyclic collector's reach, a full collection no longer stalls every room for ~35 ms.
+    gc.collect()
+    gc.freeze()
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
     return 0
