@@ -775,15 +775,17 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += [
             "",
             "| idle | connections | RSS per connection KiB (connected / end of hold) | "
-            "vs websockets | peak RSS MB | connect p50 / p99 ms | wake probe ack p50 cold / "
-            "warm ms |",
+            "vs websockets (end of hold: every room asleep) | peak RSS MB | connect p50 / p99 ms "
+            "| wake probe ack p50 cold / warm ms |",
             "|---|---|---|---|---|---|---|",
         ]
         base = next((r for r in idle if r["server"] == "websockets"), {})
         for run in idle:
             wake = run.get("wake_probe") or {}
             per_conn = run["rss_per_connection_kb"]
-            vs = ratio(per_conn, base.get("rss_per_connection_kb"))
+            vs = ratio(
+                run["rss_per_connection_kb_at_end"], base.get("rss_per_connection_kb_at_end")
+            )
             lines.append(
                 f"| {run['server']} | {_fmt(run['connections'])} | "
                 f"{_fmt(per_conn)} / {_fmt(run['rss_per_connection_kb_at_end'])} | {_fmt(vs, 2)}"
