@@ -399,8 +399,11 @@ ui.body.addEventListener("input", () => {
 
 // ---------------------------------------------------------------------- presence and typing
 
-function onPresence({ members: list }) {
-  members = new Map(list.map((m) => [m.user_id, m.name]));
+// The welcome brings everyone present ({members}); after it, one change per frame ({event, member}).
+function onPresence({ members: list, event, member }) {
+  if (list) members = new Map(list.map((m) => [m.user_id, m.name]));
+  else if (event === "join") members.set(member.user_id, member.name);
+  else if (event === "leave") members.delete(member.user_id);
   for (const id of typers.keys()) if (!members.has(id)) typers.delete(id);
   renderPeople();
   renderTyping();

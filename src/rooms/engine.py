@@ -123,9 +123,7 @@ class RoomEngine:
         if user_id is None or not was_joined or self._user_present(user_id):
             return effects
         name = peer.name if peer else user_id
-        presence = Presence(
-            event="leave", member=Member(user_id=user_id, name=name), members=self.members()
-        )
+        presence = Presence(event="leave", member=Member(user_id=user_id, name=name))
         effects.append(Broadcast(self._joined_ids(), encode(presence)))
         return effects
 
@@ -288,7 +286,7 @@ class RoomEngine:
         effects.extend(Send(peer.conn_id, encode(message)) for message in replay)
         if first_socket:
             me = Member(user_id=peer.user_id, name=peer.name)
-            presence = Presence(event="join", member=me, members=self.members())
+            presence = Presence(event="join", member=me)
             effects.append(Broadcast(self._joined_ids(exclude=peer.conn_id), encode(presence)))
         effects.append(Log("join", peer.conn_id, peer.user_id, seq=head))
         return effects

@@ -156,9 +156,11 @@ class SignalRelay(ServerFrame, tag="signal", frozen=True):
 
 
 class Presence(ServerFrame, tag="presence", frozen=True):
+    """One user arrived or left. The welcome carries the whole list; after it, only changes:
+    a room filling up would otherwise send everyone the full list on every join (O(n^2))."""
+
     event: str  # "join" | "leave"
     member: Member
-    members: list[Member]
 
 
 class Pong(ServerFrame, tag="pong", frozen=True):

@@ -113,8 +113,9 @@ async def test_two_people_see_each_others_messages_in_the_same_order(
     await ada.page.fill("#body", "Looks good")
     await ada.page.screenshot(path=str(artifact_path("chat-desktop.png")))
 
-    await bob.page.click("#leave")
+    await bob.page.click("#leave")  # Bob's only socket goes: Ada's page applies the `leave`
     await expect(ada.page.locator("#people-list li")).to_have_text(["Ada (you)"])
+    await expect(ada.page.locator("#people-count")).to_have_text("1 here")
     await expect(ada.page.locator("#typing")).to_have_text("")  # who leaves stops typing
 
 

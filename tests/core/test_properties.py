@@ -85,6 +85,19 @@ class RoomMachine(RuleBasedStateMachine):
     def presence_is_exactly_the_open_users(self) -> None:
         open_users = sorted({c.user_id for c in self.clients if c.ws.open})
         assert [m.user_id for m in self.room.host.engine.members()] == open_users
+        # Every open client's own view: the welcome's list, then each join and leave applied.
+        for client in self.clients:
+            if not client.ws.open:
+                continue
+            seen: set[str] = set()
+            for frame in client.ws.sent:
+                if frame["type"] == "welcome":
+                    seen = {m["user_id"] for m in frame["presence"]}
+                elif frame["type"] == "presence" and frame["event"] == "join":
+                    seen.add(frame["member"]["user_id"])
+                elif frame["type"] == "presence" and frame["event"] == "leave":
+                    seen.discard(frame["member"]["user_id"])
+            assert sorted(seen) == open_users
 
 
 TestRoomMachine = RoomMachine.TestCase
