@@ -82,7 +82,7 @@ class PipeChannel:
         while True:
             try:
                 message = self._conn.recv()
-            except (EOFError, OSError):
+            except Exception:  # EOF, a closed pipe, or a message cut short: the worker is gone
                 message = {"ev": "eof"}
             try:
                 self._loop.call_soon_threadsafe(self._queue.put_nowait, message)
@@ -98,6 +98,9 @@ class PipeChannel:
         return await self._queue.get()
 
     def close(self) -> None:
+        """Close once the worker process has exited (its end closed, so the reader is done):
+        closing an fd a thread still reads from could hand it someone else's data."""
+        self._reader.join(timeout=5)
         self._conn.close()
 
 
@@ -265,13 +268,13 @@ async def run(
         for task in tasks:
             if not task.done():
                 task.cancel()
-        for pipe in pipes:
-            pipe.close()
         for child in procs:
             child.join(timeout=5)
             if child.is_alive():
                 child.terminate()
                 child.join(timeout=5)
+        for pipe in pipes:
+            pipe.close()
     result["started_at"] = started_at
     result["generator"]["event_loop"] = "uvloop" if use_uvloop else "asyncio"
     return result

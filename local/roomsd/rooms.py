@@ -10,6 +10,7 @@ Cloudflare's input gate does for non-storage I/O).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -38,6 +39,10 @@ class HibernationPolicy:
     # so the rooms likeliest to wake soon keep theirs and memory stays bounded.
     open_idle_databases: int = 64
 
+    def __post_init__(self) -> None:
+        if self.open_idle_databases < 0:
+            raise ValueError("open_idle_databases must be 0 or more")
+
 
 @dataclass(frozen=True)
 class RoomServices:
@@ -65,6 +70,9 @@ class LocalRoom:
         self._log_messages = services.log_messages
         self._sql: SqliteSql | None = None
         self._host: RoomHost[LocalSocket] | None = None
+        # This room's previous connection, still being closed off the loop: a new one opened
+        # meanwhile would wait on its checkpoint with the event loop blocked (busy timeout).
+        self._previous_closing: asyncio.Future[None] | None = None
         self.last_event = time.monotonic()
 
     @property
@@ -94,19 +102,33 @@ class LocalRoom:
             self.wakes += 1
         return self._host
 
-    def admits(self, identity: Identity) -> bool:
-        return self.host().admits(identity)
+    def after_close_of(self, closing: asyncio.Future[None]) -> None:
+        """Open the database again only once ``closing`` (its old connection's close) is done."""
+        self._previous_closing = closing
+
+    async def wake(self) -> RoomHost[LocalSocket]:
+        """`host()` for event handlers: first waits out a close of this room's old connection."""
+        closing = self._previous_closing
+        if closing is not None:
+            if not closing.done():
+                await asyncio.shield(closing)  # a cancelled waiter must not cancel the close
+            if self._previous_closing is closing:
+                self._previous_closing = None
+        return self.host()
+
+    async def admits(self, identity: Identity) -> bool:
+        return (await self.wake()).admits(identity)
 
     async def connect(self, ws: LocalSocket, identity: Identity, since: int | None) -> None:
-        await self.host().connect(ws, identity, since)
+        await (await self.wake()).connect(ws, identity, since)
         self._after_event()
 
     async def message(self, ws: LocalSocket, data: str | bytes) -> None:
-        await self.host().message(ws, data)
+        await (await self.wake()).message(ws, data)
         self._after_event()
 
     async def closed(self, ws: LocalSocket) -> None:
-        host = self.host()
+        host = await self.wake()
         if ws.cut_for_backlog:
             host.engine.store.count("slow_consumer")
         await host.closed(ws)
@@ -114,12 +136,12 @@ class LocalRoom:
         self._after_event()
 
     async def alarm(self) -> ArchiveOutcome | None:
-        outcome = await self.host().alarm()
+        outcome = await (await self.wake()).alarm()
         self._after_event()
         return outcome
 
     async def admin(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
-        result = await self.host().admin(action, params)
+        result = await (await self.wake()).admin(action, params)
         self._after_event()
         return result
 
@@ -133,10 +155,7 @@ class LocalRoom:
         self._host = None
 
     def release_database(self) -> SqliteSql | None:
-        """Hibernate and hand over the database connection, detached, for the caller to close.
-
-        Closing checkpoints the WAL (an fsync): the sweeper does it off the event loop.
-        """
+        """Hibernate and hand over the database connection, detached, for the caller to close."""
         self.hibernate()
         sql, self._sql = self._sql, None
         return sql
@@ -146,6 +165,35 @@ class LocalRoom:
             sql = self.release_database()
             if sql is not None:
                 sql.close()
+
+
+@dataclass(frozen=True)
+class ClosingDatabase:
+    """A sleeping room's connection on its way to being closed, and when that is done."""
+
+    room: str
+    sql: SqliteSql
+    closed: asyncio.Future[None]
+
+
+async def close_databases(closing: list[ClosingDatabase]) -> None:
+    """Close connections in a worker thread: closing checkpoints the WAL, an fsync."""
+    loop = asyncio.get_running_loop()
+
+    def settle(done: asyncio.Future[None]) -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def close_all() -> None:
+        for item in closing:
+            try:
+                item.sql.close()
+            except Exception:  # committed data is safe; a failed checkpoint is redone on open
+                log.exception("closing the database failed room=%s", item.room)
+            finally:
+                loop.call_soon_threadsafe(settle, item.closed)
+
+    await asyncio.to_thread(close_all)
 
 
 class RoomRegistry:
@@ -159,6 +207,7 @@ class RoomRegistry:
         self.rooms: dict[str, LocalRoom] = {}
         # Hibernated rooms that still hold their database connection, least recently active first.
         self._idle_open: OrderedDict[str, None] = OrderedDict()
+        self._closing: dict[str, asyncio.Future[None]] = {}  # room -> its old connection's close
 
     def get(self, name: str) -> LocalRoom:
         room = self.rooms.get(name)
@@ -166,6 +215,8 @@ class RoomRegistry:
             # Names are validated by the front ([A-Za-z0-9._-]{1,64}): safe as file names.
             path = self.rooms_dir / f"{name}.sqlite"
             room = self.rooms[name] = LocalRoom(name, path, self.services)
+            if (closing := self._closing.get(name)) is not None:
+                room.after_close_of(closing)  # forgotten a moment ago, connection still closing
         return room
 
     def exists(self, name: str) -> bool:
@@ -179,14 +230,14 @@ class RoomRegistry:
             return None
         return await self.get(room).admin(action, params)
 
-    def sweep(self, now: float | None = None) -> list[SqliteSql]:
+    def sweep(self, now: float | None = None) -> list[ClosingDatabase]:
         """Hibernate idle rooms, forget idle rooms with no sockets, and keep at most
         `open_idle_databases` hibernated rooms' connections open.
 
-        Returns the connections to close, detached from their rooms, for the caller to close.
+        Returns the connections to close, detached from their rooms: see `close_databases`.
         """
         now = time.monotonic() if now is None else now
-        to_close: list[SqliteSql] = []
+        to_close: list[ClosingDatabase] = []
         falling_asleep: list[LocalRoom] = []
         for name, room in list(self.rooms.items()):
             if now - room.last_event < self.policy.after_idle_s:
@@ -194,8 +245,7 @@ class RoomRegistry:
             if not len(room.sockets):
                 del self.rooms[name]
                 self._idle_open.pop(name, None)
-                if (sql := room.release_database()) is not None:
-                    to_close.append(sql)
+                self._hand_over(room, to_close)
             elif room.awake:
                 room.hibernate()
                 falling_asleep.append(room)
@@ -205,9 +255,23 @@ class RoomRegistry:
         while len(self._idle_open) > self.policy.open_idle_databases:
             name, _ = self._idle_open.popitem(last=False)
             sleeper = self.rooms.get(name)
-            if sleeper is not None and not sleeper.awake and (sql := sleeper.release_database()):
-                to_close.append(sql)
+            if sleeper is not None and not sleeper.awake:
+                self._hand_over(sleeper, to_close)
         return to_close
+
+    def _hand_over(self, room: LocalRoom, to_close: list[ClosingDatabase]) -> None:
+        sql = room.release_database()
+        if sql is None:
+            return
+        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closing[room.name] = closed
+        closed.add_done_callback(lambda done: self._forget_close(room.name, done))
+        room.after_close_of(closed)
+        to_close.append(ClosingDatabase(room.name, sql, closed))
+
+    def _forget_close(self, name: str, done: asyncio.Future[None]) -> None:
+        if self._closing.get(name) is done:
+            del self._closing[name]
 
     def close(self) -> None:
         for room in self.rooms.values():

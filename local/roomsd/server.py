@@ -35,9 +35,8 @@ from roomsd.config import Settings
 from roomsd.d1 import open_d1
 from roomsd.memory import release_free_memory
 from roomsd.r2 import FileBucket
-from roomsd.rooms import RoomRegistry, RoomServices
+from roomsd.rooms import RoomRegistry, RoomServices, close_databases
 from roomsd.sockets import LocalSocket
-from roomsd.sqlite import SqliteSql
 
 if TYPE_CHECKING:
     from rooms.admin import AdminApi
@@ -140,7 +139,7 @@ async def front(request: web.Request) -> web.StreamResponse:
 async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     room = request.app[REGISTRY].get(upgrade.room)
-    if not room.admits(upgrade.identity):
+    if not await room.admits(upgrade.identity):
         return _reply(error_reply(403, "room_full", "the room has reached its member limit"))
     ws = web.WebSocketResponse(
         protocols=(upgrade.subprotocol,) if upgrade.subprotocol else (),
@@ -195,21 +194,19 @@ def _path_kind(path: str) -> str:
     return path if path == "/health" else "static"
 
 
-def close_databases(databases: list[SqliteSql]) -> None:
-    for db in databases:
-        db.close()
-
-
 async def _sweeper(app: web.Application) -> AsyncIterator[None]:
     registry = app[REGISTRY]
 
     async def sweep_forever() -> None:
         while True:
             await asyncio.sleep(1)
-            idle = registry.sweep()
-            if idle:
-                await asyncio.to_thread(close_databases, idle)
-                release_free_memory()
+            try:
+                closing = registry.sweep()
+                if closing:
+                    await close_databases(closing)
+                    release_free_memory()
+            except Exception:  # the sweeper must outlive any one bad room
+                log.exception("sweep failed")
 
     task = asyncio.create_task(sweep_forever())
     yield

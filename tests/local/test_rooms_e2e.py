@@ -11,8 +11,7 @@ import websockets
 
 from rooms.limits import Limits
 from rooms.protocol import PING_TEXT, CloseCode
-from roomsd.rooms import HibernationPolicy
-from roomsd.server import close_databases
+from roomsd.rooms import HibernationPolicy, close_databases
 from tests.local.conftest import (
     RunningServer,
     ServerFactory,
@@ -182,7 +181,7 @@ async def test_idle_room_hibernates_and_wakes_with_sockets_still_open(
         room = server.registry.rooms["nap"]
         idle = server.registry.sweep()
         assert len(idle) == 1  # the sleeping room's database is handed back to be closed
-        close_databases(idle)
+        await close_databases(idle)
         assert not room.awake
         await alice.send(json.dumps({"type": "publish", "id": "1", "body": "after nap"}))
         assert (await recv_until(bob, "message"))["body"] == "after nap"
@@ -206,7 +205,7 @@ async def test_only_the_most_recently_active_sleeping_rooms_keep_their_database_
         assert (await recv_until(sockets[0], "ack"))["seq"] == 1  # "first" is now the latest
         closing = server.registry.sweep()
         assert len(closing) == 2
-        close_databases(closing)
+        await close_databases(closing)
         kept = [name for name in names if server.registry.rooms[name].holds_database]
         assert kept == ["first"]
         for i, ws in enumerate(sockets):  # every room wakes and carries on, open or reopened
@@ -215,6 +214,25 @@ async def test_only_the_most_recently_active_sleeping_rooms_keep_their_database_
     finally:
         for ws in sockets:
             await ws.close()
+
+
+async def test_a_room_woken_while_its_old_connection_closes_waits_for_the_close(
+    server_factory: ServerFactory,
+) -> None:
+    """No second connection is opened on the event loop while the first checkpoints."""
+    server = await server_factory(
+        hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=0)
+    )
+    async with await server.connect("doze", "alice") as alice:
+        await recv_until(alice, "welcome")
+        closing = server.registry.sweep()
+        assert [c.room for c in closing] == ["doze"]
+        await alice.send(json.dumps({"type": "publish", "id": "1", "body": "wake up"}))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(recv_until(alice, "ack"), 0.3)
+        assert not server.registry.rooms["doze"].holds_database  # it waited, opened nothing
+        await close_databases(closing)
+        assert (await recv_until(alice, "ack"))["seq"] == 1
 
 
 async def test_slow_consumer_is_cut_off_and_the_room_keeps_going(
