@@ -11,10 +11,11 @@ Cloudflare's input gate does for non-storage I/O).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class LocalRoom:
         # This room's previous connection, still being closed off the loop: a new one opened
         # meanwhile would wait on its checkpoint with the event loop blocked (busy timeout).
         self._previous_closing: asyncio.Future[None] | None = None
+        self._in_flight = 0  # events running now (each may await R2 or D1)
         self.last_event = time.monotonic()
 
     @property
@@ -119,31 +121,43 @@ class LocalRoom:
     async def admits(self, identity: Identity) -> bool:
         return (await self.wake()).admits(identity)
 
+    @property
+    def busy(self) -> bool:
+        """An event is running (it may be awaiting R2 or D1): not a moment to put it to sleep."""
+        return self._in_flight > 0
+
+    @contextlib.asynccontextmanager
+    async def _event(self) -> AsyncIterator[RoomHost[LocalSocket]]:
+        self._in_flight += 1
+        try:
+            yield await self.wake()
+        finally:
+            self._in_flight -= 1
+            self.last_event = time.monotonic()
+            self._after_event()
+
     async def connect(self, ws: LocalSocket, identity: Identity, since: int | None) -> None:
-        await (await self.wake()).connect(ws, identity, since)
-        self._after_event()
+        async with self._event() as host:
+            await host.connect(ws, identity, since)
 
     async def message(self, ws: LocalSocket, data: str | bytes) -> None:
-        await (await self.wake()).message(ws, data)
-        self._after_event()
+        async with self._event() as host:
+            await host.message(ws, data)
 
     async def closed(self, ws: LocalSocket) -> None:
-        host = await self.wake()
-        if ws.cut_for_backlog:
-            host.engine.store.count("slow_consumer")
-        await host.closed(ws)
-        self.sockets.forget(ws)
-        self._after_event()
+        async with self._event() as host:
+            if ws.cut_for_backlog:
+                host.engine.store.count("slow_consumer")
+            await host.closed(ws)
+            self.sockets.forget(ws)
 
     async def alarm(self) -> ArchiveOutcome | None:
-        outcome = await (await self.wake()).alarm()
-        self._after_event()
-        return outcome
+        async with self._event() as host:
+            return await host.alarm()
 
     async def admin(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
-        result = await (await self.wake()).admin(action, params)
-        self._after_event()
-        return result
+        async with self._event() as host:
+            return await host.admin(action, params)
 
     def hibernate(self) -> None:
         """Drop the in-memory instance; sockets stay open, storage stays on disk."""
@@ -161,7 +175,7 @@ class LocalRoom:
         return sql
 
     def _after_event(self) -> None:
-        if self.policy.every_event:
+        if self.policy.every_event and not self.busy:
             sql = self.release_database()
             if sql is not None:
                 sql.close()
@@ -240,7 +254,7 @@ class RoomRegistry:
         to_close: list[ClosingDatabase] = []
         falling_asleep: list[LocalRoom] = []
         for name, room in list(self.rooms.items()):
-            if now - room.last_event < self.policy.after_idle_s:
+            if room.busy or now - room.last_event < self.policy.after_idle_s:
                 continue
             if not len(room.sockets):
                 del self.rooms[name]

@@ -235,6 +235,35 @@ async def test_a_room_woken_while_its_old_connection_closes_waits_for_the_close(
         assert (await recv_until(alice, "ack"))["seq"] == 1
 
 
+async def test_a_room_is_not_put_to_sleep_in_the_middle_of_an_event(
+    server_factory: ServerFactory,
+) -> None:
+    """An event awaiting I/O (R2, D1) for longer than the idle time keeps its connection."""
+    server = await server_factory(
+        hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=0)
+    )
+    async with await server.connect("busy", "alice") as alice:
+        await recv_until(alice, "welcome")
+        room = server.registry.rooms["busy"]
+        gate = asyncio.Event()
+
+        async def slow_admin(action: str, params: dict[str, str]) -> dict[str, str]:
+            await gate.wait()  # like an archive read from a slow R2
+            return {"done": action}
+
+        room.host().admin = slow_admin  # type: ignore[method-assign]
+        task = asyncio.create_task(room.admin("inspect", {}))
+        await asyncio.sleep(0.05)
+        assert server.registry.sweep() == []
+        assert room.awake
+        assert room.holds_database
+        gate.set()
+        assert await task == {"done": "inspect"}
+        closing = server.registry.sweep()  # idle now: it sleeps and lets its connection go
+        assert [c.room for c in closing] == ["busy"]
+        await close_databases(closing)
+
+
 async def test_slow_consumer_is_cut_off_and_the_room_keeps_going(
     server_factory: ServerFactory,
 ) -> None:
