@@ -27,7 +27,7 @@ from loadtest.progress import Display
 from loadtest.report import markdown, plot, write_json
 from loadtest.runner import RunError, run, uvloop_available
 from loadtest.tokens import TokenError, token_source
-from loadtest.worker import raise_nofile
+from roomsd.os_resources import raise_open_file_limit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FDS_PER_PROCESS_RESERVE = 64
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None, prog: str = "rooms loadtest") -> int:
         )
     except TokenError as exc:
         parser.error(str(exc))
-    soft, hard = raise_nofile()
+    soft, hard = raise_open_file_limit()
     per_process = math.ceil(cfg.total_clients / cfg.procs) + FDS_PER_PROCESS_RESERVE
     if per_process > soft:
         parser.error(

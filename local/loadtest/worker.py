@@ -33,6 +33,7 @@ from websockets.uri import parse_uri
 
 from loadtest.config import Config
 from loadtest.stats import Histogram, Timeline
+from roomsd.os_resources import raise_open_file_limit
 
 PROGRESS_EVERY_S = 0.5
 CLOSE_TIMEOUT_S = 3.0
@@ -599,16 +600,6 @@ class Sender:
 # --------------------------------------------------------------------------- the worker
 
 
-def raise_nofile() -> tuple[int, int]:
-    """Raise this process's open-file limit as far as the hard limit allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
-    if soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -647,7 +638,7 @@ class Worker:
     # --------------------------------------------------------------------------- phases
 
     async def run(self) -> None:
-        nofile = raise_nofile()
+        nofile = raise_open_file_limit()
         progress = asyncio.create_task(self._progress())
         try:
             await self.chan.send({"ev": "spawned", "nofile": list(nofile), "pid": os.getpid()})

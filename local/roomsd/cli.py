@@ -24,6 +24,7 @@ from roomsd.config import (
     origins_from,
     vars_from,
 )
+from roomsd.os_resources import raise_open_file_limit
 from roomsd.rooms import HibernationPolicy
 from roomsd.server import make_app
 
@@ -145,8 +146,10 @@ def serve(args: argparse.Namespace) -> int:
         ),
         log_messages=args.log_messages,
     )
+    open_files, _ = raise_open_file_limit()  # a socket each: 1,024 would cap connections
     print(
-        f"durable-rooms on http://{settings.host}:{settings.port}  (data: {settings.data_dir})",
+        f"durable-rooms on http://{settings.host}:{settings.port}  (data: {settings.data_dir}; "
+        f"up to {open_files:,} open files)",
         file=sys.stderr,
     )
     app = make_app(settings)

@@ -33,7 +33,7 @@ from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
 from roomsd.bindings import AlarmScheduler, LocalD1, LocalR2
 from roomsd.config import Settings
 from roomsd.d1 import open_d1
-from roomsd.memory import release_free_memory
+from roomsd.os_resources import release_free_memory
 from roomsd.r2 import FileBucket
 from roomsd.rooms import RoomRegistry, RoomServices, close_databases
 from roomsd.sockets import LocalSocket

@@ -87,7 +87,7 @@ def test_no_token_source_says_what_to_pass(
 def test_too_many_connections_for_the_open_file_limit(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "raise_nofile", lambda: (1024, 1024))
+    monkeypatch.setattr(cli, "raise_open_file_limit", lambda: (1024, 1024))
     with pytest.raises(SystemExit) as exit_:
         cli.main(["idle", "--rooms", "100", "--clients", "20", "--secret", "s"])
     assert exit_.value.code == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -41,12 +42,19 @@ def dev_vars(tmp_path: Path) -> Path:
 
 
 def start(dev_vars: Path, data_dir: Path, port: int, log: Path,
-          *extra: str) -> subprocess.Popen[bytes]:
+          *extra: str, open_files: int | None = None) -> subprocess.Popen[bytes]:
+    """``open_files``: start under that soft limit on open files (the hard one unchanged)."""
+
+    def limit_open_files() -> None:
+        if open_files is not None:
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
+
     with log.open("ab") as sink:  # a file, not a pipe: a full pipe would stall the server
         return subprocess.Popen(
             [*ROOMS, "--dev-vars", str(dev_vars), "serve", "--port", str(port),
              "--data-dir", str(data_dir), *extra],
-            env=ENV, stdout=sink, stderr=sink,
+            env=ENV, stdout=sink, stderr=sink, preexec_fn=limit_open_files,
         )
 
 
@@ -183,3 +191,19 @@ def _segments(path: Path) -> list[tuple[int, int, int]]:
         return []
     finally:
         db.close()
+
+
+async def test_serve_raises_its_open_file_limit(
+    tmp_path: Path, dev_vars: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """Started under the common soft limit of 1,024 files, the server lifts it to the hard one."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"the hard limit here is {hard}: nothing to raise")
+    port = free_port()
+    log = tmp_path / "server.log"
+    processes.append(start(dev_vars, tmp_path / "data", port, log, open_files=1024))
+    await wait_ready(port)
+    soft_now, _ = resource.prlimit(processes[-1].pid, resource.RLIMIT_NOFILE)
+    assert soft_now > 1024
+    assert f"up to {soft_now:,} open files" in log.read_text()
