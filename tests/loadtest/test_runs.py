@@ -135,8 +135,7 @@ async def test_the_cli_in_two_processes_writes_its_json_and_summary(
 
 
 async def test_plots_are_written(server: RunningServer, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
-    from loadtest.report import plot
+    from loadtest.report import plot  # matplotlib is in the loadtest group: never skipped
 
     result = await run_quietly(config(server, rooms=1, clients=2, senders=1, duration=0.5))
     written = plot(result, tmp_path / "run")
