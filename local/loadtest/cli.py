@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None, prog: str = "rooms loadtest") -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            parser.error("--plot needs matplotlib: `uv sync --group bench` (or pip install it)")
+            parser.error("--plot needs matplotlib: `make setup` installs it (or pip install it)")
     if args.uvloop and not uvloop_available():
         parser.error("--uvloop needs uvloop: `uv sync --group bench` (or pip install it)")
 
