@@ -113,10 +113,22 @@ class AlarmScheduler:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._running: set[asyncio.Task[None]] = set()
 
+    # Alarms that fell due while the server was down fire this far apart, oldest first: each
+    # archives a room on the event loop (~5 ms), and a restart must serve requests at once
+    # rather than after catching up on every room (100 overdue alarms delayed listening 0.5 s).
+    CATCH_UP_SPACING_MS = 10
+
     def start(self) -> None:
-        """Arm every stored alarm (past ones fire at once), as after a restart."""
-        for room, at_ms in self.db.execute("SELECT room, at_ms FROM alarms").fetchall():
-            self._arm(str(room), int(at_ms))
+        """Arm every stored alarm, as after a restart; overdue ones catch up spaced out."""
+        now_ms = int(time.time() * 1000)
+        rows = self.db.execute("SELECT room, at_ms FROM alarms ORDER BY at_ms").fetchall()
+        overdue = 0
+        for room, at_ms in rows:
+            fire_at_ms = int(at_ms)
+            if fire_at_ms <= now_ms:
+                overdue += 1
+                fire_at_ms = now_ms + overdue * self.CATCH_UP_SPACING_MS
+            self._arm(str(room), int(at_ms), fire_at_ms)
 
     def pending(self, room: str) -> int | None:
         row = self.db.execute("SELECT at_ms FROM alarms WHERE room = ?", (room,)).fetchone()
@@ -130,11 +142,12 @@ class AlarmScheduler:
         )
         self._arm(room, at_ms)
 
-    def _arm(self, room: str, at_ms: int) -> None:
+    def _arm(self, room: str, at_ms: int, fire_at_ms: int | None = None) -> None:
+        """Fire at ``fire_at_ms`` (default ``at_ms``); ``at_ms`` is the stored row's time."""
         if (timer := self._timers.pop(room, None)) is not None:
             timer.cancel()
         loop = asyncio.get_running_loop()
-        delay_s = max(0.0, at_ms / 1000 - time.time())
+        delay_s = max(0.0, (at_ms if fire_at_ms is None else fire_at_ms) / 1000 - time.time())
         self._timers[room] = loop.call_later(delay_s, self._launch, room, at_ms)
 
     def _launch(self, room: str, at_ms: int) -> None:

@@ -1,12 +1,15 @@
-"""The local stand-ins for D1 and R2."""
+"""The local stand-ins for D1, R2 and the alarm scheduler."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
+from roomsd.bindings import AlarmScheduler
 from roomsd.config import PROJECT_ROOT
 from roomsd.d1 import open_d1
 from roomsd.r2 import FileBucket
@@ -62,3 +65,33 @@ def test_bucket_writes_atomically_and_refuses_escaping_keys(tmp_path: Path) -> N
     for bad in ("../escape", "a//b", "", "a/./b"):
         with pytest.raises(ValueError, match="invalid object key"):
             bucket.put(bad, b"x")
+
+
+async def test_alarms_overdue_at_start_catch_up_spaced_out_oldest_first(tmp_path: Path) -> None:
+    """After downtime the server serves at once; due alarms fire one by one, none is lost."""
+    fired: list[tuple[str, float]] = []
+    all_fired = asyncio.Event()
+
+    async def fire(room: str) -> None:
+        fired.append((room, time.monotonic()))
+        if len(fired) == 3:
+            all_fired.set()
+
+    path = tmp_path / "alarms.sqlite"
+    now_ms = int(time.time() * 1000)
+    with sqlite3.connect(path) as db:  # what a server stopped a minute ago left behind
+        db.execute(AlarmScheduler.SCHEMA)
+        for room, late_ms in (("c", 58_000), ("a", 60_000), ("b", 59_000)):
+            db.execute("INSERT INTO alarms (room, at_ms) VALUES (?, ?)", (room, now_ms - late_ms))
+
+    scheduler = AlarmScheduler(path, fire)
+    started = time.monotonic()
+    scheduler.start()
+    assert fired == []  # nothing runs before the server gets to serve
+    await asyncio.wait_for(all_fired.wait(), 5)
+    assert [room for room, _ in fired] == ["a", "b", "c"]
+    gaps = [b - a for (_, a), (_, b) in zip([("", started), *fired], fired, strict=False)]
+    assert all(gap >= 0.008 for gap in gaps)  # CATCH_UP_SPACING_MS apart, not a burst
+    await asyncio.sleep(0.05)
+    assert scheduler.db.execute("SELECT COUNT(*) FROM alarms").fetchone()[0] == 0
+    await scheduler.close()
