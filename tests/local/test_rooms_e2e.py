@@ -167,13 +167,15 @@ async def test_ping_is_answered_without_waking_the_room(server_factory: ServerFa
         assert not room.awake
 
 
+# Every sweep puts every idle room to sleep and hands its database connection over to be closed.
+SWEEP_CLOSES_ALL = HibernationPolicy(after_idle_s=0.0, open_idle_databases=0)
+
+
 async def test_idle_room_hibernates_and_wakes_with_sockets_still_open(
     server_factory: ServerFactory,
 ) -> None:
     """After the idle sweep the instance is gone; the next frame rebuilds it seamlessly."""
-    server = await server_factory(
-        hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=0)
-    )
+    server = await server_factory(hibernation=SWEEP_CLOSES_ALL)
     async with await server.connect("nap", "alice") as alice, \
             await server.connect("nap", "bob") as bob:
         await recv_until(alice, "welcome")
@@ -220,9 +222,7 @@ async def test_a_room_woken_while_its_old_connection_closes_waits_for_the_close(
     server_factory: ServerFactory,
 ) -> None:
     """No second connection is opened on the event loop while the first checkpoints."""
-    server = await server_factory(
-        hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=0)
-    )
+    server = await server_factory(hibernation=SWEEP_CLOSES_ALL)
     async with await server.connect("doze", "alice") as alice:
         await recv_until(alice, "welcome")
         closing = server.registry.sweep()
@@ -239,9 +239,7 @@ async def test_a_room_is_not_put_to_sleep_in_the_middle_of_an_event(
     server_factory: ServerFactory,
 ) -> None:
     """An event awaiting I/O (R2, D1) for longer than the idle time keeps its connection."""
-    server = await server_factory(
-        hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=0)
-    )
+    server = await server_factory(hibernation=SWEEP_CLOSES_ALL)
     async with await server.connect("busy", "alice") as alice:
         await recv_until(alice, "welcome")
         room = server.registry.rooms["busy"]
