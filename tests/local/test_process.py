@@ -129,6 +129,22 @@ def test_cli_help_and_token(dev_vars: Path) -> None:
     assert (identity.user_id, identity.name) == ("bob", "Bob")
 
 
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [("-1", "must be 0 or more, got -1"), ("lots", "expected a whole number, got 'lots'")],
+)
+def test_bad_open_idle_databases_is_refused_clearly(
+    dev_vars: Path, value: str, complaint: str
+) -> None:
+    refused = subprocess.run(
+        [*ROOMS, "--dev-vars", str(dev_vars), "serve", "--open-idle-databases", value],
+        env=ENV, capture_output=True, text=True, timeout=30,
+    )
+    assert refused.returncode == 2
+    assert f"--open-idle-databases: {complaint}" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_invalid_limits_fail_at_start_up(tmp_path: Path) -> None:
     """A bad ROOM_LIMITS stops the server before it listens, naming the problem."""
     dev_vars = tmp_path / ".dev.vars"
