@@ -132,8 +132,7 @@ class RoomStore:
             )
             return message, False
 
-        message, duplicate = self._sql.transaction(self._with_counts(write))
-        self._unsaved_counts.clear()  # only after the commit succeeded
+        message, duplicate = self._transaction(write)
         if not duplicate:
             self._head = message.seq
         return message, duplicate
@@ -182,16 +181,19 @@ class RoomStore:
     def save_counts(self) -> None:
         """Write the counters now (before a local room closes its database)."""
         if self._unsaved_counts:
-            self._sql.transaction(self._with_counts(lambda: None))
-            self._unsaved_counts.clear()
+            self._transaction(lambda: None)
 
-    def _with_counts(self, write: Callable[[], T]) -> Callable[[], T]:
+    def _transaction(self, write: Callable[[], T]) -> T:
+        """Run ``write`` atomically, with the counters counted since the last write."""
+
         def write_with_counts() -> T:
             for counter, by in self._unsaved_counts.items():
                 self.bump(counter, by)
             return write()
 
-        return write_with_counts
+        result = self._sql.transaction(write_with_counts)
+        self._unsaved_counts.clear()  # only once the commit succeeded
+        return result
 
     # ----------------------------------------------------------------------- archiving
 
@@ -220,8 +222,7 @@ class RoomStore:
             self.set_meta("pending_first", first)
             self.set_meta("pending_last", last)
 
-        self._sql.transaction(self._with_counts(write))
-        self._unsaved_counts.clear()
+        self._transaction(write)
         return first, last
 
     def mark_archived(self, last: int) -> None:
