@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONPATH := $(CURDIR)/src:$(CURDIR)/local
 
-.PHONY: setup serve test check lint types unit bench clean pyodide-setup bench-pyodide browser
+.PHONY: setup serve dev test check lint types unit bench clean pyodide-setup workerd-setup bench-pyodide browser
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -27,8 +27,13 @@ setup: $(VENV)/.synced
 serve: setup
 	./rooms serve
 
+## The service in real workerd through `wrangler dev`, offline (docs/cloudflare.md): what
+## Cloudflare runs, on http://127.0.0.1:8787.
+dev: workerd-setup
+	$(VENV)/bin/python -m workerd
+
 ## Every check and every test: what .ci/run calls.
-test: setup lint types pyodide-setup browser
+test: setup lint types pyodide-setup workerd-setup browser
 	ROOMS_PYODIDE_REQUIRED=1 $(VENV)/bin/python -m pytest -q
 
 lint: setup
@@ -45,6 +50,11 @@ unit: setup
 ## PyPI; pinned, cached under .cache/, a no-op when nothing changed.
 pyodide-setup: setup
 	$(VENV)/bin/python scripts/setup_pyodide.py --pip .tools/bin/pip
+
+## Real workerd offline (make dev, tests/e2e): pinned wrangler from package-lock.json, the dev
+## Pyodide bundle built from the Pyodide tier's npm pyodide, python_modules/ from its wheels.
+workerd-setup: pyodide-setup
+	$(VENV)/bin/python scripts/setup_workerd.py
 
 ## The Worker inside Pyodide: import time of src/worker.py, cost per message in a 100-member room.
 bench-pyodide: pyodide-setup
