@@ -34,7 +34,7 @@ dev: workerd-setup
 
 ## Every check and every test: what .ci/run calls.
 test: setup lint types pyodide-setup workerd-setup browser
-	ROOMS_PYODIDE_REQUIRED=1 $(VENV)/bin/python -m pytest -q
+	ROOMS_PYODIDE_REQUIRED=1 ROOMS_WORKERD_REQUIRED=1 $(VENV)/bin/python -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check src local tests
