@@ -240,7 +240,7 @@ def workerd_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerdPo
 
 @pytest.fixture
 def profile() -> Profile:
-    """Override in a module or test (``@pytest.mark.parametrize`` / a fixture) for other settings."""
+    """Tests that need other settings override this fixture or parametrize ``profile``."""
     return Profile()
 
 
