@@ -2,7 +2,7 @@
 
 `rooms.front.route` makes every decision; this module only reads the request and the env, turns
 the decision into a response, and forwards upgrades to `env.ROOMS.getByName(room)`. Section numbers
-refer to ../shared/reference/cloudflare-python.md.
+(§) refer to docs/cloudflare.md.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         return await assets.fetch(request)
 
     def _config(self) -> FrontConfig | None:
-        # Secrets and plain vars arrive as str (§4); a missing one is an AttributeError.
+        # Secrets and plain vars arrive as str (§5.5); a missing one is an AttributeError.
         secret = getattr(self.env, "JWT_SECRET", None)
         if not isinstance(secret, str) or not secret:
             return None
@@ -148,7 +148,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
     async def _forward(self, request: Any, upgrade: ForwardUpgrade) -> Response:
         """Send the upgrade to the room's object and return its 101 (with the client socket).
 
-        §1.3: only bindings reach an object, so identity headers set here can be trusted there.
+        §2.3: only bindings reach an object, so identity headers set here can be trusted there.
         """
         headers = upgrade_headers(request.headers.items(), upgrade)
         forwarded = ffi.upgrade_request(request.js_object, strip_token(request.url), headers)

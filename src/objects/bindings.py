@@ -1,7 +1,8 @@
 """D1, R2 and the object's alarm as the core's archive ports (`Database`, `ObjectStore`, `Alarms`).
 
-The SDK wraps `env.DB` and `env.ARCHIVE` (reference §4): arguments are converted to JS and
-results back to Python, rows arrive as `JsDict`. These classes only adapt shapes.
+The SDK wraps `env.DB` and `env.ARCHIVE` (docs/cloudflare.md §5.1): arguments are converted to JS
+and results back to Python, rows arrive as `JsDict`. These classes only adapt shapes. Section
+numbers (§) below refer to docs/cloudflare.md.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from rooms.store import SqlValue
 
 
 def _plain(value: Any) -> SqlValue:
-    if isinstance(value, bool):  # never bind a bool (§3.1); D1 rows hold ints anyway
+    if isinstance(value, bool):  # never bind a bool (§4.2); D1 rows hold ints anyway
         return int(value)
     if value is None or isinstance(value, int | float | str):
         return value
@@ -32,7 +33,7 @@ class D1Database:
         return [{str(k): _plain(v) for k, v in dict(row).items()} for row in rows]
 
     async def batch(self, statements: Sequence[tuple[str, Sequence[SqlValue]]]) -> None:
-        # §4: D1's batch runs the statements in one transaction.
+        # §5.3: D1's batch runs the statements in one transaction.
         prepared = [self._db.prepare(query).bind(*params) for query, params in statements]
         await self._db.batch(prepared)
 
@@ -44,19 +45,19 @@ class R2Bucket:
         self._bucket = binding
 
     async def put(self, key: str, data: bytes) -> None:
-        # §4: bytes are copied to a Uint8Array; a bytearray would raise TypeError.
+        # §5.4: bytes are copied to a Uint8Array; a bytearray would raise TypeError.
         await self._bucket.put(key, bytes(data))
 
     async def get(self, key: str) -> bytes | None:
         body = await self._bucket.get(key)
         if body is None:
             return None
-        buffer = await body.arrayBuffer()  # §4: a memoryview through the SDK
+        buffer = await body.arrayBuffer()  # §5.4: a memoryview through the SDK
         return buffer.to_bytes() if hasattr(buffer, "to_bytes") else bytes(buffer)
 
 
 class DurableObjectAlarms:
-    """The `Alarms` port over ``ctx.storage.setAlarm`` (epoch ms; §3.2)."""
+    """The `Alarms` port over ``ctx.storage.setAlarm`` (epoch ms; §4.9)."""
 
     def __init__(self, storage: Any) -> None:
         self._storage = storage

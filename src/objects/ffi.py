@@ -1,7 +1,7 @@
 """Every raw JavaScript call the Cloudflare adapters make, and the conversions each one needs.
 
 This is the only module that imports `js` or `pyodide`. The rules behind each helper are in
-../shared/reference/cloudflare-python.md ("§" below). The short version (§5.1, §5.7): only int,
+docs/cloudflare.md ("§" below). The short version (§6.1, §6.3, §6.6): only int,
 float, str, bool and None cross into JavaScript by themselves. A list, dict, tuple or bytes arrives
 as a PyProxy, which raw JS APIs reject (`acceptWebSocket`), fail to clone (`serializeAttachment`),
 silently ignore (a `Request` init) or stringify (`WebSocket.send(b"x")` sends the text "b'x'").
@@ -32,25 +32,25 @@ WS_CLOSING = 2
 
 
 def js_array(items: Sequence[str]) -> JsObject:
-    """A JS Array of strings, for `ctx.acceptWebSocket(ws, tags)` (§2.1: a list is a PyProxy)."""
+    """A JS Array of strings, for `ctx.acceptWebSocket(ws, tags)` (§3.2: a list is a PyProxy)."""
     return to_js(list(items))
 
 
 def websocket_pair() -> tuple[JsObject, JsObject]:
-    """A new (client, server) pair; the server end is what the Durable Object accepts (§2.1)."""
+    """A new (client, server) pair; the server end is what the Durable Object accepts (§3.1)."""
     client, server = js.WebSocketPair.new().object_values()
     return client, server
 
 
 def auto_response_pair(request: str, response: str) -> JsObject:
-    """The pair for `ctx.setWebSocketAutoResponse`: answered without waking the object (§2.4)."""
+    """The pair for `ctx.setWebSocketAutoResponse`: answered without waking the object (§3.8)."""
     return js.WebSocketRequestResponsePair.new(request, response)
 
 
 def frame_data(message: str | JsObject) -> str | bytes:
     """A hibernation handler's message as Python data.
 
-    A text frame arrives as str; a binary frame always arrives as a JS ArrayBuffer (§2.2), which
+    A text frame arrives as str; a binary frame always arrives as a JS ArrayBuffer (§3.6), which
     `to_bytes()` copies out.
     """
     if isinstance(message, str):
@@ -61,7 +61,7 @@ def frame_data(message: str | JsObject) -> str | bytes:
 def row_values(row: Iterable[Any] | JsObject) -> list[Any]:
     """One row of `cursor.raw()` as a Python list, whether or not the SDK converted it already.
 
-    Through the SDK's storage wrapper a raw row is a Python list (§3.1); on a raw `SqlStorage`
+    Through the SDK's storage wrapper a raw row is a Python list (§4.3); on a raw `SqlStorage`
     it is a JS Array, converted by `to_py()`. SQL NULL may surface as `jsnull` (Pyodide >= 0.28).
     """
     values = row.to_py() if hasattr(row, "to_py") else row
@@ -71,10 +71,10 @@ def row_values(row: Iterable[Any] | JsObject) -> list[Any]:
 def upgrade_request(js_request: JsObject, url: str, headers: Iterable[tuple[str, str]]) -> JsObject:
     """A copy of ``js_request`` (a GET upgrade, no body) with a new URL and exactly ``headers``.
 
-    The init must be a real JS object: a Python dict would reach `new Request()` as a PyProxy
-    whose keys are not JS properties, so the headers would be dropped without an error (§5.1,
-    §5.2: to_js turns a dict into a Map unless `dict_converter=Object.fromEntries`). Headers are
-    appended one at a time, so only str values cross the boundary.
+    The init must be a real JS object: a Python dict would reach `new Request()` as a PyProxy,
+    which JS reads differently from one Pyodide version to the next (§6.6), and to_js needs
+    `dict_converter=Object.fromEntries` to make a plain object on every version (§6.2). Headers
+    are appended one at a time, so only str values cross the boundary (§2.2).
     """
     js_headers = js.Headers.new()
     for name, value in headers:
@@ -84,7 +84,7 @@ def upgrade_request(js_request: JsObject, url: str, headers: Iterable[tuple[str,
 
 
 def object_name(ctx: JsObject) -> str | None:
-    """The name the object was reached by (`ctx.id.name`), or None when it has none (§1.1)."""
+    """The name the object was reached by (`ctx.id.name`), or None when it has none (§2.4)."""
     name = getattr(ctx.id, "name", None)  # undefined surfaces as AttributeError on a JsProxy
     return name if isinstance(name, str) and name else None
 
@@ -92,7 +92,7 @@ def object_name(ctx: JsObject) -> str | None:
 def var_text(value: str | JsObject | None) -> str | None:
     """A var from ``env`` as text: None when unset or empty.
 
-    §4: a var given as a string arrives as str, but one given as a JSON object or array in
+    §5.5: a var given as a string arrives as str, but one given as a JSON object or array in
     wrangler.jsonc arrives as a JsProxy; `to_py()` converts it and it is re-encoded as JSON, so
     both spellings of ROOM_LIMITS and ARCHIVE_POLICY mean the same.
     """

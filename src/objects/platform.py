@@ -2,8 +2,7 @@
 
 `DurableObjectSql` runs `RoomStore`'s queries on the object's SQLite (`ctx.storage.sql`), and
 `HibernatableSockets` maps the `Sockets` port onto the Hibernation API (`ctx.acceptWebSocket`,
-`ctx.getWebSockets`, attachments). Section numbers refer to
-../shared/reference/cloudflare-python.md.
+`ctx.getWebSockets`, attachments). Section numbers (§) refer to docs/cloudflare.md.
 """
 
 from __future__ import annotations
@@ -31,15 +30,15 @@ class DurableObjectSql:
 
     def execute(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
         for param in params:
-            # §3.1: Cloudflare binds a bool as the text 'true'. Refuse it, as SqliteSql does.
+            # §4.2: Cloudflare binds a bool as the text 'true'. Refuse it, as SqliteSql does.
             if isinstance(param, bool):
                 raise TypeError("bind int(flag), not bool: Cloudflare stores bools as text")
         cursor = self._sql.exec(query, *params)
-        # §3.1: consume the cursor now (no await may come between), and raw() keeps column order.
+        # §4.3: consume the cursor now (no await may come between), and raw() keeps column order.
         return [ffi.row_values(row) for row in cursor.raw()]
 
     def size_bytes(self) -> int:
-        # §3.1: the database's current size in bytes, for operators. The SDK's storage wrapper
+        # §4.5: the database's current size in bytes, for operators. The SDK's storage wrapper
         # caches every attribute after its first read (workers/rpc.py `_BindingWrapper`), so
         # `.databaseSize` would stay at its first value; its subscript reads afresh.
         try:
@@ -48,7 +47,7 @@ class DurableObjectSql:
             return int(self._sql.databaseSize)
 
     def transaction(self, fn: Callable[[], T]) -> T:
-        # §3.2: BEGIN is refused on SQLite objects; transactionSync commits fn's writes together
+        # §4.4: BEGIN is refused on SQLite objects; transactionSync commits fn's writes together
         # and rolls back when it raises. The result stays on the Python side instead of making a
         # round trip through JS (where a tuple would become a PyProxy).
         results: list[T] = []
@@ -61,18 +60,18 @@ class DurableObjectSql:
 
 
 class HibernatableSockets:
-    """The `Sockets` port over the Hibernation API; sockets are raw JS WebSockets (§2)."""
+    """The `Sockets` port over the Hibernation API; sockets are raw JS WebSockets (§3)."""
 
     def __init__(self, ctx: Any) -> None:
         self._ctx = ctx
 
     def accept(self, ws: JsObject, tags: list[str]) -> None:
-        # §2.1: acceptWebSocket is a raw JS call, so the tags must be a JS Array, and the socket
-        # must never be accept()ed as well.
+        # §3.1, §3.2: acceptWebSocket is a raw JS call, so the tags must be a JS Array, and the
+        # socket must never be accept()ed as well.
         self._ctx.acceptWebSocket(ws, ffi.js_array(tags))
 
     def all(self) -> list[JsObject]:
-        # §2.3: a JS Array; it may include CLOSING sockets, which RoomHost filters by is_open.
+        # §3.5: a JS Array; it may include CLOSING sockets, which RoomHost filters by is_open.
         return list(self._ctx.getWebSockets())
 
     def is_open(self, ws: JsObject) -> bool:
@@ -83,13 +82,13 @@ class HibernatableSockets:
         return value if isinstance(value, str) else None
 
     def set_attachment(self, ws: JsObject, value: str) -> None:
-        # §2.3: a dict would be a PyProxy and fail structured clone; a JSON str always clones.
+        # §3.3: a dict would be a PyProxy and fail structured clone; a JSON str always clones.
         if not isinstance(value, str):
             raise TypeError("attachments are JSON strings")
         ws.serializeAttachment(value)
 
     def send(self, ws: JsObject, text: str) -> None:
-        # §5.8: bytes would not fail but go out as the text "b'...'"; every frame we send is text.
+        # §3.7: bytes would not fail but go out as the text "b'...'"; every frame we send is text.
         if not isinstance(text, str):
             raise TypeError("rooms send text frames only")
         ws.send(text)
@@ -100,8 +99,8 @@ class HibernatableSockets:
     def answer_close(self, ws: JsObject, code: int) -> None:
         """Complete a close handshake the client started, unless the runtime already did.
 
-        §2.2: from 2026-04-07 (`web_socket_auto_reply_to_close`) the runtime answers close frames
-        itself; pyodide-harness.md §5 doubts that covers hibernatable sockets. A socket still
+        §3.9: from 2026-04-07 (`web_socket_auto_reply_to_close`) the runtime answers close frames
+        itself, but whether that covers hibernatable sockets is not settled. A socket still
         CLOSING here waits for our answer; one already CLOSED got the runtime's.
         """
         if ws.readyState != ffi.WS_CLOSING:

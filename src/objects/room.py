@@ -1,17 +1,17 @@
 """`Room`: one Durable Object per room, hosting a `RoomHost` over hibernatable WebSockets.
 
-Nothing that matters lives in memory. workerd evicts a hibernating object and runs `__init__`
-again on the next event (../shared/reference/cloudflare-python.md §2.3), so the message log is in
-SQLite, each connection's state is in its socket's attachment, and the room's own name is in a
-one-row table, written by the first upgrade. A message is stored and broadcast with no await
-in between; the only awaits are on the archive (R2, D1, the alarm), where other events may
-interleave (§3.3), and the host re-checks its state after each of them.
+Section numbers (§) refer to docs/cloudflare.md. Nothing that matters lives in memory. workerd
+evicts a hibernating object and runs `__init__` again on the next event (§3.4), so the message
+log is in SQLite, each connection's state is in its socket's attachment, and the room's own name
+is in a one-row table, written by the first upgrade. A message is stored and broadcast with no
+await in between; the only awaits are on the archive (R2, D1, the alarm), where other events may
+interleave (§4.7), and the host re-checks its state after each of them.
 
 With `env.DB` and `env.ARCHIVE` bound, the room archives to R2 segments indexed in D1 from its
-alarm (§3.2, §4), and serves history older than it retains from there.
+alarm (§4.9, §5), and serves history older than it retains from there.
 
 The front Worker is the only caller of `fetch` (objects are reachable only through bindings,
-§1.3); it has verified the token and forwards the identity in ``x-rooms-*`` headers.
+§2.3); it has verified the token and forwards the identity in ``x-rooms-*`` headers.
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         super().__init__(ctx, env)
         self._sql = DurableObjectSql(self.ctx.storage)
         self._sockets = HibernatableSockets(self.ctx)
-        # §2.4: the runtime answers the keep-alive itself, without waking the object.
+        # §3.8: the runtime answers the keep-alive itself, without waking the object.
         self.ctx.setWebSocketAutoResponse(ffi.auto_response_pair(PING_TEXT, PONG_TEXT))
-        # §3.2: create tables synchronously here, not in blockConcurrencyWhile.
+        # §4.6: create tables synchronously here, not in blockConcurrencyWhile.
         self._sql.execute(NAME_SCHEMA)
         # A bad ROOM_LIMITS or ARCHIVE_POLICY fails here, on every event, rather than at run time.
         self._room_limits = (
@@ -101,7 +101,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         self._archive = self._archive_bindings()
         self._name = self._stored_name() or ffi.object_name(self.ctx)
         # Built by the first handler (`_awake`, `_host_for`), synchronously before its first
-        # await, so the store's tables exist in time (§3.3) and a failure while rebuilding from
+        # await, so the store's tables exist in time (§4.6) and a failure while rebuilding from
         # storage and sockets is caught and logged by that handler instead of failing __init__.
         self._host: RoomHost[JsObject] | None = None
 
@@ -196,7 +196,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         return ArchiveBindings(D1Database(db), R2Bucket(bucket), policy)
 
     async def alarm(self, alarm_info: Any = None) -> None:
-        """§3.2: archive what is waiting; the host sets the next alarm itself (with backoff).
+        """§4.9: archive what is waiting; the host sets the next alarm itself (with backoff).
 
         An exception escaping here would make workerd retry the alarm, with its message in the
         runtime's log; it is caught and logged like every handler's instead. Archiver failures
@@ -221,7 +221,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
                 await storage.setAlarm(int(time.time() * 1000) + retry_ms)
 
     async def _admin(self, room: str, action: str, request: Any) -> Response:
-        """An admin action forwarded by the front (only the front can reach an object, §1.3)."""
+        """An admin action forwarded by the front (only the front can reach an object, §2.3)."""
         stored = self._stored_name()
         if stored is None:
             return reply_response(error_reply(404, "room_not_found", "no such room"))

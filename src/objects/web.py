@@ -1,7 +1,7 @@
 """HTTP glue shared by the front Worker and the Room: SDK requests in, SDK responses out.
 
 Everything here goes through the `workers` SDK (`Request`, `Response`), which converts for us
-(../shared/reference/cloudflare-python.md §1.2, §5.6); nothing touches `js` directly.
+(docs/cloudflare.md §1.5, §6.3); nothing touches `js` directly.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def emit(line: str) -> None:
 def log_failure(handler: str, exc: BaseException, **fields: str) -> None:
     """One JSON line for an unexpected exception: where and what type, never its message.
 
-    Messages can carry tokens, SQL or a Python traceback (a JS error's message does, §1.4).
+    Messages can carry tokens, SQL or a Python traceback (a JS error's message does, §2.6).
     """
     record: Mapping[str, str] = {
         "event": "unexpected_error",

@@ -11,7 +11,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Cloudflare's own limits, enforced by the local runtime too so that what works locally works
-# there (../shared/reference/cloudflare-python.md, sections 2.1, 2.3, 2.4).
+# there (docs/cloudflare.md §3.2, §3.3, §3.6, §3.8).
 PLATFORM_MAX_TAGS = 10
 PLATFORM_MAX_TAG_CHARS = 256
 PLATFORM_MAX_ATTACHMENT_BYTES = 16 * 1024

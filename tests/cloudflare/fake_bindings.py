@@ -1,7 +1,7 @@
 """Fakes of workerd's D1 and R2 bindings, for the archive path.
 
-Class names match what the SDK keys on (pyodide-harness.md §4F): the SDK wraps `D1Database` and
-`R2Bucket` (reference §4), converting arguments with `python_to_rpc` and results with
+Class names match what the SDK keys on (docs/cloudflare.md §5.1; "§" below cites that page): the
+SDK wraps `D1Database` and `R2Bucket`, converting arguments with `python_to_rpc` and results with
 `python_from_rpc`. What reaches these classes is therefore what JS would see: `jsnull` for a
 Python None, a `Uint8Array` for bytes, a plain `JsObject` for a dict of options.
 
@@ -63,7 +63,7 @@ def _option(options: Any, name: str, default: Any = None) -> Any:
 
 
 def _d1_value(value: Any) -> Any:
-    """D1's `bind()` rules: null, number, string; boolean as 1/0; buffers as blobs (§4).
+    """D1's `bind()` rules: null, number, string; boolean as 1/0; buffers as blobs (§5.2).
 
     A Python None that did not go through the SDK is JS undefined, and an int outside the safe
     range is a BigInt (`becomes_bigint`): D1 refuses both.
@@ -144,7 +144,7 @@ class D1PreparedStatement(JsProxy):
         return self._settle(self._result)
 
     def run(self) -> JsPromise:
-        return self._settle(self._result)  # same shape as all() on current D1 (§4)
+        return self._settle(self._result)  # same shape as all() on current D1 (§5.2)
 
     def first(self, column: Any = None) -> JsPromise:
         def first_row() -> Any:
@@ -229,7 +229,7 @@ class D1Database(JsProxy):
 
 
 class HeadResult(JsProxy):
-    """An R2Object: what put() and head() return, and what list() lists (harness §4F)."""
+    """An R2Object: what put() and head() return, and what list() lists (§5.4)."""
 
     js_class = "HeadResult"
 
@@ -270,7 +270,7 @@ class GetResult(HeadResult):
             return _rejected(exc)
 
     def arrayBuffer(self) -> JsPromise:
-        return self._read(ArrayBuffer)  # the SDK hands Python a memoryview (§4)
+        return self._read(ArrayBuffer)  # the SDK hands Python a memoryview (§5.4)
 
     def text(self) -> JsPromise:
         return self._read(lambda data: data.decode())

@@ -1,17 +1,17 @@
 """JavaScript as Pyodide shows it to Python inside workerd: the fake behind `import js`.
 
 Each fake object enforces the rule the real runtime enforces, so an adapter mistake fails a test
-instead of a deployment. Rules come from ../shared/reference/cloudflare-python.md ("§") and
-pyodide-harness.md ("harness §"); the ones that matter most:
+instead of a deployment. Rules are those of docs/cloudflare.md ("§" below); the ones that
+matter most:
 
-* Only None, bool, int, float and str cross from Python to JS by themselves (§5.1). Anything else
+* Only None, bool, int, float and str cross from Python to JS by themselves (§6.1). Anything else
   handed to a raw JS API is a *PyProxy*: `is_pyproxy` below. What the API then does differs:
   `acceptWebSocket` throws, `serializeAttachment` throws DataCloneError, `new Request(url, dict)`
-  silently ignores the init, and `send(b"x")` sends the *text* "b'x'" (harness §5.3). The silent
+  silently ignores the init, and `send(b"x")` sends the *text* "b'x'" (§6.6). The silent
   cases append to `FFI_WARNINGS`, which the test fixtures require to be empty.
 * JS errors reach Python as `JsException` with ``name`` and ``message`` (Pyodide); JS TypeErrors
   are also Python TypeErrors here, so tests can match either.
-* JS objects are unhashable and compare by identity (§2.3).
+* JS objects are unhashable and compare by identity (§6.8).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ FFI_WARNINGS: list[str] = []
 OPEN_DATABASES: list[sqlite3.Connection] = []
 
 WS_CONNECTING, WS_OPEN, WS_CLOSING, WS_CLOSED = 0, 1, 2, 3
-MAX_TAGS = 10  # workerd actor-state.h MAX_TAGS_PER_CONNECTION (§2.1)
+MAX_TAGS = 10  # workerd actor-state.h MAX_TAGS_PER_CONNECTION (§3.2)
 MAX_TAG_CHARS = 256  # MAX_TAG_LENGTH
-MAX_ATTACHMENT_BYTES = 16 * 1024  # web-socket.h MAX_ATTACHMENT_SIZE (§2.3)
-MAX_AUTO_RESPONSE_CHARS = 2048  # §2.4
+MAX_ATTACHMENT_BYTES = 16 * 1024  # web-socket.h MAX_ATTACHMENT_SIZE (§3.3)
+MAX_AUTO_RESPONSE_CHARS = 2048  # §3.8
 MAX_SAFE_INTEGER = 2**53
 
 
@@ -261,7 +261,7 @@ def js_to_py(value: Any, default_converter: Callable[..., Any] | None = None) ->
 
 
 def structured_clone(value: Any, what: str = "value") -> Any:
-    """The structured clone workerd applies to attachments (§2.3): PyProxies cannot be cloned."""
+    """The structured clone workerd applies to attachments (§3.3): PyProxies cannot be cloned."""
     if is_primitive(value):
         return value
     if isinstance(value, JsArray):
@@ -301,7 +301,7 @@ class JsConstructor:
     def new(self, *args: Any, **kwargs: Any) -> Any:
         if self._factory is None:
             raise JsTypeError(f"Illegal constructor: {self.name}")
-        if kwargs:  # Pyodide passes Python kwargs as one trailing options object (§5.4)
+        if kwargs:  # Pyodide passes Python kwargs as one trailing options object (§6.5)
             args = (*args, JsObject(kwargs))
         return self._factory(*args)
 
@@ -541,7 +541,7 @@ class WebSocket(JsProxy):
             data = message
         elif isinstance(message, ArrayBuffer):
             data = message.to_bytes()
-        else:  # harness §5.3: Web IDL (ArrayBuffer or string) coerces a PyProxy with String()
+        else:  # §6.6: Web IDL (ArrayBuffer or string) coerces a PyProxy with String()
             data = js_string(message)
             FFI_WARNINGS.append(f"WebSocket.send got a {type(message).__name__} PyProxy; "
                                 f"sent the text {data[:40]!r}")
@@ -640,7 +640,7 @@ class DurableObjectId(JsProxy):
 
 
 class DurableObjectState(JsProxy):
-    """`ctx` as workerd passes it: hibernation methods are raw JS (§1.1, §5.7)."""
+    """`ctx` as workerd passes it: hibernation methods are raw JS (§1.3, §6.3)."""
 
     js_class = "DurableObjectState"
 
@@ -667,7 +667,7 @@ class DurableObjectState(JsProxy):
             tag_list: list[str] = []
         elif isinstance(tags, JsArray):
             tag_list = list(tags)
-        else:  # §2.1: a Python list is a PyProxy, not an Array
+        else:  # §3.2: a Python list is a PyProxy, not an Array
             raise JsTypeError("Failed to execute 'acceptWebSocket': parameter 2 is not of type "
                               "'Array'.")
         if not all(isinstance(tag, str) for tag in tag_list):
@@ -687,7 +687,7 @@ class DurableObjectState(JsProxy):
         if self.fail_next_get_websockets is not None:
             exc, self.fail_next_get_websockets = self.fail_next_get_websockets, None
             raise exc
-        # §2.3: CLOSING sockets are included until their close event was delivered.
+        # §3.5: CLOSING sockets are included until their close event was delivered.
         return JsArray(ws for ws in self.sockets if tag is None or tag in ws.tags)
 
     def getTags(self, ws: Any) -> JsArray:
@@ -714,7 +714,7 @@ def _settled(value: Any) -> Callable[[], Any]:
 
 
 class DurableObjectStorage(JsProxy):
-    """The JS class name matters: the SDK wraps `ctx.storage` only under this name (harness §4E)."""
+    """The JS class name matters: the SDK wraps `ctx.storage` only under this name (§6.3)."""
 
     js_class = "DurableObjectStorage"
 
@@ -727,7 +727,7 @@ class DurableObjectStorage(JsProxy):
         self._running_alarm: int | None = None
 
     def setAlarm(self, scheduled: Any) -> JsPromise:
-        # §3.2: a Date (the SDK converts a datetime to one) or epoch ms; kept to the millisecond.
+        # §4.9: a Date (the SDK converts a datetime to one) or epoch ms; kept to the millisecond.
         if isinstance(scheduled, Date):
             scheduled = scheduled.getTime()
         if not isinstance(scheduled, int | float) or isinstance(scheduled, bool):
@@ -758,7 +758,7 @@ class DurableObjectStorage(JsProxy):
         return JsObject({"retryCount": retries, "isRetry": retries > 0})
 
     def end_alarm(self, succeeded: bool) -> None:
-        """A failed handler is retried (at-least-once, §3.2) unless it set a new alarm itself."""
+        """A failed handler is retried (at-least-once, §4.9) unless it set a new alarm itself."""
         if succeeded:
             self.alarm_retries = 0
         elif self.alarm is None and self._running_alarm is not None:
@@ -824,7 +824,7 @@ class SqlStorage(JsProxy):
             return sqlite3.SQLITE_DENY
         for name in (arg1, arg2):
             if isinstance(name, str) and name.lower().startswith("_cf_"):
-                return sqlite3.SQLITE_DENY  # harness §5.5: names starting with _cf_ are reserved
+                return sqlite3.SQLITE_DENY  # §4.4: names starting with _cf_ are reserved
         return sqlite3.SQLITE_OK
 
     def run_internal(self, statement: str) -> None:
@@ -840,7 +840,7 @@ class SqlStorage(JsProxy):
         if value is None or value is jsnull:
             return None
         if isinstance(value, bool):
-            return "true" if value else "false"  # §3.1: a boolean becomes its string
+            return "true" if value else "false"  # §4.2: a boolean becomes its string
         if isinstance(value, int):
             return str(value) if becomes_bigint(value) else value  # a BigInt binds as text
         if isinstance(value, float | str):
@@ -861,7 +861,7 @@ class SqlStorage(JsProxy):
         if isinstance(value, bytes):
             return ArrayBuffer(value)
         if isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER:
-            return float(value)  # harness §5.4: INTEGER results are doubles
+            return float(value)  # §4.3: INTEGER results are doubles
         return value
 
     def exec(self, query: Any, *bindings: Any) -> SqlCursor:

@@ -1,6 +1,6 @@
 """The fake behind `import pyodide` and `from pyodide.ffi import ...`: Pyodide's conversions.
 
-`to_js` follows Pyodide's type-conversion rules (../shared/reference/cloudflare-python.md §5.2):
+`to_js` follows Pyodide's type-conversion rules (docs/cloudflare.md §6.2):
 lists and tuples become Arrays, dicts become Maps unless a ``dict_converter`` is given, bytes
 become a Uint8Array, JS values and primitives pass through, and anything else stays a PyProxy
 (or goes to ``default_converter``).

@@ -1,7 +1,7 @@
 """The fake behind `import workers`: the parts of workers-runtime-sdk 1.9.5 the adapters use.
 
-It mirrors what the SDK converts and what it leaves raw (../shared/reference/cloudflare-python.md
-§1.1, §1.3, §5.6, §5.7), on top of the fake `js` and `pyodide.ffi`:
+It mirrors what the SDK converts and what it leaves raw (docs/cloudflare.md §1.3, §2.1, §5.1,
+§6.3; "§" below cites that page), on top of the fake `js` and `pyodide.ffi`:
 
 * `DurableObject`/`WorkerEntrypoint` subclasses get their ``__init__`` wrapped: a DO's ``ctx``
   becomes a `DurableObjectContext` that wraps only ``ctx.storage``; ``env`` becomes `_EnvWrapper`.
@@ -143,7 +143,7 @@ class _BindingWrapper:
 
     def _invoke(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         js_args = [python_to_rpc(arg) for arg in args]
-        if kwargs:  # Pyodide passes Python kwargs to JS as one trailing options object (§5.4)
+        if kwargs:  # Pyodide passes Python kwargs to JS as one trailing options object (§6.5)
             js_args.append(fake_js.JsObject({k: python_to_rpc(v) for k, v in kwargs.items()}))
         result = fn(*js_args)
         if hasattr(result, "then") and callable(result.then):
@@ -228,7 +228,7 @@ class _EnvWrapper:
 
 
 class DurableObjectContext:
-    """``ctx`` for a DO: every attribute passes through raw, except ``storage`` (§1.1)."""
+    """``ctx`` for a DO: every attribute passes through raw, except ``storage`` (§1.3)."""
 
     __new__ = _idempotent_new  # type: ignore[assignment]
 
@@ -253,7 +253,7 @@ class _HTTPMessageMapping(http.client.HTTPMessage, Mapping[str, str]):  # type: 
 
 
 def _headers_message(js_headers: Any) -> _HTTPMessageMapping:
-    # python_request_headers_preserve_commas is on from 2026-02-17 (§6).
+    # python_request_headers_preserve_commas is on from 2026-02-17 (§1.5).
     message = _HTTPMessageMapping()
     for key, value in js_headers:
         message.add_header(key, value.strip())

@@ -1,12 +1,13 @@
 """workerd in miniature: the front Worker, the ROOMS namespace, hibernation, and test clients.
 
-`FakeCloudflare` dispatches the way pyodide-harness.md §2 describes: a fresh `Default` per
-request; `fetch` on an object through the SDK's conversions (`python_from_rpc` in,
-`python_to_rpc` out); `webSocketMessage`/`Close`/`Error` and `alarm` with raw JS arguments and
-the relaxed call that drops arguments a handler does not take. One `Room` instance lives per name
-until it "hibernates": the instance is dropped and the next event constructs a new one (running
-`__init__` again) while its `DurableObjectState`, sockets, SQLite and alarm persist (§2.3).
-Alarms fire only when a test asks (`fire_alarm`, `fire_due_alarms`), never on a timer.
+`FakeCloudflare` dispatches the way docs/cloudflare.md §1 describes ("§" below cites that page):
+a fresh `Default` per request; `fetch` on an object through the SDK's conversions
+(`python_from_rpc` in, `python_to_rpc` out); `webSocketMessage`/`Close`/`Error` and `alarm` with
+raw JS arguments and the relaxed call that drops arguments a handler does not take. One `Room`
+instance lives per name until it "hibernates": the instance is dropped and the next event
+constructs a new one (running `__init__` again) while its `DurableObjectState`, sockets, SQLite
+and alarm persist (§3.4). Alarms fire only when a test asks (`fire_alarm`, `fire_due_alarms`),
+never on a timer.
 The env holds fake D1 and R2 bindings as DB and ARCHIVE (fake_bindings.py) unless
 ``archive=False``.
 
@@ -70,7 +71,7 @@ class ExecutionContext(JsProxy):
 
 
 class DurableObjectStub(JsProxy):
-    """What `getByName` returns; JS calls it a DurableObject (harness §4F)."""
+    """What `getByName` returns; JS calls it a DurableObject (§5.1)."""
 
     js_class = "DurableObject"
 
@@ -215,7 +216,7 @@ class FakeCloudflare:
             result = await instance.fetch(python_from_rpc(request))
         except Exception as exc:
             self.escaped.append(exc)
-            # §1.4: the caller sees a JS error whose message carries the Python traceback.
+            # §2.6: the caller sees a JS error whose message carries the Python traceback.
             raise JsException("Error", f"PythonError: Traceback ... {exc!r}") from None
         finally:
             self._after_event(slot)
@@ -230,7 +231,7 @@ class FakeCloudflare:
         return response
 
     def fire_alarm(self, room: str) -> None:
-        """Run the object's alarm now, the way workerd runs a due one (§3.2).
+        """Run the object's alarm now, the way workerd runs a due one (§4.9).
 
         The object is woken (constructed again if it hibernated) and `alarm(alarmInfo)` is called
         relaxed with raw JS arguments. While it runs, getAlarm() is null unless the handler sets
@@ -271,7 +272,7 @@ class FakeCloudflare:
         try:
             instance = self._wake(slot)
             method = getattr(type(instance), handler, None)
-            if method is None:  # §8.10: a misspelled handler is never called
+            if method is None:  # §1.4: a misspelled handler is never called
                 self.dropped.append(f"{handler}: no such handler")
                 return
             bound = getattr(instance, handler)
@@ -339,7 +340,7 @@ class FakeCloudflare:
         state = server.owner
         pair = state.auto_response if state is not None else None
         if pair is not None and data == pair.request:
-            # §2.4: answered by the runtime; the object is neither woken nor constructed.
+            # §3.8: answered by the runtime; the object is neither woken nor constructed.
             client.ws.inbox.append(pair.response)
             state.auto_responses_sent += 1  # type: ignore[union-attr]
             return
@@ -350,7 +351,7 @@ class FakeCloudflare:
                      runtime_answers: bool, deliver: bool) -> None:
         server = client.server
         server.got_close = (code, reason)
-        if runtime_answers:  # web_socket_auto_reply_to_close (2026-04-07), §2.2
+        if runtime_answers:  # web_socket_auto_reply_to_close (2026-04-07), §3.9
             server.sent_close = (code, reason)
             server.readyState = WS_CLOSED
             client.ws.got_close = (code, reason)
@@ -388,7 +389,7 @@ class FakeCloudflare:
 
 
 async def _relaxed_call(fn: Any, args: tuple[Any, ...]) -> None:
-    """Call ``fn`` with as many positional arguments as it takes (harness §2, "relaxed")."""
+    """Call ``fn`` with as many positional arguments as it takes (§1.4, "relaxed")."""
     parameters = inspect.signature(fn).parameters.values()
     if not any(p.kind is p.VAR_POSITIONAL for p in parameters):
         args = args[: len(parameters)]

@@ -1,6 +1,6 @@
 """Shared by the Cloudflare tests: the fake modules' installation and small helpers.
 
-`js`, `pyodide`, `pyodide.ffi` and `workers` exist only inside workerd (reference §5.12), so
+`js`, `pyodide`, `pyodide.ffi` and `workers` exist only inside workerd (docs/cloudflare.md §1.7), so
 `install_fakes` puts the fakes into ``sys.modules`` before anything imports `worker` or `objects`
 (conftest.py calls it first). No host package imports these names, so they stay installed for
 the session.

@@ -302,7 +302,8 @@ def test_limits_set_on_the_class_win_over_the_room_limits_var() -> None:
 
 
 def test_settings_vars_may_be_json_objects() -> None:
-    """§4: a var written as a JSON object in wrangler.jsonc reaches Python as a JsProxy."""
+    """docs/cloudflare.md §5.5: a var written as a JSON object in wrangler.jsonc reaches Python as a
+    JsProxy."""
     cf = make_cloudflare(extra_vars={"ARCHIVE_POLICY": JsObject(POLICY),
                                      "ROOM_LIMITS": JsObject(LIMITS)})
     publish(cf, 5)

@@ -42,7 +42,7 @@ def r2() -> fake_bindings.R2Bucket:
 
 
 def env(**bindings: Any) -> Any:
-    return _EnvWrapper(JsObject(bindings))  # what a Room's self.env is (reference §4)
+    return _EnvWrapper(JsObject(bindings))  # what a Room's self.env is (docs/cloudflare.md §5.1)
 
 
 def test_d1_rows_are_plain_dicts_and_none_binds_as_null(d1: fake_bindings.D1Database) -> None:
@@ -55,7 +55,8 @@ def test_d1_rows_are_plain_dicts_and_none_binds_as_null(d1: fake_bindings.D1Data
 
 
 def test_d1_batch_is_one_transaction(d1: fake_bindings.D1Database) -> None:
-    """§4: a failing statement leaves none of the batch written, and the error propagates."""
+    """docs/cloudflare.md §5.3: a failing statement leaves none of the batch written, and the error
+    propagates."""
     db = D1Database(env(DB=d1).DB)
     insert = "INSERT INTO rooms (name, created_ms, last_activity_ms) VALUES (?, 1, 1)"
     with pytest.raises(JsException, match="UNIQUE"):
@@ -76,7 +77,8 @@ def test_archive_index_round_trips_through_d1(d1: fake_bindings.D1Database) -> N
 
 
 def test_r2_put_sends_bytes_and_get_returns_bytes(r2: fake_bindings.R2Bucket) -> None:
-    """§4: a bytearray would be a TypeError in the SDK, so the port sends bytes; get copies out."""
+    """docs/cloudflare.md §5.4: a bytearray would be a TypeError in the SDK, so the port sends
+    bytes; get copies out."""
     bucket = R2Bucket(env(ARCHIVE=r2).ARCHIVE)
     run(bucket.put("rooms/x/segments/1", bytearray(b"\x1f\x8b data")))  # type: ignore[arg-type]
     got = run(bucket.get("rooms/x/segments/1"))
@@ -102,8 +104,8 @@ def test_alarm_port_sets_the_object_alarm_in_epoch_ms() -> None:
 
 @pytest.mark.parametrize("wrapped", [True, False], ids=["sdk-wrapped", "raw"])
 def test_sql_size_is_the_current_database_size(wrapped: bool) -> None:
-    """`size_bytes` is `ctx.storage.sql.databaseSize` (§3.1), read afresh every time even
-    though the SDK wrapper caches attributes."""
+    """`size_bytes` is `ctx.storage.sql.databaseSize` (docs/cloudflare.md §4.5), read afresh every
+    time even though the SDK wrapper caches attributes."""
     state = DurableObjectState(DurableObjectId("00", "t"), DurableObjectStorage())
     storage = DurableObjectContext(state).storage if wrapped else state.storage
     sql = DurableObjectSql(storage)

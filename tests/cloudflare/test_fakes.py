@@ -219,7 +219,8 @@ def test_a_misspelled_handler_is_never_called() -> None:
 
 
 def sdk_env(**bindings: Any) -> Any:
-    """``self.env`` as the SDK hands it to Python code: D1 and R2 wrapped (reference §4)."""
+    """``self.env`` as the SDK hands it to Python code: D1 and R2 wrapped (docs/cloudflare.md
+    §5.1)."""
     return _EnvWrapper(JsObject(bindings))
 
 
@@ -281,7 +282,8 @@ def test_d1_has_the_migrations_applied_in_order() -> None:
 
 
 def test_r2_put_takes_bytes_but_not_a_bytearray() -> None:
-    """Through the SDK bytes become a Uint8Array; a bytearray is a TypeError (§4)."""
+    """Through the SDK bytes become a Uint8Array; a bytearray is a TypeError (docs/cloudflare.md
+    §5.4)."""
     raw = R2Bucket()
     bucket = sdk_env(ARCHIVE=raw).ARCHIVE
     with pytest.raises(TypeError, match="bytearray"):
@@ -328,7 +330,8 @@ def test_r2_put_can_be_told_to_fail() -> None:
 
 
 def test_alarm_takes_ms_or_a_datetime_and_get_returns_ms_or_none() -> None:
-    """§3.2: setAlarm(ms | datetime -> Date); getAlarm() -> int ms or None; deleteAlarm."""
+    """docs/cloudflare.md §4.9: setAlarm(ms | datetime -> Date); getAlarm() -> int ms or None;
+    deleteAlarm."""
     state = DurableObjectState(DurableObjectId("00", "t"), DurableObjectStorage())
     storage = DurableObjectContext(state).storage  # SDK-wrapped, as a Room sees it
     assert run(storage.getAlarm()) is None

@@ -2,7 +2,7 @@
 
 One Node 24 process per test session boots Pyodide 314 (the version production runs) with the
 Worker's vendored dependencies and imports `worker` from /session/metadata, as workerd does
-(harness/server.mjs; pyodide-harness.md). Each test gets a fresh `World` in it: its own objects,
+(harness/server.mjs; docs/cloudflare.md §1). Each test gets a fresh `World` in it: its own objects,
 D1 (with migrations/ applied) and R2, and env vars on top of wrangler.jsonc's bindings.
 
 After each test, the world must be clean: no exception escaped a handler, the Worker logged no

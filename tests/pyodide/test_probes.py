@@ -1,11 +1,11 @@
 """Probes: each production pitfall the fakes reproduce, pinned from Python running in Pyodide.
 
 These run small Python programs inside the real interpreter, through the real SDK, against the
-harness's fakes of workerd (pyodide-harness.md section 5). They pin two things at once: what
-Pyodide and the `workers` SDK do with our values (a list stays a PyProxy, a dict becomes a Map,
-None becomes undefined, ...) and how workerd answers that (refusal, silent coercion). An upgrade
-of Pyodide or of the SDK that changes any of it fails here first, before it surprises
-src/objects/ in production.
+harness's fakes of workerd (the rules of docs/cloudflare.md; each docstring names its "§"). They
+pin two things at once: what Pyodide and the `workers` SDK do with our values (a list stays a
+PyProxy, to_js makes a dict an Object, None becomes undefined, ...) and how workerd answers that
+(refusal, silent coercion). An upgrade of Pyodide or of the SDK that changes any of it fails here
+first, before it surprises src/objects/ in production.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ pytestmark = pytest.mark.usefixtures("clean")
 
 
 def test_only_ctx_storage_is_wrapped_by_the_sdk(harness: PyodideHarness) -> None:
-    """Pitfalls 1-5 come from this: hibernation methods and ws.* stay raw JS calls."""
+    """§6.3, and most of §3 follows: hibernation methods and ws.* stay raw JS calls."""
     facts = probe(harness, """
         def main(h):
             obj = new_object(h, "wrapping")
@@ -128,7 +128,7 @@ def test_python_values_crossing_into_raw_js(harness: PyodideHarness) -> None:
 
 
 def test_accept_websocket_needs_a_js_array_of_tags(harness: PyodideHarness) -> None:
-    """Pitfall 1: a Python list is refused; to_js works; at most 10 tags of 256 chars."""
+    """§3.2: a Python list is refused; to_js works; at most 10 tags of 256 chars."""
     facts = probe(harness, """
         def main(h):
             obj = new_object(h, "tags")
@@ -160,9 +160,9 @@ def test_accept_websocket_needs_a_js_array_of_tags(harness: PyodideHarness) -> N
 
 
 def test_attachments_must_be_cloneable_and_small(harness: PyodideHarness) -> None:
-    """Pitfall 2: a dict is a PyProxy (DataCloneError); JSON strings up to 16 KiB serialized.
+    """§3.3: a dict is a PyProxy (DataCloneError); JSON strings up to 16 KiB serialized.
 
-    The reference notes say to_js(dict) makes a Map (Pyodide 0.28); on 314 it is an Object.
+    to_js(dict) made a Map on Pyodide 0.28; on 314 it is an Object (§6.2).
     """
     facts = probe(harness, """
         def main(h):
@@ -190,7 +190,7 @@ def test_attachments_must_be_cloneable_and_small(harness: PyodideHarness) -> Non
 
 
 def test_sending_bytes_sends_their_repr_as_text(harness: PyodideHarness) -> None:
-    """Pitfall 3: ws.send(b"x") does not fail; the peer receives the TEXT "b'x'"."""
+    """§3.7: ws.send(b"x") does not fail; the peer receives the TEXT "b'x'"."""
     facts = probe(harness, """
         def main(h):
             obj = new_object(h, "send")
@@ -229,7 +229,7 @@ def test_sending_bytes_sends_their_repr_as_text(harness: PyodideHarness) -> None
 
 
 def test_sql_bindings_and_results_follow_workerd(harness: PyodideHarness) -> None:
-    """Pitfall 4: bool -> TEXT 'true', big int -> TEXT, numbers -> REAL, rows are JsDicts."""
+    """§4.2: bool -> TEXT 'true', big int -> TEXT, numbers -> REAL, rows are JsDicts."""
     facts = probe(harness, """
         def main(h):
             sql = new_object(h, "sql").ctx.storage.sql
@@ -271,7 +271,7 @@ def test_sql_bindings_and_results_follow_workerd(harness: PyodideHarness) -> Non
 def test_sql_refuses_transactions_reserved_names_attach_and_pragmas(
     harness: PyodideHarness,
 ) -> None:
-    """Pitfall 5: use transactionSync; `_cf_` names, ATTACH and most PRAGMAs are refused."""
+    """§4.4: use transactionSync; `_cf_` names, ATTACH and most PRAGMAs are refused."""
     facts = probe(harness, """
         async def main(h):
             storage = new_object(h, "refusals").ctx.storage
@@ -348,7 +348,7 @@ def test_kv_and_alarm_storage_through_the_sdk(harness: PyodideHarness) -> None:
 
 
 def test_run_sync_and_javascript_imports_work(harness: PyodideHarness) -> None:
-    """Pitfall 7: JSPI is on (Node 24), so run_sync and import_from_javascript work."""
+    """JSPI is on (Node 24, as in production), so run_sync and import_from_javascript work."""
     facts = probe(harness, """
         def main(h):
             from js import Promise
@@ -369,7 +369,7 @@ def test_run_sync_and_javascript_imports_work(harness: PyodideHarness) -> None:
 
 
 def test_patch_env_is_broken_on_current_runtimes(harness: PyodideHarness) -> None:
-    """Pitfall 9: the SDK still calls patch_env_helper, which workerd removed."""
+    """The SDK still calls patch_env_helper, which workerd removed."""
     facts = probe(harness, """
         def main(h):
             from workers import patch_env
@@ -384,9 +384,9 @@ def test_patch_env_is_broken_on_current_runtimes(harness: PyodideHarness) -> Non
 
 def test_a_dict_pyproxy_shows_its_keys_as_js_properties(harness: PyodideHarness) -> None:
     """Pyodide 314: a PyProxy of a dict answers get/has/ownKeys with its keys, so JS reading an
-    options bag (`new Request(url, {"method": "POST"})`) sees them. The reference notes (and the
-    comment in src/objects/ffi.py) expect the keys to be invisible; structured clone still
-    refuses the proxy (see the attachment probe), so converting with to_js stays the rule."""
+    options bag (`new Request(url, {"method": "POST"})`) sees them (§6.6). The CPython fakes still
+    treat the keys as invisible, the stricter case; structured clone still refuses the proxy
+    (see the attachment probe), so converting with to_js stays the rule."""
     facts = probe(harness, """
         def main(h):
             from js import Reflect, Request
@@ -515,7 +515,7 @@ def test_compat_flags_module(harness: PyodideHarness) -> None:
 
 
 def test_stale_socket_objects_die_with_their_instance(harness: PyodideHarness) -> None:
-    """Pitfall 6, harness side: after eviction, sockets come back as new JS objects."""
+    """§3.4, harness side: after eviction, sockets come back as new JS objects."""
     facts = probe(harness, """
         def main(h):
             first = new_object(h, "stale")

@@ -1,5 +1,5 @@
 // Booting Pyodide the way workerd's python-entrypoint-helper.ts does, and turning the Worker's
-// Python classes into JS classes (pyodide-harness.md section 2):
+// Python classes into JS classes (docs/cloudflare.md §1):
 //   * the user tree is mounted at /session/metadata, vendored packages at
 //     /session/metadata/python_modules (before site-packages on sys.path, .pth files processed);
 //   * `_pyodide_entrypoint_helper` and `_cloudflare_compat_flags` are registered as modules;
@@ -13,7 +13,7 @@ import path from "node:path";
 import { loadPyodide, version as pyodideVersion } from "pyodide";
 
 // Compatibility flags in force for compatibility_date 2026-11-01 with `python_workers`
-// (pyodide-harness.md section 2). workerd exposes every enable-flag; these are the ones the
+// (docs/cloudflare.md §1.8). workerd exposes every enable-flag; these are the ones the
 // SDK and our code can observe.
 export const COMPAT_FLAGS = {
   python_workers: true,

@@ -10,7 +10,7 @@
 //     `__init__` again with new JS objects for the same sockets;
 //   * alarms run on request; background work (waitUntil) is awaited before an operation returns.
 // Events run one at a time per World, in arrival order (workerd's input gate is looser for
-// non-storage I/O: see pyodide-harness.md, fidelity gaps).
+// non-storage I/O: see docs/cloudflare.md §4.7).
 import fs from "node:fs";
 import path from "node:path";
 import v8 from "node:v8";

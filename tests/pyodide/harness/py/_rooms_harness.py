@@ -1,7 +1,7 @@
 """Runs inside Pyodide, next to the Worker: workerd's Python-side glue, plus the harness's hooks.
 
 * `collect_entrypoint_classes` and `wrapper_func` do what workerd's own introspection module does
-  (pyodide-harness.md section 2): find the exported entrypoint classes and their public methods,
+  (docs/cloudflare.md §1): find the exported entrypoint classes and their public methods,
   and call `fetch`/RPC methods through `workers.python_from_rpc` / `python_to_rpc`.
 * `install_failure_hooks` records the Python traceback of every exception the Worker logs as an
   ``unexpected_error`` (the log line itself carries only the type), so failing tests show it.
