@@ -8,7 +8,7 @@ from typing import Any
 import jwt
 import pytest
 
-from tests.cloudflare.runtime import SECRET, FakeClient, FakeCloudflare
+from tests.cloudflare.runtime import ORIGIN, SECRET, FakeClient, FakeCloudflare
 from tests.cloudflare.support import check_clean, log_records, make_cloudflare, token
 
 
@@ -137,14 +137,55 @@ def test_room_paths_other_than_ws_are_404(cf: FakeCloudflare) -> None:
 
 
 def test_disallowed_origin_gets_403() -> None:
-    """With ALLOWED_ORIGINS set, other origins cannot open rooms."""
+    """With ALLOWED_ORIGINS set, other origins cannot open rooms, the Worker's own included."""
     cf = make_cloudflare(allowed_origins="https://a.example, https://b.example")
     denied = cf.upgrade("lobby", token("alice"), headers=[("Origin", "https://evil.example")])
     allowed = cf.upgrade("lobby", token("alice"), headers=[("Origin", "https://b.example")])
+    own = cf.upgrade("lobby", token("alice"), headers=[("Origin", ORIGIN)])
     assert denied.status == 403
     assert error_of(denied.json())[0] == "origin_not_allowed"
     assert allowed.status == 101
+    assert own.status == 403
     check_clean(cf)
+
+
+@pytest.mark.parametrize("allowed_origins", [None, "", " , "], ids=["unset", "empty", "blank"])
+def test_without_allowed_origins_browsers_connect_only_from_the_workers_own_origin(
+    allowed_origins: str | None,
+) -> None:
+    """The safe default on Cloudflare: the Origin must be the one the request came to (the
+    chat page the Worker serves); a client that sends no Origin is not a browser and is let be."""
+    cf = make_cloudflare(allowed_origins=allowed_origins, extra_vars={"GUEST_TOKENS": "1"})
+
+    def upgrade(*origin: str) -> int:
+        headers = [("Origin", value) for value in origin]
+        return cf.upgrade("lobby", token("alice"), headers=headers).status
+
+    def guest(*origin: str) -> int:
+        headers = [("Origin", value) for value in origin]
+        return cf.fetch("/auth/guest", method="POST", body='{"name": "Ann"}',
+                        headers=[("cf-connecting-ip", "203.0.113.9"), *headers]).status
+
+    assert ORIGIN == "https://rooms.example"  # the URL every fake request is sent to
+    assert (upgrade(ORIGIN), guest(ORIGIN)) == (101, 200)
+    assert (upgrade(), guest()) == (101, 200)
+    for other in ("https://evil.example", "http://rooms.example", "https://rooms.example:8443",
+                  "https://sub.rooms.example", "null"):
+        assert (upgrade(other), guest(other)) == (403, 403), other
+    check_clean(cf)
+
+
+def test_a_star_in_allowed_origins_admits_any_origin_and_only_alone() -> None:
+    """ALLOWED_ORIGINS="*" is the explicit "any page may connect"; beside origins it is an error
+    (500 server_misconfigured), not a guess at which was meant."""
+    anyone = make_cloudflare(allowed_origins=" * ")
+    result = anyone.upgrade("lobby", token("alice"), headers=[("Origin", "https://evil.example")])
+    assert result.status == 101
+    mixed = make_cloudflare(allowed_origins="*, https://a.example")
+    result = mixed.upgrade("lobby", token("alice"), headers=[("Origin", "https://a.example")])
+    assert (result.status, error_of(result.json())[0]) == (500, "server_misconfigured")
+    for deployment in (anyone, mixed):
+        check_clean(deployment)
 
 
 def test_plain_get_on_a_room_url_gets_426(cf: FakeCloudflare) -> None:
@@ -202,7 +243,8 @@ def test_each_request_logs_one_json_line_without_the_token(
 
 
 def test_guest_tokens_are_off_unless_the_var_turns_them_on() -> None:
-    """POST /auth/guest: 404 by default on Cloudflare; with GUEST_TOKENS=1 a usable token."""
+    """POST /auth/guest: 404 without the var (a deployment opts in; wrangler.jsonc does, see
+    the next test); with GUEST_TOKENS=1 a usable token; a value that is no switch is a 500."""
     from rooms.auth import verify_token
     from tests.cloudflare.runtime import SECRET
 
@@ -220,3 +262,25 @@ def test_guest_tokens_are_off_unless_the_var_turns_them_on() -> None:
     assert bad.fetch("/auth/guest", method="POST", body="{}").status == 500
     for deployment in (off, on, bad):
         check_clean(deployment)
+
+
+def test_the_shipped_vars_let_the_chat_page_sign_in_and_only_from_this_origin() -> None:
+    """With wrangler.jsonc's vars as deployed (plus the JWT_SECRET secret), the chat page served
+    by the Worker gets a guest token and opens a room with it; another site's page gets neither."""
+    from tests.deploy.project import wrangler_config
+
+    shipped = {name: str(value) for name, value in wrangler_config()["vars"].items()}
+    cf = make_cloudflare(allowed_origins=None, extra_vars=shipped)
+    page = [("Origin", ORIGIN), ("cf-connecting-ip", "203.0.113.9")]
+    signed_in = cf.fetch("/auth/guest", method="POST", body='{"name": "Ann"}', headers=page)
+    assert signed_in.status == 200
+    guest_token = signed_in.json()["token"]
+    opened = cf.upgrade("lobby", None, subprotocols=["rooms.v1", guest_token], headers=page[:1])
+    assert opened.status == 101
+    (welcome,) = FakeClient(cf, opened.web_socket).frames("welcome")
+    assert welcome["user_id"] == signed_in.json()["user_id"]
+    elsewhere = [("Origin", "https://evil.example"), ("cf-connecting-ip", "203.0.113.9")]
+    refused = cf.fetch("/auth/guest", method="POST", body='{"name": "Eve"}', headers=elsewhere)
+    assert refused.status == 403
+    assert cf.upgrade("lobby", guest_token, headers=elsewhere[:1]).status == 403
+    check_clean(cf)
