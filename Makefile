@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONPATH := $(CURDIR)/src:$(CURDIR)/local
 
-.PHONY: setup serve dev test check lint types unit bench clean pyodide-setup workerd-setup bench-pyodide browser
+.PHONY: setup serve dev test check lint types unit bench clean pyodide-setup workerd-setup bench-pyodide browser deploy
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -55,6 +55,13 @@ pyodide-setup: setup
 ## Pyodide bundle built from the Pyodide tier's npm pyodide, python_modules/ from its wheels.
 workerd-setup: pyodide-setup
 	$(VENV)/bin/python scripts/setup_workerd.py
+
+## Deploy to Cloudflare (README "Deploy to Cloudflare"; after `wrangler login`): check the bundle
+## offline (tests/deploy), then upload src/ and python_modules/, the wheels the Pyodide and workerd
+## tiers test, with the pinned wrangler on the pinned Node 24 (wrangler needs Node >= 22.12).
+deploy: workerd-setup
+	ROOMS_WORKERD_REQUIRED=1 $(VENV)/bin/python -m pytest -q tests/deploy
+	PATH="$(CURDIR)/tests/pyodide/harness/node_modules/node/bin:$$PATH" node_modules/.bin/wrangler deploy
 
 ## The Worker inside Pyodide: import time of src/worker.py, cost per message in a 100-member room.
 bench-pyodide: pyodide-setup
