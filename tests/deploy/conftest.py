@@ -7,6 +7,7 @@ skipped, unless ROOMS_WORKERD_REQUIRED=1 (`make test`, `make deploy`), which fai
 
 from __future__ import annotations
 
+import compileall
 import os
 import re
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy.project import ROOT
 from workerd.wrangler import Toolchain, WorkerdNotInstalledError
 
 REQUIRED = os.environ.get("ROOMS_WORKERD_REQUIRED") == "1"
@@ -44,6 +46,8 @@ class DryRun:
 
 @pytest.fixture(scope="session")
 def dry_run(tools: Toolchain, tmp_path_factory: pytest.TempPathFactory) -> DryRun:
+    # Bytecode in src/, as `make setup` (compileall) leaves it, so that the bundle shows it stays.
+    compileall.compile_dir(ROOT / "src", quiet=1)
     outdir = tmp_path_factory.mktemp("bundle")
     result = tools.run("deploy", "--dry-run", "--outdir", str(outdir), check=False)
     output = result.stdout + result.stderr
