@@ -165,9 +165,10 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         """
         headers = upgrade_headers(request.headers.items(), upgrade)
         forwarded = ffi.upgrade_request(request.js_object, strip_token(request.url), headers)
-        stub = self.env.ROOMS.getByName(upgrade.room)
-        response: Response = await stub.fetch(forwarded)
-        return response
+        # The raw stub, not the SDK's: its fetch ties the subrequest to an AbortController, and
+        # the client's socket lives exactly as long as this subrequest (docs/cloudflare.md §2.7).
+        stub = ffi.raw_binding(self.env.ROOMS).getByName(upgrade.room)
+        return Response(await stub.fetch(forwarded))
 
 
 class DurableObjectRooms:

@@ -83,6 +83,22 @@ def upgrade_request(js_request: JsObject, url: str, headers: Iterable[tuple[str,
     return js.Request.new(url, to_js(init, dict_converter=js.Object.fromEntries))
 
 
+def raw_binding(wrapper: Any) -> JsObject:
+    """The JS binding behind the `workers` SDK's wrapper of it (``env.ROOMS`` and the like).
+
+    The SDK converts arguments and results of wrapped bindings, and its ``stub.fetch`` goes
+    through ``pyodide.http.pyfetch``, which attaches an AbortController's signal to the
+    subrequest. An upgrade's subrequest must outlive the handler that made it (the client's socket
+    is its response), so the front forwards upgrades on the raw stub instead (docs/cloudflare.md
+    §2.7). workers-runtime-sdk keeps the JS object in ``_binding`` (pinned in
+    tests/pyodide/requirements-pyodide.txt; the Pyodide and workerd tiers run the real SDK).
+    """
+    raw = getattr(wrapper, "_binding", None)
+    if raw is None:
+        raise TypeError(f"{type(wrapper).__name__} is not a workers SDK binding wrapper")
+    return raw
+
+
 def object_name(ctx: JsObject) -> str | None:
     """The name the object was reached by (`ctx.id.name`), or None when it has none (§2.4)."""
     name = getattr(ctx.id, "name", None)  # undefined surfaces as AttributeError on a JsProxy

@@ -212,13 +212,13 @@ def test_failing_room_gets_a_generic_500_and_one_log_line(
 def test_exception_in_the_front_gets_a_generic_500(capsys: pytest.CaptureFixture[str]) -> None:
     """An exception inside Default.fetch becomes the generic 500 and a log line without it."""
     cf = make_cloudflare()
-    cf.env.ROOMS = object()  # getByName raises AttributeError: a broken binding
+    cf.env.ROOMS = object()  # not a binding: ffi.raw_binding raises TypeError
     result = cf.upgrade("lobby", token("alice"))
     assert result.status == 500
     assert result.json() == {"error": {"code": "internal", "message": "internal error"}}
     records = log_records(capsys.readouterr().out)
     assert records[0] == {"event": "unexpected_error", "handler": "fetch",
-                          "error": "AttributeError", "path": "room"}
+                          "error": "TypeError", "path": "room"}
     assert records[1]["status"] == 500
     check_clean(cf)
 
