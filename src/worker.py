@@ -39,6 +39,7 @@ from rooms.front import (
     HttpReply,
     error_reply,
     forwarded_headers,
+    parse_origins,
     route,
 )
 from rooms.guest import GuestIssuer, parse_switch
@@ -48,9 +49,6 @@ from rooms.logs import http_log_line
 GUEST_ISSUER = GuestIssuer()
 MISCONFIGURED = error_reply(500, "server_misconfigured", "the server is misconfigured")
 NOT_FOUND = error_reply(404, "not_found", "nothing here")
-# ALLOWED_ORIGINS="*": pages of any origin may open rooms and get guest tokens. Unset or empty:
-# only pages of the Worker's own origin (Default._config).
-ANY_ORIGIN = "*"
 # Every client-sent header in our namespace is dropped before forwarding, not only today's
 # identity headers: the room trusts whatever the front sends it.
 TRUSTED_HEADER_PREFIX = "x-rooms-"
@@ -80,13 +78,16 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         return response
 
     async def _handle(self, request: Any, path: str, fields: LogFields) -> Response:
-        config = self._config(request)
+        config = self._config()
         if config is None:
             fields["code"] = "server_misconfigured"
             return reply_response(MISCONFIGURED)
         url = urlsplit(request.url)
         headers = lower_headers(request.headers)
-        decision = route(request_method(request), path, query_params(url.query), headers, config)
+        own_origin = f"{url.scheme}://{url.netloc}"
+        decision = route(
+            request_method(request), path, query_params(url.query), headers, config, own_origin
+        )
         if isinstance(decision, HttpReply):
             code = error_code(decision)
             if code is not None:
@@ -111,24 +112,13 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             return reply_response(NOT_FOUND)
         return await assets.fetch(request)
 
-    def _config(self, request: Any) -> FrontConfig | None:
+    def _config(self) -> FrontConfig | None:
         # Secrets and plain vars arrive as str (§5.5); a missing one is an AttributeError.
         secret = getattr(self.env, "JWT_SECRET", None)
         if not isinstance(secret, str) or not secret:
             return None
-        raw_origins = getattr(self.env, "ALLOWED_ORIGINS", None) or ""
-        origins = frozenset(o.strip() for o in str(raw_origins).split(",") if o.strip())
-        if ANY_ORIGIN in origins:
-            if len(origins) > 1:
-                return None  # "*" beside origins is a mistake: a 500, not a guess
-            origins = frozenset()  # FrontConfig's "any Origin"
-        elif not origins and request.headers.get("origin") is not None:
-            # Unset or empty: a browser may open rooms and get guest tokens only from a page of
-            # the origin this request came to (the chat page this Worker serves). A client that
-            # sends no Origin is not a browser: no page to check, and its token is its credential.
-            own = urlsplit(request.url)
-            origins = frozenset({f"{own.scheme}://{own.netloc}"})
         try:
+            origins = parse_origins(ffi.var_text(getattr(self.env, "ALLOWED_ORIGINS", None)))
             guest = parse_switch(getattr(self.env, "GUEST_TOKENS", None), default=False)
         except ValueError:
             return None  # -> 500 server_misconfigured, never a silent default

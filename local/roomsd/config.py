@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rooms.archive import ArchivePolicy
-from rooms.front import FrontConfig
+from rooms.front import FrontConfig, parse_origins
 from rooms.guest import parse_switch
 from rooms.limits import Limits, SettingsModel, settings_from_json
 from roomsd.bindings import Faults
@@ -122,4 +122,8 @@ def guest_tokens_from(raw: str | None) -> bool:
 
 
 def origins_from(raw: str | None) -> frozenset[str]:
-    return frozenset(o.strip() for o in (raw or "").split(",") if o.strip())
+    """`ALLOWED_ORIGINS`: see `rooms.front.parse_origins` (empty: this server's own pages only)."""
+    try:
+        return parse_origins(raw)
+    except ValueError as exc:
+        raise ConfigError(f"ALLOWED_ORIGINS: {exc}") from None

@@ -96,7 +96,10 @@ async def front(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     started = time.perf_counter()
     headers = {k.lower(): v for k, v in request.headers.items()}
-    decision = route(request.method, request.path, request.query, headers, settings.front)
+    own_origin = f"{request.scheme}://{request.host}"
+    decision = route(
+        request.method, request.path, request.query, headers, settings.front, own_origin
+    )
     if isinstance(decision, HttpReply):
         log.info(
             http_log_line(

@@ -17,6 +17,8 @@ from rooms.auth import AuthError, Identity, verify_token
 ROOM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ROOM_PATH = re.compile(r"/rooms/([^/]*)/ws")
 GUEST_PATH = "/auth/guest"
+# ALLOWED_ORIGINS="*" alone: pages of any origin may open rooms and get guest tokens.
+ANY_ORIGIN = "*"
 SUBPROTOCOL = "rooms.v1"
 # Set by the front on the request it forwards to the room; any client-sent copy is removed first.
 USER_ID_HEADER = "x-rooms-user-id"
@@ -27,7 +29,9 @@ IDENTITY_HEADERS = (USER_ID_HEADER, USER_NAME_HEADER)
 @dataclass(frozen=True, slots=True)
 class FrontConfig:
     jwt_secret: str
-    allowed_origins: frozenset[str] = frozenset()  # empty: any Origin is accepted
+    # Which pages may open rooms and get guest tokens (`origin_allowed`): empty, only the
+    # server's own origin; {"*"}, any origin; otherwise exactly these.
+    allowed_origins: frozenset[str] = frozenset()
     guest_tokens: bool = False  # POST /auth/guest mints guest tokens (rooms.guest)
 
 
@@ -93,14 +97,39 @@ def offered_subprotocols(headers: Mapping[str, str]) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
+def parse_origins(raw: str | None) -> frozenset[str]:
+    """`ALLOWED_ORIGINS`: comma-separated Origins, or "*" alone; ValueError for "*" and more."""
+    origins = frozenset(o.strip() for o in (raw or "").split(",") if o.strip())
+    if ANY_ORIGIN in origins and len(origins) > 1:
+        raise ValueError('"*" (any origin) cannot be listed beside origins')
+    return origins
+
+
+def origin_allowed(origin: str | None, own_origin: str | None, allowed: frozenset[str]) -> bool:
+    """Whether a browser page of ``origin`` may use this server, whose own is ``own_origin``.
+
+    The check protects users' browsers from other sites' pages. A request without ``Origin`` is
+    no browser's: any client can send any Origin it likes, so there is nothing to check and its
+    token is its credential. With no list, only pages of the origin the request was sent to
+    (scheme, host and port: the chat page this server serves) pass.
+    """
+    if origin is None or ANY_ORIGIN in allowed:
+        return True
+    if allowed:
+        return origin in allowed
+    return own_origin is not None and origin.lower() == own_origin.lower()
+
+
 def route(
     method: str,
     path: str,
     query: Mapping[str, str],
     headers: Mapping[str, str],
     config: FrontConfig,
+    own_origin: str | None = None,
 ) -> HttpReply | ForwardUpgrade | AdminRequest | GuestTokenRequest | NotHandled:
-    """Decide what a request gets. ``headers`` keys must be lower-case."""
+    """Decide what a request gets. ``headers`` keys must be lower-case; ``own_origin`` is the
+    ``scheme://host[:port]`` the request was sent to (None: unknown, so no page is our own)."""
     if path.startswith("/admin/"):
         return ADMIN_REQUEST
     if path == GUEST_PATH:
@@ -108,7 +137,7 @@ def route(
             return error_reply(404, "guest_tokens_disabled", "this server issues no guest tokens")
         if method != "POST":
             return error_reply(405, "method_not_allowed", "use POST")
-        if config.allowed_origins and headers.get("origin") not in config.allowed_origins:
+        if not origin_allowed(headers.get("origin"), own_origin, config.allowed_origins):
             return error_reply(403, "origin_not_allowed", "this Origin may not get guest tokens")
         return GUEST_TOKEN_REQUEST
     if path == "/health":
@@ -120,7 +149,7 @@ def route(
         if path.startswith("/rooms/"):
             return error_reply(404, "not_found", "room URLs look like /rooms/{room}/ws")
         return NOT_HANDLED
-    return _route_upgrade(method, match.group(1), query, headers, config)
+    return _route_upgrade(method, match.group(1), query, headers, config, own_origin)
 
 
 def _route_upgrade(
@@ -129,6 +158,7 @@ def _route_upgrade(
     query: Mapping[str, str],
     headers: Mapping[str, str],
     config: FrontConfig,
+    own_origin: str | None,
 ) -> HttpReply | ForwardUpgrade:
     if not ROOM_NAME.fullmatch(room):
         return error_reply(400, "bad_room_name", "room names are 1-64 chars of [A-Za-z0-9._-]")
@@ -136,8 +166,7 @@ def _route_upgrade(
         return error_reply(405, "method_not_allowed", "open the room with a GET upgrade")
     if headers.get("upgrade", "").lower() != "websocket":
         return error_reply(426, "upgrade_required", "this URL takes a WebSocket upgrade")
-    origin = headers.get("origin")
-    if config.allowed_origins and origin not in config.allowed_origins:
+    if not origin_allowed(headers.get("origin"), own_origin, config.allowed_origins):
         return error_reply(403, "origin_not_allowed", "this Origin may not open rooms")
     try:
         since = parse_since(query.get("since"))
