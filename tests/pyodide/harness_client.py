@@ -238,6 +238,10 @@ class World:
         result: dict[str, Any] = self.call("do.alarm", room=room)
         return result
 
+    def fail_sql(self, room: str, match: str, count: int = 1) -> None:
+        """The room's next ``count`` SQL statements containing ``match`` fail (SQLITE_FULL)."""
+        self.call("do.failSql", room=room, match=match, count=count)
+
     def d1(self, query: str, *params: Any) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.call("d1.query", sql=query, params=list(params))
         return rows
@@ -316,3 +320,10 @@ class Client:
 
     def drop(self) -> None:
         self.world.harness.call("ws.drop", client=self.id)
+
+    def hold_closes(self, hold: bool = True) -> None:
+        """Leave the room's close frames unanswered (a slow client) until `answer_close`."""
+        self.world.harness.call("ws.holdCloses", client=self.id, hold=hold)
+
+    def answer_close(self) -> None:
+        self.world.harness.call("ws.answerClose", client=self.id)

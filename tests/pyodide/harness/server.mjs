@@ -252,6 +252,16 @@ const ops = {
     await client.world.settle();
     return {};
   },
+  "ws.holdCloses": async (args) => {
+    runtime.client(args.client).holdCloses = Boolean(args.hold);
+    return {};
+  },
+  "ws.answerClose": async (args) => {
+    const client = runtime.client(args.client);
+    client.answerClose();
+    await client.world.settle();
+    return {};
+  },
   "ws.drop": async (args) => {
     const client = runtime.client(args.client);
     client.drop();
@@ -285,6 +295,15 @@ const ops = {
   "do.setAlarm": async (args) => {
     const world = worldOf(args);
     world.slotByName(args.room).alarm = args.at;
+    return {};
+  },
+  "do.failSql": async (args) => {
+    const world = worldOf(args);
+    world.slotByName(args.room).db.failures.push({
+      match: args.match,
+      count: args.count ?? 1,
+      message: args.message ?? "database or disk is full: SQLITE_FULL",
+    });
     return {};
   },
   "d1.query": async (args) => worldOf(args).d1.inspect(args.sql, args.params ?? []),

@@ -315,7 +315,9 @@ export class DurableObjectStorage {
   async setAlarm(scheduledTime) {
     const ms = toMillis(scheduledTime);
     if (!(ms > 0)) throw new TypeError("setAlarm() cannot be called with an alarm time <= 0");
-    this.#slot.alarm = ms;
+    // workerd moves a time in the past to now (actor-state.c++ setAlarm), so it fires at once:
+    // epoch seconds passed for milliseconds (a date in January 1970) become "now".
+    this.#slot.alarm = Math.max(ms, Date.now());
   }
 
   async deleteAlarm() {
@@ -383,7 +385,9 @@ export class DurableObjectState {
       if (distinct.length >= MAX_TAGS_PER_CONNECTION) {
         throw new Error(`a Hibernatable WebSocket cannot have more than ${MAX_TAGS_PER_CONNECTION} tags`);
       }
-      if (tag.length > MAX_TAG_LENGTH) {
+      // workerd counts UTF-8 bytes, although its message says characters (measured:
+      // tests/workerd/test_probes.py).
+      if (Buffer.byteLength(tag, "utf8") > MAX_TAG_LENGTH) {
         throw new Error(`"${tag}" is longer than the max tag length (${MAX_TAG_LENGTH} characters).`);
       }
       if (!distinct.includes(tag)) distinct.push(tag);
@@ -401,8 +405,11 @@ export class DurableObjectState {
 
   getWebSockets(tag) {
     const out = [];
+    // workerd lists a socket until its webSocketClose handler has returned: CLOSING ones the
+    // object closed (until the client's close arrives), and the closing socket itself during its
+    // own close event, CLOSED or not (measured: tests/workerd/test_probes.py).
     for (const ep of this.#slot.endpoints) {
-      if (ep.readyState === 3) continue;
+      if (ep.closeHandled) continue;
       if (tag !== undefined && tag !== null && !ep.tags.includes(String(tag))) continue;
       out.push(facadeFor(ep, this.#gen));
     }
@@ -411,7 +418,11 @@ export class DurableObjectState {
 
   getTags(ws) {
     const ep = endpointOf(ws);
-    if (!ep.hibernatable) throw new Error("only hibernatable websockets can have tags.");
+    if (!ep.hibernatable) {
+      throw new Error(
+        "you must call 'acceptWebSocket()' before attempting to access the tags of a WebSocket.",
+      );
+    }
     return [...ep.tags];
   }
 

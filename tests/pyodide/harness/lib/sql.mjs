@@ -1,8 +1,9 @@
 // SQLite as a Durable Object sees it (workerd src/workerd/api/sql.c++, util/sqlite.c++), over
 // node:sqlite. What this file reproduces, because our Python code must survive it:
 //   * bindings are bytes | string | double: a JS number is bound as a double (REAL), a boolean
-//     or a BigInt is coerced to TEXT ('true', '12345678901234567890'), any other object is
-//     coerced with String() (a PyProxy of a list becomes "[1, 2]");
+//     is coerced to TEXT ('true'), a BigInt (a Python int from 2**53 - 1 up) is refused with a
+//     TypeError, any other object is coerced with String() (a JS Array of 1, 2 becomes "1,2", a
+//     PyProxy of a list "[1, 2]") (measured: tests/workerd/test_probes.py);
 //   * INTEGER results come back as doubles (precision lost above 2**53); BLOBs as ArrayBuffer;
 //   * BEGIN/COMMIT/SAVEPOINT are refused (use transactionSync), as are names starting with
 //     `_cf_`, ATTACH and all but a few PRAGMAs;
@@ -122,6 +123,10 @@ export function toBinding(value, where) {
   if (value === null || value === undefined) return null;
   if (typeof value === "number") return value; // node:sqlite binds numbers as doubles too
   if (typeof value === "string") return value;
+  if (typeof value === "bigint") {
+    // V8's ToNumber refuses a BigInt; workerd does not fall back to the string member.
+    throw new TypeError("Cannot convert a BigInt value to a number");
+  }
   if (value instanceof ArrayBuffer) return new Uint8Array(value.slice(0));
   if (ArrayBuffer.isView(value)) {
     return new Uint8Array(value.buffer.slice(value.byteOffset, value.byteOffset + value.byteLength));
@@ -159,6 +164,9 @@ export class SqlDatabase {
     this.internal = 0; // > 0 while the fake itself runs SQL (KV table, transactions)
     this.refusedTransaction = false;
     this.statementCache = new Map();
+    // Fault injection: the next `count` exec() calls whose SQL contains `match` fail, the way a
+    // full or broken database does in workerd ("<SQLite message>: SQLITE_<CODE>").
+    this.failures = [];
     this.db.setAuthorizer((action, arg1, arg2) => this.#authorize(action, arg1, arg2));
   }
 
@@ -204,6 +212,11 @@ export class SqlDatabase {
     if (typeof query !== "string") {
       throw new TypeError("Failed to execute 'exec' on 'SqlStorage': parameter 1 is not of type 'string'.");
     }
+    const failure = this.failures.find((f) => f.count > 0 && query.includes(f.match));
+    if (failure !== undefined) {
+      failure.count--;
+      throw new Error(failure.message);
+    }
     const statements = splitStatements(query);
     if (statements.length === 0) throw new Error("SQL code did not contain a statement.: SQLITE_MISUSE");
     const values = bindings.map((value, index) => toBinding(value, `sql.exec binding ${index + 1}`));
@@ -216,12 +229,12 @@ export class SqlDatabase {
         if (!last && statement.paramCount > 0) {
           throw new WorkerdSqlError(
             "When executing multiple SQL statements in a single call, only the last statement " +
-              "can have parameters.: SQLITE_ERROR",
+              "can have parameters.",
           );
         }
         const params = last ? values : [];
         if (params.length !== statement.paramCount) {
-          throw new WorkerdSqlError("Wrong number of parameter bindings for SQL query.: SQLITE_RANGE");
+          throw new WorkerdSqlError("Wrong number of parameter bindings for SQL query.");
         }
         const stmt = this.#prepare(statement.text);
         const columns = stmt.columns().map((column) => column.name);

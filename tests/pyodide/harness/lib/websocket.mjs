@@ -6,7 +6,8 @@
 //   * close(code, reason) accepts 1000-4999 except 1004/1005/1006/1015, reasons of <= 123 bytes;
 //   * serializeAttachment() is a V8 structured serialization, at most 16 KiB; a PyProxy (a dict,
 //     a list) cannot be cloned (DataCloneError); deserializeAttachment() is null when empty;
-//   * readyState follows closedIncoming/closedOutgoing like workerd's adapter.
+//   * readyState follows closedIncoming/closedOutgoing like workerd's adapter; a dropped
+//     connection stays CLOSING until the object closes its end.
 // A hibernating object gets new WebSocket objects each time it is rebuilt: the old ones belong to
 // the evicted instance and throw if used (`Generation`).
 import v8 from "node:v8";
@@ -37,7 +38,8 @@ export class Endpoint {
     this.tags = [];
     this.closedOutgoing = false;
     this.closedIncoming = false;
-    this.aborted = false;
+    this.aborted = false; // the connection is gone: no close frame will come or go
+    this.closeHandled = false; // the object's webSocketClose for it has returned
     this.attachment = null; // Buffer of the serialized value
     this.listeners = new Map();
     this.sink = null; // where frames sent by the peer go
@@ -45,8 +47,10 @@ export class Endpoint {
     this.autoResponseTimestamp = null;
   }
 
+  // A dropped connection reads CLOSING (2) in the object until the object closes its end, as in
+  // workerd (measured: tests/workerd/test_probes.py, test_a_dropped_connection).
   get readyState() {
-    if ((this.closedIncoming && this.closedOutgoing) || this.aborted) return 3;
+    if (this.closedIncoming && this.closedOutgoing) return 3;
     if (this.closedIncoming || this.closedOutgoing) return 2;
     return 1;
   }
@@ -216,15 +220,15 @@ export class WebSocket {
         );
       }
     }
-    if (ep.closedOutgoing || ep.aborted) return; // a second close() is ignored
+    if (ep.closedOutgoing) return; // a second close() is ignored
     if (ep.state !== "accepted") {
       throw new TypeError(
         "You must call one of accept() or state.acceptWebSocket() on this WebSocket before " +
           "sending messages.",
       );
     }
-    ep.closedOutgoing = true;
-    ep.sendFromHere({ type: "close", code: code ?? 1005, reason: reason ?? "" });
+    ep.closedOutgoing = true; // on a dropped connection nothing goes out, but it is now CLOSED
+    if (!ep.aborted) ep.sendFromHere({ type: "close", code: code ?? 1005, reason: reason ?? "" });
   }
 
   serializeAttachment(value) {

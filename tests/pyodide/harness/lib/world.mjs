@@ -90,6 +90,9 @@ export class TestClient {
     this.ep = ep;
     this.protocol = protocol;
     this.frames = [];
+    // A slow or unresponsive client: the room's close frame arrives, the answer does not (yet).
+    this.holdCloses = false;
+    this.heldClose = null;
     ep.setSink((event) => this.#receive(event));
   }
 
@@ -104,11 +107,24 @@ export class TestClient {
     }
     this.frames.push({ type: "close", code: event.code, reason: event.reason });
     this.ep.closedIncoming = true;
+    if (this.holdCloses && !this.ep.closedOutgoing) {
+      this.heldClose = event; // answered by answerClose()
+      return;
+    }
     if (!this.ep.closedOutgoing) {
       // Like a browser, answer a close frame with the same code.
       this.ep.closedOutgoing = true;
       this.ep.sendFromHere({ type: "close", code: event.code, reason: event.reason, wasClean: true });
     }
+  }
+
+  /** Send the close answer held back while `holdCloses` was on. */
+  answerClose() {
+    const event = this.heldClose;
+    if (event === null) throw new Error(`client ${this.id} holds no close to answer`);
+    this.heldClose = null;
+    this.ep.closedOutgoing = true;
+    this.ep.sendFromHere({ type: "close", code: event.code, reason: event.reason, wasClean: true });
   }
 
   send(data) {
@@ -331,12 +347,16 @@ export class World {
         } else if (event.type === "close") {
           ep.closedIncoming = true;
           if (event.aborted) ep.aborted = true;
-          await this.callObject(slot, "webSocketClose", (gen) => [
-            facadeFor(ep, gen),
-            event.code,
-            event.reason,
-            event.wasClean,
-          ]);
+          try {
+            await this.callObject(slot, "webSocketClose", (gen) => [
+              facadeFor(ep, gen),
+              event.code,
+              event.reason,
+              event.wasClean,
+            ]);
+          } finally {
+            ep.closeHandled = true; // no longer listed by getWebSockets()
+          }
         }
       } catch {
         // recorded by callObject
@@ -415,6 +435,7 @@ export class World {
       sockets: [...slot.endpoints].map((ep) => ({
         tags: ep.tags,
         ready_state: ep.readyState,
+        listed: !ep.closeHandled, // what getWebSockets() would return
         attachment: ep.attachment === null ? null : toJson(v8.deserialize(ep.attachment)),
       })),
     };
