@@ -71,8 +71,12 @@ def _d1_value(value: Any) -> Any:
     if value is jsnull:
         return None
     if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int | float | str) and not becomes_bigint(value):
+        return float(value)
+    if isinstance(value, int | float) and not becomes_bigint(value):
+        # Local D1 binds every JS number as a REAL (measured: `typeof(?)` of 7 is 'real'); an
+        # INTEGER column's affinity turns it back into an integer.
+        return float(value)
+    if isinstance(value, str):
         return value
     if isinstance(value, ArrayBuffer):
         return value.to_bytes()
@@ -86,6 +90,8 @@ def _js_value(value: Any) -> Any:
         return jsnull
     if isinstance(value, bytes):
         return JsArray(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)  # an integral JS number reaches Python as an int
     return value
 
 
@@ -122,6 +128,9 @@ class D1PreparedStatement(JsProxy):
             "size_after": self._db.size(),
             "rows_read": len(rows),
             "rows_written": changes,
+            "served_by_primary": True,
+            "timings": JsObject({"sql_duration_ms": (time.perf_counter() - started) * 1000}),
+            "total_attempts": 1,
         })
         return names, rows, meta
 
@@ -155,7 +164,7 @@ class D1PreparedStatement(JsProxy):
             if column is None:
                 return JsObject({n: _js_value(v) for n, v in row.items()})
             if column not in row:
-                raise JsException("Error", "D1_COLUMN_NOTFOUND: Column not found")
+                raise JsException("Error", f"D1_COLUMN_NOTFOUND: Column not found ({column})")
             return _js_value(row[column])
 
         return self._settle(first_row)

@@ -12,6 +12,11 @@ matter most:
 * JS errors reach Python as `JsException` with ``name`` and ``message`` (Pyodide); JS TypeErrors
   are also Python TypeErrors here, so tests can match either.
 * JS objects are unhashable and compare by identity (§6.8).
+
+Where the real workerd was measured (tests/workerd/test_probes.py), the fakes do what it did:
+tag limits in UTF-8 bytes, attachment sizes in V8's format, close-code errors by name, BigInt
+bindings refused, numbers bound as REAL, times in the past given to setAlarm moved to now.
+docs/cloudflare.md §8 lists where the fakes were wrong before.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ OPEN_DATABASES: list[sqlite3.Connection] = []
 
 WS_CONNECTING, WS_OPEN, WS_CLOSING, WS_CLOSED = 0, 1, 2, 3
 MAX_TAGS = 10  # workerd actor-state.h MAX_TAGS_PER_CONNECTION (§3.2)
-MAX_TAG_CHARS = 256  # MAX_TAG_LENGTH
+MAX_TAG_BYTES = 256  # MAX_TAG_LENGTH: UTF-8 bytes, although workerd's message says characters
 MAX_ATTACHMENT_BYTES = 16 * 1024  # web-socket.h MAX_ATTACHMENT_SIZE (§3.3)
 MAX_AUTO_RESPONSE_CHARS = 2048  # §3.8
 MAX_SAFE_INTEGER = 2**53
@@ -118,7 +123,24 @@ def is_pyproxy(value: object) -> bool:
 
 def js_string(value: object) -> str:
     """JS String(value): what a PyProxy turns into where a string is expected."""
+    if isinstance(value, JsArray):
+        return ",".join("" if item is None or item is jsnull else js_string(item)
+                        for item in value)
+    if isinstance(value, JsProxy) and not isinstance(value, ArrayBuffer):
+        return "[object Object]"
     return str(value)
+
+
+def _js_number(value: object) -> float:
+    """JS Number(value) for what a close code may be given as (a number or numeric text)."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(js_string(value))
+    except ValueError:
+        return float("nan")
 
 
 class JsArray(JsProxy):
@@ -274,14 +296,30 @@ def structured_clone(value: Any, what: str = "value") -> Any:
         return type(value)(value._data)
     if isinstance(value, JsProxy):
         raise data_clone_error(f"#<{value.js_class}>")
-    raise data_clone_error(f"{type(value).__name__} PyProxy")  # a dict, list, Struct, bytes, ...
+    raise data_clone_error("[object Object]")  # a PyProxy: dict, list, Struct, bytes (measured)
+
+
+def _varint_size(n: int) -> int:
+    size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
 
 
 def serialized_size(value: Any) -> int:
-    """An estimate of V8's serialized size (strings: one byte per Latin-1 char, else two)."""
+    """V8's serialized size of ``value`` (ValueSerializer, as workerd measures attachments).
+
+    A string is exact: a 2-byte header, a tag, the varint byte length and the bytes (one per
+    Latin-1 character, else two UTF-16 units, aligned by a padding byte), so the largest
+    attachment is "x" * 16379 or "€" * 8189, as measured in workerd. Other values are estimated.
+    """
     if isinstance(value, str):
-        per_char = 1 if all(ord(c) < 256 for c in value) else 2
-        return 4 + per_char * len(value)
+        if all(ord(c) < 256 for c in value):
+            return 2 + 1 + _varint_size(len(value)) + len(value)
+        units = len(value.encode("utf-16-le"))
+        head = 2 + 1 + _varint_size(units)
+        return head + (head % 2) + units
     if isinstance(value, ArrayBuffer):
         return 4 + len(value._data)
     return 4 + len(json.dumps(js_to_py(value), default=str))
@@ -521,6 +559,9 @@ class WebSocket(JsProxy):
         self.attachment_writes: list[Any] = []  # raw values passed to serializeAttachment
         self.fail_attachment_writes: BaseException | None = None  # fault injection for tests
         self._attachment: Any = None
+        self._attached = False
+        self.dropped = False  # the connection is gone: nothing goes out any more
+        self.auto_response_ms: float | None = None  # when the runtime last auto-responded
 
     # -- the JS API
     def accept(self) -> None:
@@ -545,7 +586,7 @@ class WebSocket(JsProxy):
             data = js_string(message)
             FFI_WARNINGS.append(f"WebSocket.send got a {type(message).__name__} PyProxy; "
                                 f"sent the text {data[:40]!r}")
-        if self.readyState == WS_CLOSED:
+        if self.readyState == WS_CLOSED or self.dropped:
             return
         assert self.peer is not None
         self.peer.inbox.append(data)
@@ -558,18 +599,24 @@ class WebSocket(JsProxy):
         if self.is_server and not (self.accepted or self.owner is not None):
             raise JsTypeError("You must call one of accept() or state.acceptWebSocket() on this "
                               "WebSocket before sending messages.")
-        if code is not None and (not isinstance(code, int) or isinstance(code, bool)
-                                 or not 1000 <= code < 5000 or code in (1004, 1005, 1006, 1015)):
-            raise JsTypeError(f"Invalid WebSocket close code: {code!r}.")
+        if code is not None:
+            # Web IDL converts the code to a number: 4000.0 and "4000" are accepted (measured).
+            number = _js_number(code)
+            if number != int(number) or not 1000 <= number < 5000 \
+                    or number in (1004, 1005, 1006, 1015):
+                raise JsException("InvalidAccessError", f"Invalid WebSocket close code: {code}.")
+            code = int(number)
         if reason is not None and code is None:
-            raise JsTypeError("If you specify a WebSocket close reason, you must also specify a "
-                              "code.")
-        text = "" if reason is None else reason
-        if not isinstance(text, str) or len(text.encode()) > 123:
-            raise JsTypeError("The WebSocket close reason must be a string of at most 123 bytes.")
+            raise JsException("InvalidAccessError", "If you specify a WebSocket close reason, "
+                              "you must also specify a code.")
+        text = "" if reason is None else js_string(reason)
+        if len(text.encode()) > 123:
+            raise JsException("SyntaxError", "WebSocket close reason must not be longer than "
+                              "123 bytes when UTF-8 encoded.")
         self.sent_close = (code, text)
         assert self.peer is not None
-        self.peer.got_close = (code, text)
+        if not self.dropped:
+            self.peer.got_close = (code, text)
         # Closing after the other side's close completes the handshake (getReadyState).
         self.readyState = WS_CLOSED if self.got_close is not None else WS_CLOSING
 
@@ -578,12 +625,16 @@ class WebSocket(JsProxy):
         if self.fail_attachment_writes is not None:
             raise self.fail_attachment_writes
         clone = structured_clone(value, "attachment")
-        if serialized_size(clone) > MAX_ATTACHMENT_BYTES:
+        size = serialized_size(clone)
+        if size > MAX_ATTACHMENT_BYTES:
             raise JsException("Error", "A WebSocket 'attachment' cannot be larger than "
-                              f"{MAX_ATTACHMENT_BYTES} bytes")
+                              f"{MAX_ATTACHMENT_BYTES} bytes.'attachment' was {size} bytes.")
         self._attachment = clone
+        self._attached = True
 
     def deserializeAttachment(self) -> Any:
+        if not self._attached:
+            return jsnull  # nothing attached: null, which Pyodide keeps as jsnull (measured)
         return structured_clone(self._attachment)
 
 
@@ -672,15 +723,23 @@ class DurableObjectState(JsProxy):
                               "'Array'.")
         if not all(isinstance(tag, str) for tag in tag_list):
             raise JsTypeError("Failed to execute 'acceptWebSocket': tags must be strings.")
-        if len(tag_list) > MAX_TAGS:
-            raise JsException("Error", f"a Hibernatable WebSocket cannot have more than "
-                              f"{MAX_TAGS} tags")
-        if any(len(tag) > MAX_TAG_CHARS for tag in tag_list):
-            raise JsException("Error", f"tags must be at most {MAX_TAG_CHARS} characters")
+        # As measured in workerd: duplicates are dropped as tags are added, and the count is
+        # checked before each one, so ten distinct tags and a repeat fail, while a repeat among
+        # the first ten does not; lengths are UTF-8 bytes.
+        distinct: list[str] = []
+        for tag in tag_list:
+            if len(distinct) >= MAX_TAGS:
+                raise JsException("Error", f"a Hibernatable WebSocket cannot have more than "
+                                  f"{MAX_TAGS} tags")
+            if len(tag.encode()) > MAX_TAG_BYTES:
+                raise JsException("Error", f'"{tag}" is longer than the max tag length '
+                                  f"({MAX_TAG_BYTES} characters).")
+            if tag not in distinct:
+                distinct.append(tag)
         if not ws.is_server or ws.accepted or ws.owner is not None:
             raise JsTypeError("Can only accept the unaccepted server end of a WebSocketPair.")
         ws.owner = self
-        ws.tags = tag_list
+        ws.tags = distinct
         self.sockets.append(ws)
 
     def getWebSockets(self, tag: Any = None) -> JsArray:
@@ -691,8 +750,12 @@ class DurableObjectState(JsProxy):
         return JsArray(ws for ws in self.sockets if tag is None or tag in ws.tags)
 
     def getTags(self, ws: Any) -> JsArray:
-        if not isinstance(ws, WebSocket) or ws.owner is not self:
-            raise JsTypeError("getTags() takes a hibernatable WebSocket of this object")
+        if not isinstance(ws, WebSocket):
+            raise JsTypeError("Failed to execute 'getTags' on 'DurableObjectState': parameter 1 "
+                              "is not of type 'WebSocket'.")
+        if ws.owner is not self:
+            raise JsException("Error", "you must call 'acceptWebSocket()' before attempting to "
+                              "access the tags of a WebSocket.")
         return JsArray(ws.tags)
 
     def setWebSocketAutoResponse(self, pair: Any = None) -> None:
@@ -704,6 +767,11 @@ class DurableObjectState(JsProxy):
 
     def getWebSocketAutoResponse(self) -> WebSocketRequestResponsePair | None:
         return self.auto_response
+
+    def getWebSocketAutoResponseTimestamp(self, ws: Any) -> Date | _JsNull:
+        """When the runtime last answered ``ws`` with the auto-response: a Date, or null."""
+        stamp = getattr(ws, "auto_response_ms", None)
+        return jsnull if stamp is None else Date(stamp)
 
 
 def _settled(value: Any) -> Callable[[], Any]:
@@ -732,8 +800,12 @@ class DurableObjectStorage(JsProxy):
             scheduled = scheduled.getTime()
         if not isinstance(scheduled, int | float) or isinstance(scheduled, bool):
             raise JsTypeError("Failed to execute 'setAlarm' on 'DurableObjectStorage': "
-                              "parameter 1 is not of type 'Date or number'.")
-        self.alarm = int(scheduled)
+                              "parameter 1 is not of type 'date'.")
+        if not scheduled > 0:
+            raise JsTypeError("setAlarm() cannot be called with an alarm time <= 0")
+        # workerd moves a time in the past to now, so it fires at once (measured; epoch seconds
+        # passed for milliseconds are a time in January 1970).
+        self.alarm = max(int(scheduled), int(time.time() * 1000))
         self.alarm_sets.append(self.alarm)
         return JsPromise(_settled(None))
 
@@ -842,11 +914,18 @@ class SqlStorage(JsProxy):
         if isinstance(value, bool):
             return "true" if value else "false"  # §4.2: a boolean becomes its string
         if isinstance(value, int):
-            return str(value) if becomes_bigint(value) else value  # a BigInt binds as text
+            if becomes_bigint(value):  # measured: workerd refuses a BigInt binding
+                raise JsTypeError("Cannot convert a BigInt value to a number")
+            return float(value)  # a JS number binds as a double: REAL without column affinity
         if isinstance(value, float | str):
             return value
         if isinstance(value, ArrayBuffer):
             return value.to_bytes()
+        if isinstance(value, JsArray | JsObject):
+            # What the SDK makes of a list or dict; bound as its String() (measured: "1,2").
+            text = js_string(value)
+            FFI_WARNINGS.append(f"SQL binding was a JS {value.js_class}; bound {text[:40]!r}")
+            return text
         if isinstance(value, JsProxy):
             raise JsTypeError(f"Unsupported SQL binding #<{value.js_class}>")
         text = js_string(value)
@@ -862,6 +941,8 @@ class SqlStorage(JsProxy):
             return ArrayBuffer(value)
         if isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER:
             return float(value)  # §4.3: INTEGER results are doubles
+        if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_SAFE_INTEGER:
+            return int(value)  # an integral JS number reaches Python as an int
         return value
 
     def exec(self, query: Any, *bindings: Any) -> SqlCursor:
@@ -871,10 +952,24 @@ class SqlStorage(JsProxy):
         if not statements:
             raise JsException("Error", "SQL query did not contain a statement.")
         params = [self._bind(b) for b in bindings]
+        last = statements[-1]
         try:
             for statement in statements[:-1]:  # only the last statement takes bindings
-                self._db.execute(statement)
-            cursor = self._db.execute(statements[-1], params)
+                try:
+                    self._db.execute(statement)
+                except sqlite3.ProgrammingError as exc:
+                    if "number of bindings" not in str(exc):
+                        raise
+                    raise JsException("Error", "When executing multiple SQL statements in a "
+                                      "single call, only the last statement can have "
+                                      "parameters.") from None
+            try:
+                cursor = self._db.execute(last, params)
+            except sqlite3.ProgrammingError as exc:
+                if "number of bindings" not in str(exc):
+                    raise
+                raise JsException("Error", "Wrong number of parameter bindings for SQL "
+                                  "query.") from None
             rows = cursor.fetchall()
         except sqlite3.Error as exc:
             raise JsException("Error", f"{exc}: SQLITE_ERROR") from None

@@ -49,6 +49,7 @@ from tests.cloudflare.fake_js import (
 from tests.cloudflare.fake_workers import python_from_rpc, python_to_rpc
 
 ORIGIN = "https://rooms.example"
+DROPPED_REASON = "WebSocket disconnected without sending Close frame."
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
 
 
@@ -343,15 +344,20 @@ class FakeCloudflare:
             # §3.8: answered by the runtime; the object is neither woken nor constructed.
             client.ws.inbox.append(pair.response)
             state.auto_responses_sent += 1  # type: ignore[union-attr]
+            server.auto_response_ms = time.time() * 1000
             return
         message = data if isinstance(data, str) else ArrayBuffer(data)
         self._deliver(server, "webSocketMessage", server, message)
 
     def client_close(self, client: FakeClient, code: int, reason: str, *,
                      runtime_answers: bool, deliver: bool) -> None:
+        """The client's close frame. workerd does not answer it for hibernatable sockets (even
+        with web_socket_auto_reply_to_close, measured): the object sees the socket CLOSING and
+        its own close() completes the handshake. ``runtime_answers`` models a runtime that
+        would (§3.9 expected it); nothing measured does."""
         server = client.server
         server.got_close = (code, reason)
-        if runtime_answers:  # web_socket_auto_reply_to_close (2026-04-07), §3.9
+        if runtime_answers:
             server.sent_close = (code, reason)
             server.readyState = WS_CLOSED
             client.ws.got_close = (code, reason)
@@ -376,7 +382,20 @@ class FakeCloudflare:
         self._deliver(server, "webSocketClose", server, code or 1005, reason, True)
         self._forget(server)
 
+    def client_drop(self, client: FakeClient) -> None:
+        """The connection is gone without a close frame, as workerd reports it (measured):
+        webSocketClose with 1006 and wasClean false, the socket CLOSING until the object closes
+        its end (nothing goes out), no webSocketError."""
+        server = client.server
+        server.got_close = (1006, DROPPED_REASON)
+        server.readyState = WS_CLOSING
+        server.dropped = True
+        self._deliver(server, "webSocketClose", server, 1006, DROPPED_REASON, False)
+        self._forget(server)
+
     def client_fail(self, client: FakeClient) -> None:
+        """A webSocketError event. Local workerd delivered none for a dropped connection (see
+        `client_drop`); production may for other failures."""
         server = client.server
         server.readyState = WS_CLOSED
         self._deliver(server, "webSocketError", server, JsError("connection reset"))
@@ -415,7 +434,7 @@ class FakeClient:
     def publish(self, id_: str, body: str) -> None:
         self.send({"type": "publish", "id": id_, "body": body})
 
-    def close(self, code: int = 1000, reason: str = "bye", *, runtime_answers: bool = True,
+    def close(self, code: int = 1000, reason: str = "bye", *, runtime_answers: bool = False,
               deliver: bool = True) -> None:
         self.runtime.client_close(self, code, reason, runtime_answers=runtime_answers,
                                   deliver=deliver)
@@ -425,6 +444,9 @@ class FakeClient:
 
     def fail(self) -> None:
         self.runtime.client_fail(self)
+
+    def drop(self) -> None:
+        self.runtime.client_drop(self)
 
     # -- receiving
     def frames(self, type_: str | None = None) -> list[dict[str, Any]]:

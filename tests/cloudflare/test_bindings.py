@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -96,10 +97,12 @@ def test_r2_failures_propagate(r2: fake_bindings.R2Bucket) -> None:
 
 
 def test_alarm_port_sets_the_object_alarm_in_epoch_ms() -> None:
+    """A time in the past (epoch seconds are one) would be moved to now, as workerd does."""
     state = DurableObjectState(DurableObjectId("00", "t"), DurableObjectStorage())
     storage = DurableObjectContext(state).storage
-    run(DurableObjectAlarms(storage).set(1_700_000_000_000))
-    assert run(storage.getAlarm()) == 1_700_000_000_000
+    at_ms = int(time.time() * 1000) + 3_600_000
+    run(DurableObjectAlarms(storage).set(at_ms))
+    assert run(storage.getAlarm()) == at_ms
 
 
 @pytest.mark.parametrize("wrapped", [True, False], ids=["sdk-wrapped", "raw"])

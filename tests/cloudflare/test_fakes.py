@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import time
 from typing import Any
 
 import pytest
 
 from objects.room import Room
+from rooms.protocol import PING_TEXT
 from tests.cloudflare import fake_js
 from tests.cloudflare.fake_bindings import D1Database, R2Bucket
 from tests.cloudflare.fake_js import (
@@ -48,12 +50,23 @@ def test_accept_websocket_rejects_a_python_list_of_tags(ctx: DurableObjectState)
 
 
 def test_accept_websocket_enforces_the_tag_limits(ctx: DurableObjectState) -> None:
-    """At most 10 tags of at most 256 characters."""
+    """At most 10 tags of at most 256 UTF-8 bytes, duplicates dropped (measured in workerd)."""
     with pytest.raises(JsException, match="more than 10 tags"):
         ctx.acceptWebSocket(WebSocketPair()[1], to_js([f"t{i}" for i in range(11)]))
-    with pytest.raises(JsException, match="256"):
+    with pytest.raises(JsException, match="more than 10 tags"):  # the repeat comes 11th
+        ctx.acceptWebSocket(WebSocketPair()[1], to_js([f"t{i}" for i in range(10)] + ["t0"]))
+    early = WebSocketPair()[1]
+    ctx.acceptWebSocket(early, to_js(["t0", "t0"] + [f"t{i}" for i in range(1, 10)]))
+    assert list(ctx.getTags(early)) == [f"t{i}" for i in range(10)]
+    too_long = 'is longer than the max tag length \\(256 characters\\)'
+    with pytest.raises(JsException, match=too_long):
         ctx.acceptWebSocket(WebSocketPair()[1], to_js(["x" * 257]))
+    with pytest.raises(JsException, match=too_long):
+        ctx.acceptWebSocket(WebSocketPair()[1], to_js(["é" * 129]))  # 258 bytes
+    ctx.acceptWebSocket(WebSocketPair()[1], to_js(["é" * 128]))
     ctx.acceptWebSocket(WebSocketPair()[1], to_js(["x" * 256] * 10))
+    with pytest.raises(JsException, match="you must call 'acceptWebSocket\\(\\)' before"):
+        ctx.getTags(WebSocketPair()[1])
 
 
 def test_accepted_socket_cannot_be_accepted_again_or_returned(ctx: DurableObjectState) -> None:
@@ -75,8 +88,16 @@ def test_serialize_attachment_rejects_a_dict_and_anything_over_16_kib(
     with pytest.raises(JsException) as caught:
         server.serializeAttachment({"user_id": "alice"})
     assert caught.value.name == "DataCloneError"
+    assert caught.value.message == "[object Object] could not be cloned."
+    assert server.deserializeAttachment() is fake_js.jsnull  # nothing attached yet
+    # V8's serialized size, as measured in workerd: 16379 one-byte or 8189 two-byte characters.
+    server.serializeAttachment("x" * 16379)
+    server.serializeAttachment("€" * 8189)
+    with pytest.raises(JsException, match=r"cannot be larger than 16384 bytes\.'attachment' "
+                       r"was 16385 bytes"):
+        server.serializeAttachment("x" * 16380)
     with pytest.raises(JsException, match="cannot be larger than 16384 bytes"):
-        server.serializeAttachment("x" * 16384)
+        server.serializeAttachment("€" * 8190)
     server.serializeAttachment(json.dumps({"user_id": "alice"}))
     assert server.deserializeAttachment() == '{"user_id": "alice"}'
 
@@ -103,8 +124,49 @@ def test_send_after_close_raises_and_close_twice_does_not(ctx: DurableObjectStat
     server.close(1000, "again")
     with pytest.raises(TypeError, match="after close"):
         server.send("late")
-    with pytest.raises(TypeError, match="close code"):
+    with pytest.raises(JsException, match="Invalid WebSocket close code: 1005") as caught:
         WebSocketPair()[0].close(1005, "")
+    assert caught.value.name == "InvalidAccessError"  # as measured in workerd
+
+
+def test_close_codes_and_reasons_as_workerd_checks_them(ctx: DurableObjectState) -> None:
+    """Measured: numbers convert (4000.0, "4000"); a long reason is a SyntaxError."""
+    for code in (4000.0, "4000", 1016, 2999):
+        _, server = WebSocketPair()
+        ctx.acceptWebSocket(server, to_js([]))
+        server.close(code, "r")
+        assert server.sent_close == (int(float(code)), "r")
+    _, server = WebSocketPair()
+    ctx.acceptWebSocket(server, to_js([]))
+    for code in (999, 1004, 1006, 1015, 5000):
+        with pytest.raises(JsException, match=f"Invalid WebSocket close code: {code}"):
+            server.close(code, "r")
+    with pytest.raises(JsException, match="not be longer than 123 bytes") as caught:
+        server.close(4000, "r" * 124)
+    assert caught.value.name == "SyntaxError"
+    server.close(4000, "r" * 123)
+
+
+def test_auto_response_timestamp_is_null_until_the_runtime_answers() -> None:
+    cf = make_cloudflare()
+    alice = cf.connect("lobby", token("alice"))
+    state = cf.room("lobby").state
+    assert state.getWebSocketAutoResponseTimestamp(alice.server) is fake_js.jsnull
+    alice.send(PING_TEXT)
+    assert isinstance(state.getWebSocketAutoResponseTimestamp(alice.server), fake_js.Date)
+    check_clean(cf)
+
+
+def test_a_dropped_connection_is_a_close_with_1006_and_the_room_closes_its_end() -> None:
+    """Measured: webSocketClose(1006, wasClean false), CLOSING; no webSocketError."""
+    cf = make_cloudflare()
+    alice, bob = cf.connect("lobby", token("alice")), cf.connect("lobby", token("bob"))
+    bob.drop()
+    assert [p["event"] for p in alice.frames("presence")] == ["join", "leave"]
+    assert bob.server.sent_close == (1000, "")  # the room's answer: 1006 cannot be sent
+    assert bob.server.readyState == fake_js.WS_CLOSED
+    assert bob.close_received is None  # nothing reaches a dropped client
+    check_clean(cf)
 
 
 def test_get_websockets_includes_closing_sockets(ctx: DurableObjectState) -> None:
@@ -128,6 +190,30 @@ def test_sql_binds_a_bool_as_text_and_refuses_begin(ctx: DurableObjectState) -> 
     for statement in ("BEGIN", "PRAGMA user_version", "CREATE TABLE _cf_x (a)"):
         with pytest.raises(JsException, match="not authorized"):
             sql.exec(statement)
+
+
+def test_sql_binds_numbers_as_real_refuses_bigints_and_coerces_js_objects(
+    ctx: DurableObjectState,
+) -> None:
+    """Measured in workerd: 7 is stored as REAL (and read back as 7); an int from 2**53 - 1
+    up is a BigInt, refused; a JS Array or Object binds as its String()."""
+    sql = ctx.storage.sql
+    row = sql.exec("SELECT ? AS v, typeof(?) AS t", 7, 7).one()
+    assert (row.v, row.t) == (7, "real")
+    assert isinstance(row.v, int)
+    sql.exec("SELECT ?", 2**53 - 2)
+    for big in (2**53 - 1, 2**53 + 1):
+        with pytest.raises(TypeError, match="Cannot convert a BigInt value to a number"):
+            sql.exec("SELECT ?", big)
+    row = sql.exec("SELECT ? AS v", fake_js.JsArray([1, 2])).one()
+    assert row.v == "1,2"
+    assert fake_js.FFI_WARNINGS == ["SQL binding was a JS Array; bound '1,2'"]
+    fake_js.FFI_WARNINGS.clear()
+    with pytest.raises(JsException, match=r"^Error: Wrong number of parameter bindings for SQL "
+                       r"query\.$"):
+        sql.exec("SELECT ?", 1, 2)
+    with pytest.raises(JsException, match=r"only the last statement can have parameters\.$"):
+        sql.exec("SELECT ?; SELECT 1", 1)
 
 
 def test_sql_multi_statement_binds_the_last_and_one_needs_one_row(
@@ -241,6 +327,11 @@ def test_d1_results_have_d1_shapes_and_bools_bind_as_integers() -> None:
     assert rows["results"] == [{"a": 1, "b": None}, {"a": 7, "b": "x"}]
     assert rows["results"][1].b == "x"  # JsDict: attribute access too
     assert run(db.prepare("SELECT typeof(a) AS t FROM t WHERE a = 1").first("t")) == "integer"
+    # Measured: local D1 binds numbers (and bools) as REAL; the INTEGER column above turned
+    # them back into integers, a column without affinity keeps them REAL.
+    assert run(db.prepare("SELECT typeof(?) AS t").bind(7).first("t")) == "real"
+    with pytest.raises(JsException, match=r"D1_COLUMN_NOTFOUND: Column not found \(nope\)"):
+        run(db.prepare("SELECT a FROM t").first("nope"))
     assert run(db.prepare("SELECT a FROM t WHERE a > 99").first()) is None
     assert run(db.prepare("SELECT a, b FROM t ORDER BY a").raw(columnNames=True)) == [
         ["a", "b"], [1, None], [7, "x"]]
@@ -335,13 +426,20 @@ def test_alarm_takes_ms_or_a_datetime_and_get_returns_ms_or_none() -> None:
     state = DurableObjectState(DurableObjectId("00", "t"), DurableObjectStorage())
     storage = DurableObjectContext(state).storage  # SDK-wrapped, as a Room sees it
     assert run(storage.getAlarm()) is None
-    run(storage.setAlarm(1_700_000_000_123))
-    assert run(storage.getAlarm()) == 1_700_000_000_123
-    at = datetime.datetime.fromtimestamp(1_800_000_000.5)
+    run(storage.setAlarm(4_000_000_000_123))
+    assert run(storage.getAlarm()) == 4_000_000_000_123
+    at = datetime.datetime.fromtimestamp(4_100_000_000.5)
     run(storage.setAlarm(at))
-    assert run(storage.getAlarm()) == 1_800_000_000_500
-    with pytest.raises(TypeError, match="setAlarm"):
+    assert run(storage.getAlarm()) == 4_100_000_000_500
+    with pytest.raises(TypeError, match="not of type 'date'"):
         run(storage.setAlarm("soon"))
+    with pytest.raises(TypeError, match="alarm time <= 0"):
+        run(storage.setAlarm(0))
+    # As measured in workerd, a time in the past becomes now (it fires at once): epoch seconds
+    # given for milliseconds are such a time.
+    before = int(time.time() * 1000)
+    run(storage.setAlarm(int(time.time())))
+    assert before <= run(storage.getAlarm()) <= int(time.time() * 1000)
     run(storage.deleteAlarm())
     assert run(storage.getAlarm()) is None
 
