@@ -1,4 +1,7 @@
-"""A real local server on 127.0.0.1:<ephemeral> in the test's event loop, and clients for it."""
+"""A real local server on 127.0.0.1:<ephemeral> in the test's event loop, and clients for it.
+
+tests/e2e starts the local runtime through `make_settings` and `start_server` too, beside workerd.
+"""
 
 from __future__ import annotations
 
@@ -92,11 +95,6 @@ async def server_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     yield factory
     for server in started:
         await server.stop()
-
-
-@pytest.fixture(params=[False, True], ids=["awake", "hibernate-every-event"])
-async def server(request: pytest.FixtureRequest, server_factory: ServerFactory) -> RunningServer:
-    return await server_factory(hibernation=HibernationPolicy(every_event=request.param))
 
 
 async def recv_json(ws: websockets.ClientConnection) -> dict[str, Any]:

@@ -1,19 +1,22 @@
-"""End to end through real sockets: websockets clients against the local aiohttp server."""
+"""The local runtime's own machinery through real sockets: hibernation, its database handles,
+slow consumers.
+
+These tests look inside the local server (its room registry, sweeps, open connections) or at
+behaviour only it has (the bounded per-socket writer). Everything a client alone can observe runs
+against every runtime, workerd included, in tests/e2e.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import pytest
-import websockets
 
 from rooms.limits import Limits
 from rooms.protocol import PING_TEXT, CloseCode
 from roomsd.rooms import HibernationPolicy, close_databases
 from tests.local.conftest import (
-    RunningServer,
     ServerFactory,
     closed_by_server,
     recv_json,
@@ -21,135 +24,6 @@ from tests.local.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-async def publish_all(server: RunningServer, user: str, count: int) -> list[int]:
-    """Publish ``count`` messages and return their acked seqs, in ack order."""
-    async with await server.connect("race", user) as ws:
-        await recv_until(ws, "welcome")
-        for i in range(count):
-            await ws.send(json.dumps({"type": "publish", "id": f"{user}-{i}", "body": f"{i}"}))
-        seqs = []
-        while len(seqs) < count:
-            frame = await recv_json(ws)
-            if frame["type"] == "ack":
-                seqs.append(frame["seq"])
-        return seqs
-
-
-async def test_concurrent_publishers_all_see_one_gapless_order(server: RunningServer) -> None:
-    """Eight clients publishing at once; two watchers receive seq 1..N in the same order."""
-    publishers, per_publisher = 8, 25
-    total = publishers * per_publisher
-    watchers = [await server.connect("race", f"watcher{i}") for i in range(2)]
-    for w in watchers:
-        await recv_until(w, "welcome")
-    acks = await asyncio.gather(
-        *(publish_all(server, f"user{i}", per_publisher) for i in range(publishers))
-    )
-    assert sorted(s for seqs in acks for s in seqs) == list(range(1, total + 1))
-    streams = []
-    for w in watchers:
-        received: list[tuple[int, str]] = []
-        while len(received) < total:
-            frame = await recv_json(w)
-            if frame["type"] == "message":
-                received.append((frame["seq"], frame["id"]))
-        streams.append(received)
-        await w.close()
-    assert [seq for seq, _ in streams[0]] == list(range(1, total + 1))
-    assert streams[0] == streams[1]
-
-
-async def test_client_that_drops_mid_stream_resumes_without_loss_or_repeat(
-    server: RunningServer,
-) -> None:
-    """A reader disconnects after 5 of 20 messages and resumes from its last seq."""
-    async with await server.connect("resume", "writer") as writer:
-        await recv_until(writer, "welcome")
-        reader = await server.connect("resume", "reader")
-        await recv_until(reader, "welcome")
-        for i in range(20):
-            await writer.send(json.dumps({"type": "publish", "id": f"m{i}", "body": str(i)}))
-        seen = []
-        while len(seen) < 5:
-            frame = await recv_json(reader)
-            if frame["type"] == "message":
-                seen.append(frame["seq"])
-        await reader.close()
-        for _ in range(20):
-            await recv_until(writer, "ack")
-        async with await server.connect("resume", "reader", since=seen[-1]) as again:
-            welcome = await recv_until(again, "welcome")
-            assert welcome["resume"]["complete"] is True
-            rest = [(await recv_until(again, "message"))["seq"] for _ in range(15)]
-    assert seen + rest == list(range(1, 21))
-
-
-async def test_restart_keeps_history_and_seq_continues(server_factory: ServerFactory) -> None:
-    """Stop the server mid-conversation, start a new one on the same data: nothing is lost."""
-    first = await server_factory()
-    async with await first.connect("durable", "alice") as ws:
-        await recv_until(ws, "welcome")
-        for i in range(3):
-            await ws.send(json.dumps({"type": "publish", "id": f"a{i}", "body": f"before {i}"}))
-            await recv_until(ws, "ack")
-        await first.stop()
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await recv_until(ws, "never")
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == CloseCode.GOING_AWAY
-    second = await server_factory()
-    async with await second.connect("durable", "alice", since=1) as ws:
-        welcome = await recv_until(ws, "welcome")
-        assert welcome["head"] == 3
-        assert [(await recv_until(ws, "message"))["body"] for _ in range(2)] == [
-            "before 1", "before 2"]
-        await ws.send(json.dumps({"type": "publish", "id": "after", "body": "after restart"}))
-        assert (await recv_until(ws, "ack"))["seq"] == 4
-        await ws.send(json.dumps({"type": "publish", "id": "a0", "body": "retransmit"}))
-        assert await recv_until(ws, "ack") == {"type": "ack", "id": "a0", "seq": 1,
-                                               "duplicate": True}
-
-
-async def test_malformed_and_oversized_frames_leave_other_members_unaffected(
-    server_factory: ServerFactory,
-) -> None:
-    """Bad JSON gets an error frame; an oversized frame closes 1009; others keep chatting."""
-    server = await server_factory(limits=Limits(max_frame_bytes=2048, max_body_chars=1000))
-    async with await server.connect("abuse", "good") as good, \
-            await server.connect("abuse", "bad") as bad:
-        await recv_until(good, "welcome")
-        await recv_until(bad, "welcome")
-        await bad.send("{not json")
-        assert (await recv_until(bad, "error"))["code"] == "bad_json"
-        await bad.send(b"\x01\x02")
-        assert (await recv_until(bad, "error"))["code"] == "binary_not_supported"
-        await bad.send(json.dumps({"type": "publish", "id": "x", "body": "y" * 3000}))
-        assert (await recv_until(bad, "error"))["code"] == "frame_too_large"
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await recv_json(bad)
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG
-        left = await recv_until(good, "presence")
-        while left["event"] != "leave":
-            left = await recv_until(good, "presence")
-        assert left["member"]["user_id"] == "bad"
-        await good.send(json.dumps({"type": "publish", "id": "g", "body": "fine"}))
-        assert (await recv_until(good, "ack"))["seq"] == 1
-
-
-async def test_frame_far_over_the_limit_is_refused_with_1009(
-    server_factory: ServerFactory,
-) -> None:
-    """A frame beyond what the server will even buffer is closed with 1009 too."""
-    server = await server_factory(limits=Limits(max_frame_bytes=1024, max_body_chars=500))
-    async with await server.connect("abuse", "huge") as ws:
-        await recv_until(ws, "welcome")
-        await ws.send("x" * 100_000)
-        closed = await closed_by_server(ws)
-        assert closed.rcvd is not None
-        assert closed.rcvd.code == CloseCode.MESSAGE_TOO_BIG
 
 
 async def test_ping_is_answered_without_waking_the_room(server_factory: ServerFactory) -> None:
@@ -288,20 +162,3 @@ async def test_slow_consumer_is_cut_off_and_the_room_keeps_going(
     closed = await closed_by_server(slow)
     # The close frame may be lost behind the unread backlog; when it arrives, it says why.
     assert closed.rcvd is None or closed.rcvd.code == CloseCode.SLOW_CONSUMER
-
-
-async def test_health_and_static_page(server: RunningServer) -> None:
-    """GET /health answers JSON; / serves public/index.html; unknown paths get the error shape."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://{server.base}/health") as resp:
-            assert resp.status == 200
-            assert await resp.json() == {"status": "ok"}
-        async with http.get(f"http://{server.base}/") as resp:
-            assert resp.status == 200
-            assert "durable-rooms" in await resp.text()
-        async with http.get(f"http://{server.base}/../etc/passwd") as resp:
-            assert resp.status == 404
-            body: dict[str, Any] = await resp.json()
-            assert body["error"]["code"] == "not_found"

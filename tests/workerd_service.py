@@ -1,0 +1,130 @@
+"""The service in the real workerd (`wrangler dev`), shared by the tiers that run against it.
+
+tests/e2e runs its whole suite against it and tests/browser runs the chat page against it. Both
+ask the one `WorkerdPool` of the session for a `Profile` (the settings a service starts with);
+the pool starts one `wrangler dev` per distinct profile on first use (~8 s each, most of a core
+while it starts) and stops them all when the session ends. Its state (D1, R2, every room's
+SQLite) lives for the whole session, so tests use room names no other test uses.
+
+`tests/local/conftest.py` starts the local runtime with the same settings (`make_settings`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from rooms.archive import ArchivePolicy
+from rooms.limits import Limits
+from tests.local.conftest import SECRET
+from workerd.wrangler import (
+    Toolchain,
+    WorkerdNotInstalledError,
+    WranglerDev,
+    apply_migrations,
+    dev_args,
+    free_port,
+)
+
+__all__ = ["ADMIN_TOKEN", "SECRET", "Profile", "WorkerdPool", "workerd_pool"]
+
+ADMIN_TOKEN = "admin-token-for-tests-0123456789abcdef"
+REQUIRED = os.environ.get("ROOMS_WORKERD_REQUIRED") == "1"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The settings a service is started with, the same on every runtime.
+
+    Profiles that compare equal share one `wrangler dev`; ``name`` only labels test ids.
+    """
+
+    limits: Limits = field(default_factory=lambda: Limits(messages_per_second=1000, burst=1000))
+    archive: ArchivePolicy = field(default_factory=ArchivePolicy)
+    allowed_origins: tuple[str, ...] = ()
+    guest_tokens: bool = True
+    admin_token: str | None = ADMIN_TOKEN
+    name: str = field(default="default", compare=False)
+
+    def variables(self) -> dict[str, str]:
+        """The Worker's vars/secrets for this profile (what `.dev.vars` would hold)."""
+        variables = {
+            "JWT_SECRET": SECRET,
+            "GUEST_TOKENS": "1" if self.guest_tokens else "0",
+            "ALLOWED_ORIGINS": ",".join(self.allowed_origins),
+            "ROOM_LIMITS": self.limits.model_dump_json(),
+            "ARCHIVE_POLICY": self.archive.model_dump_json(),
+        }
+        if self.admin_token is not None:  # unset, the admin API refuses every request
+            variables["ADMIN_TOKEN"] = self.admin_token
+        return variables
+
+
+class WorkerdPool:
+    """One `wrangler dev` per profile, started on first use and stopped at the session's end."""
+
+    def __init__(self, tools: Toolchain, root: Path) -> None:
+        self.tools = tools
+        self.root = root
+        self.running: dict[Profile, WranglerDev] = {}
+        self._template: Path | None = None
+
+    def _migrated_state(self, target: Path) -> None:
+        # Applying migrations/ takes a wrangler run (~4 s); do it once and copy the result.
+        if self._template is None:
+            self._template = self.root / "template-state"
+            apply_migrations(self.tools, self._template)
+        shutil.copytree(self._template, target)
+
+    def get(self, profile: Profile) -> WranglerDev:
+        if profile not in self.running:
+            index = len(self.running)
+            state = self.root / f"state-{index}"
+            self._migrated_state(state)
+            env_file = self.root / f"vars-{index}.env"
+            # Single quotes: dotenv takes the JSON values literally.
+            env_file.write_text(
+                "".join(f"{k}='{v}'\n" for k, v in profile.variables().items())
+            )
+            port = free_port()
+            dev = WranglerDev(
+                self.tools, dev_args(port, state, env_file=env_file), port,
+                self.root / f"wrangler-{index}-{profile.name}.log",
+            )
+            dev.start()
+            self.running[profile] = dev
+        return self.running[profile]
+
+    def stop_all(self) -> None:
+        for dev in self.running.values():
+            dev.stop()
+        self.running.clear()
+
+
+_pool: WorkerdPool | None = None
+
+
+@pytest.fixture(scope="session")
+def workerd_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerdPool]:
+    """The session's pool; skipped when `make workerd-setup` has not run (unless required).
+
+    Each conftest that imports this fixture gets its own session-scoped instance of it; they
+    all hand out the same pool, so tiers that ask for the same profile share its `wrangler dev`.
+    """
+    global _pool
+    try:
+        tools = Toolchain.installed()
+    except WorkerdNotInstalledError as exc:
+        if REQUIRED:
+            raise
+        pytest.skip(f"workerd tier not installed: {exc}")
+    if _pool is None:
+        _pool = WorkerdPool(tools, tmp_path_factory.mktemp("workerd"))
+    pool = _pool
+    yield pool
+    pool.stop_all()  # at the session's end; a second call (another conftest's) finds none
