@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export PYTHONPATH := $(CURDIR)/src:$(CURDIR)/local
 
-.PHONY: setup serve dev test check lint types unit bench clean pyodide-setup workerd-setup bench-pyodide browser deploy
+.PHONY: setup serve dev test check lint types unit bench bench-workerd clean pyodide-setup workerd-setup bench-pyodide browser deploy
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -67,11 +67,17 @@ deploy: workerd-setup
 bench-pyodide: pyodide-setup
 	$(VENV)/bin/python bench/pyodide_bench.py $(BENCH_ARGS)
 
-## Benchmarks (figures, not tests; ~8 min): the runtime vs plain websockets and Node ws baselines.
-bench: setup
+## Benchmarks (figures, not tests; ~15 min): the runtime vs plain websockets and Node ws baselines,
+## then the Worker in real workerd (wrangler dev) vs Cloudflare's JS chat demo figures.
+bench: setup workerd-setup
 	$(UV) sync --frozen --inexact --python $(PYTHON) --group dev --group bench
 	npm ci --prefix bench/baselines/node --no-audit --no-fund
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+## Only the real-workerd part of `make bench` (~6 min).
+bench-workerd: setup workerd-setup
+	$(UV) sync --frozen --inexact --python $(PYTHON) --group dev --group bench
+	$(VENV)/bin/python bench/run.py --only workerd $(BENCH_ARGS)
 
 ## Debian's chromium for the browser tier (tests/browser/): apt-get, once, only when missing.
 browser:

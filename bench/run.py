@@ -55,6 +55,7 @@ UVLOOP_ROOMS = (
 )
 HIBERNATE_AFTER_S = 2.0
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+WORKERD_BEGIN, WORKERD_END = "<!-- bench-workerd:begin -->", "<!-- bench-workerd:end -->"
 # The generator runs on uvloop when the bench group is installed (the servers never do).
 UVLOOP = importlib.util.find_spec("uvloop") is not None
 
@@ -295,6 +296,7 @@ class Scale:
     idle_hold: float = 15.0
     storm_rooms: int = 20
     storm_clients: int = 100
+    workerd_duration: float = 5.0
 
 
 def fanout_args(rooms: int, clients: int, senders: int, duration: float, load: str) -> list[str]:
@@ -576,6 +578,56 @@ def _frame_name(frame: str) -> str:
     return f"{name} ({'/'.join(Path(path).parts[-2:])})" if path else name
 
 
+# --------------------------------------------------------------------------- real workerd
+
+
+def run_workerd(
+    scale: Scale, workdir: Path, runs: Path, log: Any, parts: tuple[str, ...]
+) -> dict[str, Any]:
+    """The Worker in real workerd (`wrangler dev`): sweeps and connect storms (workerd_bench)."""
+    import workerd_bench as wb
+
+    variables = {
+        "JWT_SECRET": SECRET,
+        "ADMIN_TOKEN": "bench-admin",
+        "ROOM_LIMITS": json.dumps(ROOM_LIMITS),
+    }
+    farm = wb.WorkerdFarm(workdir, variables)
+
+    def generate(server: Any, scenario: str, name: str, args: list[str]) -> dict[str, Any]:
+        cmd = [PYTHON, "-m", "loadtest", scenario, "--url", server.url, "--secret", SECRET]
+        cmd += ["--server-pid", str(server.pid), "--out", str(runs), "--name", name]
+        cmd += ["--progress", "none", *(["--uvloop"] if UVLOOP else []), *args]
+        if farm.pin:
+            cmd = ["taskset", "-c", wb.GENERATOR_CORE, *cmd]
+        log_path = runs / f"{name}.log"
+        path = runs / f"{name}.json"
+        path.unlink(missing_ok=True)
+        with log_path.open("wb") as sink:
+            subprocess.run(cmd, env=ENV, cwd=ROOT, stdout=sink, stderr=sink, check=False)
+        if not path.exists():
+            sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
+            raise RuntimeError(f"loadtest {name} wrote no result")
+        result: dict[str, Any] = json.loads(path.read_text())
+        return result
+
+    def show(row: dict[str, Any]) -> None:
+        print(f"  {json.dumps(row, default=str)[:400]}", flush=True)
+
+    section: dict[str, Any] = {"pinned": farm.pin, "js_demo": wb.JS_DEMO}
+    for part in parts:
+        if part in wb.LADDERS:
+            section[part] = wb.sweep(farm, part, scale.workerd_duration, generate, show)
+        elif part == "storm-100x10":
+            section[part] = wb.storm(farm, 100, 10, generate, show)
+        elif part == "storm-1x100":
+            section[part] = wb.storm(farm, 1, 100, generate, show)
+        else:
+            raise ValueError(part)
+    log({"scenario": "workerd", "server": "workerd", "parts": list(parts)})
+    return section
+
+
 # --------------------------------------------------------------------------- reporting
 
 
@@ -841,20 +893,21 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_benchmarks_md(text: str) -> None:
+def update_benchmarks_md(text: str, begin: str = BEGIN, end: str = END) -> None:
     path = ROOT / "BENCHMARKS.md"
-    current = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in current or END not in current:
-        current += f"\n{BEGIN}\n{END}\n"
-    head, _, rest = current.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    path.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    current = path.read_text() if path.exists() else f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in current or end not in current:
+        current += f"\n{begin}\n{end}\n"
+    head, _, rest = current.partition(begin)
+    _, _, tail = rest.partition(end)
+    path.write_text(f"{head}{begin}\n{text}{end}{tail}")
 
 
 # --------------------------------------------------------------------------- main
 
 
-ALL = ("fanout-1x100", "fanout-100x10", "idle", "connect-storm", "reconnect-resume")
+ALL = ("fanout-1x100", "fanout-100x10", "idle", "connect-storm", "reconnect-resume", "workerd")
+WORKERD_PARTS = ("fanout-1x100", "fanout-100x10", "storm-100x10", "storm-1x100")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -867,6 +920,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--idle-hold", type=float, default=15.0, help="idle: seconds held")
     parser.add_argument("--profile", action="store_true", help="also profile the runtime")
+    parser.add_argument(
+        "--workerd-parts",
+        default=",".join(WORKERD_PARTS),
+        help=f"with --only workerd: comma-separated of {WORKERD_PARTS}",
+    )
+    parser.add_argument(
+        "--workerd-duration", type=float, default=5.0, help="seconds per workerd sweep step"
+    )
     parser.add_argument("--no-markdown", action="store_true", help="leave BENCHMARKS.md alone")
     parser.add_argument(
         "--render", action="store_true", help="only re-render latest.json into the Markdown"
@@ -887,9 +948,22 @@ def main(argv: list[str] | None = None) -> int:
     bad += [s for s in servers if s not in SERVERS + EXPERIMENTS]
     if bad:
         parser.error(f"unknown: {', '.join(bad)}")
-    if "node" in servers and not (BENCH / "baselines" / "node" / "node_modules" / "ws").exists():
+    local_scenarios = [s for s in only if s != "workerd"]
+    if (
+        local_scenarios
+        and "node" in servers
+        and not (BENCH / "baselines" / "node" / "node_modules" / "ws").exists()
+    ):
         parser.error("the Node baseline needs `npm ci --prefix bench/baselines/node`")
-    scale = Scale(duration=args.duration, idle_rooms=args.idle_rooms, idle_hold=args.idle_hold)
+    scale = Scale(
+        duration=args.duration,
+        idle_rooms=args.idle_rooms,
+        idle_hold=args.idle_hold,
+        workerd_duration=args.workerd_duration,
+    )
+    workerd_parts = tuple(p for p in args.workerd_parts.split(",") if p)
+    if any(p not in WORKERD_PARTS for p in workerd_parts):
+        parser.error(f"--workerd-parts: choose from {WORKERD_PARTS}")
 
     runs_dir = RESULTS / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -913,6 +987,7 @@ def main(argv: list[str] | None = None) -> int:
 
     all_runs: list[Run] = []
     restart = None
+    workerd = None
     profiles = None
     with tempfile.TemporaryDirectory(prefix="rooms-bench-") as tmp:
         workdir = Path(tmp)
@@ -927,6 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
                 all_runs += run_storm(servers, scale, workdir, runs_dir, log)
             elif name == "reconnect-resume" and "rooms" in servers:
                 all_runs += run_reconnect(scale, workdir, runs_dir, log)
+            elif name == "workerd":
+                workerd = run_workerd(scale, workdir, runs_dir, log, workerd_parts)
         if args.profile:
             half_rates = {
                 r.scenario.split()[0]: r.extra["rate_per_room"]
@@ -947,8 +1024,39 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows,
         "restart": restart,
         "profiles": profiles,
+        "workerd": workerd,
         "wall_s": round(time.monotonic() - began, 1),
     }
+    failed = [r for r in rows if not r["order_ok"] and r["scenario"] != "connect-storm"]
+    if workerd is not None:
+        # Its own files and its own block of BENCHMARKS.md, so `--only workerd` leaves the
+        # local runtime's tables alone.
+        import workerd_bench
+
+        head = {k: summary[k] for k in ("command", "environment", "wall_s")}
+        (RESULTS / "workerd.json").write_text(json.dumps({**head, **workerd}, indent=2) + "\n")
+        env = summary["environment"]
+        text = "\n".join(
+            [
+                f"Measured {env['date']} at commit `{env['commit']}`"
+                f" ({env['cpus']} cores, {env['cpu_model']}); load average at start "
+                + ", ".join(f"{x:.2f}" for x in env["loadavg_at_start"])
+                + f". Reproduce with `{command}`.",
+                *workerd_bench.markdown(workerd),
+            ]
+        )
+        (RESULTS / "workerd.md").write_text(text + "\n")
+        if not args.no_markdown:
+            update_benchmarks_md(text + "\n", WORKERD_BEGIN, WORKERD_END)
+        print()
+        print(text)
+        failed += [
+            {"scenario": k}
+            for k, v in workerd.items()
+            if isinstance(v, dict) and not v.get("order_ok", True)
+        ]
+        if not rows:
+            return 1 if failed else 0
     summary["analysis"] = analyse(rows, restart)
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
     text = markdown(summary)
@@ -958,7 +1066,6 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     print(f"bench: {summary['wall_s']}s; wrote {RESULTS / 'latest.json'}, {RESULTS / 'latest.md'}")
-    failed = [r for r in rows if not r["order_ok"] and r["scenario"] != "connect-storm"]
     return 1 if failed else 0
 
 

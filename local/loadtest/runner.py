@@ -168,6 +168,26 @@ def all_user_ids(cfg: Config) -> list[str]:
 # --------------------------------------------------------------------------- server sampling
 
 
+def _process_tree(root: int) -> list[int]:
+    """``root`` and its descendants, from the parent ids in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
 @dataclass
 class ServerSampler:
     """CPU seconds and memory of a local server process, read from /proc at marked moments."""
@@ -176,22 +196,29 @@ class ServerSampler:
     marks: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def read(self) -> dict[str, float] | None:
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-            with open(f"/proc/{self.pid}/status") as f:
-                status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
-        except OSError:
-            return None
+        """The server's CPU seconds and memory, summed over its process tree.
+
+        One process for the local runtime; `wrangler dev` is node plus two workerd processes.
+        """
         ticks = os.sysconf("SC_CLK_TCK")
-        # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-        cpu = (int(fields[11]) + int(fields[12])) / ticks
-        return {
-            "cpu_s": cpu,
-            "rss_mb": int(status["VmRSS"].split()[0]) / 1024,
-            "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024,
-            "at": time.monotonic(),
-        }
+        cpu = rss = peak = 0.0
+        for pid in _process_tree(self.pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+                with open(f"/proc/{pid}/status") as f:
+                    status = dict(
+                        line.split(":", 1) for line in f.read().splitlines() if ":" in line
+                    )
+            except OSError:
+                if pid == self.pid:
+                    return None
+                continue  # a child that just exited
+            # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+            cpu += (int(fields[11]) + int(fields[12])) / ticks
+            rss += int(status["VmRSS"].split()[0]) / 1024
+            peak += int(status["VmHWM"].split()[0]) / 1024
+        return {"cpu_s": cpu, "rss_mb": rss, "peak_rss_mb": peak, "at": time.monotonic()}
 
     def mark(self, name: str) -> None:
         sample = self.read()

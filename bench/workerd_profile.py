@@ -1,0 +1,205 @@
+"""Where the Worker spends its CPU in real workerd: a V8 CPU profile taken through the inspector.
+
+Starts one pinned `wrangler dev` (as `bench/run.py --only workerd` does), drives it with
+`rooms loadtest fanout` at a fixed open-loop rate, and records a sampling CPU profile of the
+Worker's isolate (Chrome DevTools protocol: Profiler.start/stop through wrangler's inspector
+proxy) while the generator sends. Prints self time by function (JS, wasm and V8 categories)
+and writes the raw profile for DevTools or speedscope.
+
+    PYTHONPATH=src:local .venv/bin/python bench/workerd_profile.py --rooms 1 --clients 100 \\
+        --rate 20 --seconds 6
+    ... --root /tmp/copy-of-the-project   # an instrumented copy (src/ edited), same harness
+
+Python frames are not visible to V8: time in Python shows as wasm functions of the interpreter
+(`_PyEval_EvalFrameDefault` and friends); time in the FFI shows as Pyodide's JS glue; time in
+workerd's C++ (SQLite, sockets) shows under the JS API function that called it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import websockets.sync.client as ws_client
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "bench")]
+
+import workerd_bench as wb  # noqa: E402
+
+SECRET = "bench-secret-that-is-long-enough-for-hs256-0123456789"
+ROOM_LIMITS = {"messages_per_second": 1_000_000, "burst": 1_000_000}
+
+
+class Inspector:
+    """A minimal CDP client for the Worker's isolate (wrangler's inspector proxy)."""
+
+    def __init__(self, port: int) -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10) as reply:
+            targets = json.loads(reply.read())
+        if not targets:
+            raise RuntimeError("the inspector lists no targets")
+        url = targets[0]["webSocketDebuggerUrl"]
+        if not url.startswith("ws"):
+            url = f"ws://{url}"
+        self.conn = ws_client.connect(
+            url,
+            max_size=None,
+            open_timeout=10,
+            origin="http://localhost",
+            ping_interval=None,  # type: ignore[arg-type]
+        )
+        self.next_id = 0
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        self.conn.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.conn.recv(timeout=120))
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                result: dict[str, Any] = message.get("result", {})
+                return result
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def self_times(profile: dict[str, Any]) -> tuple[Counter[str], float]:
+    """Self time (ms) per function from a V8 .cpuprofile, and the total."""
+    nodes = {n["id"]: n for n in profile["nodes"]}
+    per_node: Counter[int] = Counter()
+    for node_id, delta in zip(profile["samples"], profile["timeDeltas"], strict=False):
+        per_node[node_id] += delta
+    out: Counter[str] = Counter()
+    for node_id, us in per_node.items():
+        frame = nodes[node_id]["callFrame"]
+        name = frame["functionName"] or "(anonymous)"
+        url = frame.get("url", "").rsplit("/", 1)[-1]
+        out[f"{name} {url}".strip()] += us / 1000
+    return out, sum(per_node.values()) / 1000
+
+
+def inclusive_times(profile: dict[str, Any], names: list[str]) -> dict[str, float]:
+    """Inclusive time (ms) of every function whose name is in ``names``."""
+    nodes = {n["id"]: n for n in profile["nodes"]}
+    parent: dict[int, int] = {}
+    for n in profile["nodes"]:
+        for child in n.get("children", []):
+            parent[child] = n["id"]
+    per_node: Counter[int] = Counter()
+    for node_id, delta in zip(profile["samples"], profile["timeDeltas"], strict=False):
+        per_node[node_id] += delta
+    out: Counter[str] = Counter()
+    for node_id, us in per_node.items():
+        seen: set[str] = set()
+        cur: int | None = node_id
+        while cur is not None:
+            name = nodes[cur]["callFrame"]["functionName"]
+            if name in names and name not in seen:
+                out[name] += us / 1000
+                seen.add(name)
+            cur = parent.get(cur)
+    return dict(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rooms", type=int, default=1)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--senders", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=20, help="msg/s per room")
+    parser.add_argument("--seconds", type=float, default=6, help="profiled seconds")
+    parser.add_argument("--interval-us", type=int, default=200, help="sampling interval")
+    parser.add_argument("--root", type=Path, default=ROOT, help="project copy to serve")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "profiles")
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--no-profile", action="store_true", help="only measure CPU")
+    args = parser.parse_args()
+    variables = {"JWT_SECRET": SECRET, "ROOM_LIMITS": json.dumps(ROOM_LIMITS)}
+    name = args.name or f"workerd-{args.rooms}x{args.clients}-{args.rate:g}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rooms-wprof-") as tmp:
+        farm = wb.WorkerdFarm(Path(tmp), variables, root=args.root)
+        with farm.running() as server:
+            inspector = Inspector(server.inspector_port)
+            inspector.call("Profiler.enable")
+            inspector.call("Profiler.setSamplingInterval", interval=args.interval_us)
+            duration = args.seconds + 4
+            cmd = [sys.executable, "-m", "loadtest", "fanout", "--url", server.url]
+            cmd += ["--secret", SECRET, "--rooms", str(args.rooms), "--clients", str(args.clients)]
+            cmd += ["--senders", str(args.senders), "--rate", str(args.rate), "--size", "100"]
+            cmd += ["--duration", str(duration), "--progress", "plain", "--out", tmp]
+            cmd += ["--server-pid", str(server.pid), "--connect-timeout", "60"]
+            if farm.pin:
+                cmd = ["taskset", "-c", wb.GENERATOR_CORE, *cmd]
+            env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'local'}", "PATH": "/usr/bin:/bin"}
+            log = Path(tmp) / "loadtest.log"
+            sink = log.open("wb")
+            gen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=sink)
+            # Profile once sending has begun: wait for the generator's "sending" line.
+            started = False
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and gen.poll() is None:
+                if "sending" in log.read_text(errors="replace"):
+                    started = True
+                    break
+                time.sleep(0.2)
+            if not started:
+                print(log.read_text(errors="replace")[-3000:])
+                raise SystemExit("the generator never started sending")
+            time.sleep(1.0)
+            cpu0 = wb.tree_cpu_s(server.pid)
+            per0 = wb.cpu_by_process(server.pid)
+            if not args.no_profile:
+                inspector.call("Profiler.start")
+            time.sleep(args.seconds)
+            profile = {} if args.no_profile else inspector.call("Profiler.stop")["profile"]
+            cpu = wb.tree_cpu_s(server.pid) - cpu0
+            per = {
+                k: round(v - per0.get(k, 0.0), 2) for k, v in wb.cpu_by_process(server.pid).items()
+            }
+            inspector.close()
+            threading.Thread(target=gen.wait, daemon=True).start()
+            gen.wait(120)
+            sink.close()
+            (args.out / f"{name}.wrangler.log").write_bytes(server.log.read_bytes())
+            result_files = sorted(Path(tmp).glob("fanout-*.json"))
+            result = json.loads(result_files[-1].read_text()) if result_files else {}
+    publishes = args.rate * args.rooms * args.seconds
+    print(f"tree CPU {cpu:.2f} s in {args.seconds:g} s: {per}")
+    print(f"CPU per publish: tree {1000 * cpu / publishes:.2f} ms", end="")
+    workerd_cpu = max((v for k, v in per.items() if k.startswith("workerd")), default=0.0)
+    print(f", busiest workerd {1000 * workerd_cpu / publishes:.2f} ms")
+    if result:
+        d = result["delivery"]
+        print(
+            f"load: {d['per_s']} deliveries/s, p50 {d['latency_ms']['p50']} ms, p99 "
+            f"{d['latency_ms']['p99']} ms, acked {result['publish']['acked']}, order "
+            f"{result['order']['ok']}"
+        )
+    if args.no_profile:
+        return 0
+    path = args.out / f"{name}.cpuprofile"
+    path.write_text(json.dumps(profile))
+    own, total = self_times(profile)
+    print(f"profile: {path} ({total:.0f} ms sampled)")
+    print(f"{'self ms':>9} {'%':>6}  function")
+    for fn, ms in own.most_common(args.top):
+        print(f"{ms:9.1f} {100 * ms / total:6.1f}  {fn}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
