@@ -12,11 +12,11 @@ The SDK converts arguments only for env bindings and `ctx.storage`; `ctx.*` hibe
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import js
-from pyodide.ffi import to_js
+from pyodide.ffi import create_proxy, to_js
 
 try:
     from pyodide.ffi import jsnull
@@ -97,6 +97,29 @@ def raw_binding(wrapper: Any) -> JsObject:
     if raw is None:
         raise TypeError(f"{type(wrapper).__name__} is not a workers SDK binding wrapper")
     return raw
+
+
+def unwrapped(binding: Any) -> JsObject:
+    """Like `raw_binding`, but a JS object that is not wrapped is returned as it is.
+
+    The room calls its storage directly, without the wrapper's conversions (platform.py
+    `DurableObjectSql`), whether it was handed ``ctx.storage`` or the raw storage.
+    """
+    return getattr(binding, "_binding", binding)
+
+
+def sql_binding(value: Any) -> Any:
+    """A value to bind in a raw ``sql.exec``: None as JS null (passed bare it is undefined)."""
+    return jsnull if value is None else value
+
+
+def persistent_function(fn: Callable[[], Any]) -> JsObject:
+    """A JS function that calls ``fn``, for a raw API that calls back synchronously.
+
+    Made once and kept for the object's lifetime: a Python callable passed bare to a raw JS call
+    becomes a new proxy each time, one that is never freed.
+    """
+    return create_proxy(fn)
 
 
 def object_name(ctx: JsObject) -> str | None:

@@ -50,6 +50,7 @@ from rooms.front import (
     offered_subprotocols,
     parse_since,
 )
+from rooms.guest import parse_switch
 from rooms.host import ArchiveBindings, RoomHost
 from rooms.limits import Limits, settings_from_json
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
@@ -99,6 +100,11 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             else settings_from_json(Limits, _var(self.env, "ROOM_LIMITS"), "ROOM_LIMITS")
         )
         self._archive = self._archive_bindings()
+        # One log line per published message only when asked for, as `rooms serve --log-messages`
+        # locally: each line is a console.log that the platform collects (and bills); under
+        # `wrangler dev` a line cost 0.2 ms in workerd and 4 ms in wrangler's own process
+        # (BENCHMARKS.md, "On real workerd").
+        self._log_messages = parse_switch(_var(self.env, "LOG_MESSAGES"), default=False)
         self._name = self._stored_name() or ffi.object_name(self.ctx)
         # Built by the first handler (`_awake`, `_host_for`), synchronously before its first
         # await, so the store's tables exist in time (§4.6) and a failure while rebuilding from
@@ -182,6 +188,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             self._sockets,
             self._room_limits,
             log=emit,
+            log_messages=self._log_messages,
             archive=self._archive,
             alarms=alarms,
         )

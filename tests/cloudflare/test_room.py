@@ -130,7 +130,9 @@ def test_room_name_survives_hibernation_even_when_the_id_has_no_name(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The name read from the first upgrade is stored; a woken room still knows it."""
-    cf = make_cloudflare(hibernate_every_event=True, id_has_name=False)
+    cf = make_cloudflare(
+        hibernate_every_event=True, id_has_name=False, extra_vars={"LOG_MESSAGES": "1"}
+    )
     alice = join(cf, "alice", room="blue-room")
     capsys.readouterr()
     alice.publish("m", "hi")  # handled by a room woken with no URL and no ctx.id.name
