@@ -6,7 +6,8 @@ Python Worker's vendored packages from ``python_modules/`` beside the config fil
 root", the config's directory, not `main`'s), and refuses a python_modules inside the module root
 when the two differ. So the session directory gets a copy of the probe config with an absolute
 `main` and a hard-linked copy of the project's python_modules next to it; the probe sources stay
-where they are (the module root is tests/workerd/probes/src).
+where they are (the module root is tests/workerd/probes/src). The experimental `unsafe_module`
+flag lets the probes evict an object on demand (probes/src/probe.py, `Default.evict`).
 
 Without `make workerd-setup` the tier is skipped, unless ROOMS_WORKERD_REQUIRED=1 (make test).
 """
@@ -104,6 +105,10 @@ class ProbeWorker:
                 return found
             time.sleep(0.1)
 
+    def evict(self, obj: str) -> Any:
+        """Evict the object now (`workerd:unsafe`), as workerd does after 10 s idle."""
+        return self.get(f"/evict/{obj}")
+
     def ws_url(self, obj: str, *tags: str, answer: bool = False, greet: bool = False) -> str:
         query = [f"tag={t}" for t in tags] + [f"answer={int(answer)}", f"greet={int(greet)}"]
         return f"ws://{self.host}/do/{obj}/ws?" + "&".join(query)
@@ -123,8 +128,12 @@ def probe_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProbeWork
     state = json.loads(STATE.read_text())
     modules = Path(state.get("python_modules", PROJECT_ROOT / "python_modules"))
     link_tree(modules, root / "python_modules")
+    # The probe Worker's JS helper, where wrangler bundles .js files as ES modules (probe.py).
+    shutil.copy(PROBES / "unsafe_evict.js", root / "python_modules" / "workers")
     port = free_port()
-    args = ["--config", str(config), *dev_args(port, root / "state")]
+    # Command-line flags replace the configured ones (wrangler.jsonc of the probes says more).
+    args = ["--config", str(config), *dev_args(port, root / "state"),
+            "--compatibility-flag", "unsafe_module"]
     dev = WranglerDev(tools, args, port, root / "wrangler.log")
     dev.start(ready_timeout_s=timeout(120))
     yield ProbeWorker(dev)

@@ -302,6 +302,27 @@ async def test_frames_in_and_out(probe_worker: ProbeWorker, connect: Connect) ->
     await ws.close()
 
 
+@pytest.mark.parametrize("op", ["send_abort", "write_send_abort"])
+async def test_abort_cuts_the_sockets_and_drops_a_send_of_the_same_event(
+    probe_worker: ProbeWorker, connect: Connect, op: str
+) -> None:
+    """ctx.abort(): every hibernatable socket is cut without a close frame (the client sees
+    1006); a frame sent earlier in the same event never leaves and a write made in it is lost,
+    whether or not a write came before the send. So an abort cannot show the output gate at
+    work (docs/cloudflare.md §8)."""
+    obj = probe_worker.name("abort")
+    ws = await connect(probe_worker.ws_url(obj, "a"))
+    await ws.send(json.dumps({"op": op}))
+    with pytest.raises(websockets.ConnectionClosedError) as closed:
+        await asyncio.wait_for(ws.recv(), timeout(10))  # the send before the abort: never
+    assert closed.value.rcvd is None  # no close frame: 1006
+    assert ws.close_code == 1006
+    inits = await events_of(probe_worker, obj, "init")
+    assert [i["constructions"] for i in inits] == [1, 2]  # rebuilt by that request
+    config = await asyncio.to_thread(probe_worker.probe, obj, "config")
+    assert config == {}  # the write made in the aborted event never committed either
+
+
 # ------------------------------------------------------------------------------ storage
 
 
@@ -485,6 +506,59 @@ def test_r2_bodies(probe_worker: ProbeWorker) -> None:
 
 
 # ------------------------------------------------------------------------------ eviction
+
+
+def test_command_line_flags_replace_the_configured_ones(probe_worker: ProbeWorker) -> None:
+    """`wrangler dev --compatibility-flag` replaces wrangler.jsonc's compatibility_flags.
+
+    The probe config lists enable_ctx_version_metadata; the command line (LOCAL_FLAGS and
+    unsafe_module) does not, and it is off. python_workers stays on all the same.
+    """
+    flags = probe_worker.get("/flags")
+    assert flags == {
+        "python_workers": True,
+        "python_workers_development": True,
+        "unsafe_module": True,
+        "web_socket_auto_reply_to_close": True,  # implied by the date, 2026-11-01
+        "python_workers_314": False,
+        "enable_ctx_version_metadata": False,  # configured, but dropped
+    }
+
+
+async def test_an_evicted_object_is_rebuilt_by_its_next_event(
+    probe_worker: ProbeWorker, connect: Connect,
+) -> None:
+    """Evicted on demand (`workerd:unsafe`): sockets stay open with tags and attachments, the
+    runtime answers the auto-response without rebuilding the object, the next message runs
+    __init__ again in the same isolate (module globals survive), and the old instance's
+    WebSocket objects are dead."""
+    obj = probe_worker.name("evicted")
+    ws = await connect(probe_worker.ws_url(obj, "a"))
+    assert await command(ws, op="keep") == {"kept": True}
+    assert await asyncio.to_thread(probe_worker.evict, obj) == {"evicted": True}
+    again = await asyncio.to_thread(probe_worker.evict, obj)
+    assert again == {
+        "evicted": False,
+        "error": "JsException: Error: Cannot evict Durable Object: it is not currently running.",
+    }
+    await ws.send("ping")
+    assert await asyncio.wait_for(ws.recv(), timeout(5)) == "pong"
+    stale = await command(ws, op="use_kept")  # rebuilds the object
+    dead = ("JsException: Error: Cannot perform I/O on behalf of a different Durable Object. "
+            "I/O objects (such as streams, request/response bodies, and others) created in the "
+            "context of one Durable Object cannot be accessed from a different Durable Object "
+            "in the same isolate.")
+    assert stale["same"] is False
+    assert stale["ready_state"].startswith(dead)
+    assert stale["send"].startswith(dead)
+    info = await command(ws, op="info")
+    assert info["constructions"] == 2  # the ping did not construct it
+    assert info["sockets"] == [
+        {"ready_state": 1, "tags": ["a"], "attachment": '{"tags": ["a"], "answer": false}'}
+    ]
+    assert info["auto_response_timestamp"] == "JsProxy:Date"
+    inits = await events_of(probe_worker, obj, "init")
+    assert [i["constructions"] for i in inits] == [1, 2]
 
 
 async def test_an_idle_object_is_evicted_and_rebuilt_while_its_sockets_stay_open(

@@ -10,6 +10,8 @@ Every fact tests/workerd/test_probes.py asserts comes from here. `Default` forwa
 * ``GET /do/{object}/events``: what its handlers recorded (``webSocketClose``, ``alarm``,
   ``__init__``...), kept in its SQLite storage so they survive eviction.
 
+``GET /evict/{object}`` evicts an object now; ``GET /flags`` shows compatibility flags in effect.
+
 Not part of the Worker bundle (src/); runs only in `wrangler dev` for the workerd test tier.
 """
 
@@ -28,6 +30,7 @@ from workers import DurableObject, Response, WorkerEntrypoint
 # Per isolate: how many times `Probe.__init__` ran, per object name. Module globals live as long
 # as the isolate; an evicted object runs __init__ again in the same isolate.
 CONSTRUCTIONS: dict[str, int] = {}
+KEPT: dict[str, Any] = {}  # WebSocket objects kept across an eviction (op "keep")
 
 EVENTS_SCHEMA = """CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -85,11 +88,39 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]
         if path == "/health":
             return Response("ok")
         parts = path.split("/")
+        if path == "/flags":
+            import _cloudflare_compat_flags as flags
+
+            names = ("python_workers", "python_workers_development", "unsafe_module",
+                     "web_socket_auto_reply_to_close", "python_workers_314",
+                     "enable_ctx_version_metadata")
+            return json_response({name: getattr(flags, name, None) for name in names})
+        if len(parts) == 3 and parts[1] == "evict":
+            return await self.evict(parts[2])
         if len(parts) >= 3 and parts[1] == "do" and parts[2]:
             stub = self.env.PROBE.getByName(parts[2])
             response: Response = await stub.fetch(request.js_object)
             return response
         return Response("not found", status=404)
+
+    async def evict(self, name: str) -> Response:
+        """Evict the object ``name`` now, as workerd does after 10 s idle (`workerd:unsafe`).
+
+        Needs the experimental `unsafe_module` flag. `workerd:unsafe` cannot be imported from
+        Python, but a JS module can; wrangler bundles the .js files under
+        python_modules/workers/ as ES modules, so tests/workerd/conftest.py puts
+        probes/unsafe_evict.js there. The object's hibernatable sockets are hibernated, not
+        closed, and its next event rebuilds it.
+        """
+        from workers.utils import import_sdk_javascript_module_async
+
+        unsafe = await import_sdk_javascript_module_async("unsafe_evict.js")
+        stub = self.env.PROBE._binding.getByName(name)  # the raw stub, not the SDK's wrapper
+        try:
+            await unsafe.evict(stub)
+        except Exception as exc:
+            return json_response({"evicted": False, "error": f"{type(exc).__name__}: {exc}"})
+        return json_response({"evicted": True})
 
 
 class Probe(DurableObject):  # type: ignore[misc]
@@ -207,6 +238,17 @@ class Probe(DurableObject):  # type: ignore[misc]
             (other,) = self.ctx.getWebSockets(command["tag"])
             other.send(json.dumps({"from_other": command.get("text")}))
             ws.send(json.dumps({"sent": True}))
+        elif op == "keep":
+            KEPT[self.name] = ws  # a JS object of this instance, kept past its eviction
+            ws.send(json.dumps({"kept": True}))
+        elif op == "use_kept":
+            kept = KEPT[self.name]
+            report = {"same": kept == ws, "ready_state": error_of(lambda: kept.readyState)}
+            if report["ready_state"] is None:
+                report["ready_state"] = kept.readyState
+            # Sends {"via_kept": true} first when the old object still works.
+            report["send"] = error_of(kept.send, json.dumps({"via_kept": True}))
+            ws.send(json.dumps(report))
         elif op == "send_binary":
             ws.send(to_js(b"\x00\x01"))
         elif op == "send_bytes":
@@ -486,6 +528,9 @@ class Probe(DurableObject):  # type: ignore[misc]
             "raw_item": error_of(lambda: raw_sql["databaseSize"]),
             "types": [kind(first_attr), kind(first_item)],
         }
+
+    async def probe_config(self, query: dict[str, str]) -> dict[str, Any]:
+        return {r["key"]: r["value"] for r in self.sql.exec("SELECT key, value FROM config")}
 
     async def probe_kv(self, query: dict[str, str]) -> dict[str, Any]:
         storage = self.ctx.storage
