@@ -164,6 +164,27 @@ def test_close_and_vanish_announce_leaves(world_any: World) -> None:
     assert states.count(1) == 1  # only alice's socket is still open
 
 
+@pytest.mark.parametrize("how", ["close", "drop"])
+@pytest.mark.xfail(strict=True, reason="src bug: a room woken by a close event announces the "
+                   "leave with the user id as the member's name")
+def test_a_leave_announced_by_a_woken_room_names_the_member(world: World, how: str) -> None:
+    """The leave carries the member's display name, as an awake room's does.
+
+    A room evicted while its sockets stay open (workerd does so after 10 s idle) is rebuilt by
+    the close event itself. The closing socket is then CLOSING (measured in workerd), so the
+    rebuilt room leaves it out, and `RoomEngine.disconnect` falls back to the user id for the
+    name: `{"user_id": "bob", "name": "bob"}` instead of "Bob".
+    """
+    alice, bob = join(world, "alice"), join(world, "bob")
+    world.evict("lobby")
+    if how == "close":
+        bob.close(1000, "bye")
+    else:
+        bob.drop()
+    leaves = [p["member"] for p in alice.frames("presence") if p["event"] == "leave"]
+    assert leaves == [{"user_id": "bob", "name": "Bob"}]
+
+
 def test_two_rooms_are_separate_objects(world: World) -> None:
     alice = join(world, "alice", room="one")
     bob = join(world, "bob", room="two")
