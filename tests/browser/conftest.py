@@ -2,6 +2,8 @@
 
 One headless browser per session (a fresh profile, loopback only); every test gets its own
 server on an ephemeral port and its own browser contexts (separate storage: separate users).
+Tests that take `chat_server` instead run against the real workerd too (`wrangler dev`, shared
+with tests/e2e through tests/workerd_service.py, its state living all session).
 The browser comes from scripts/setup-browser.sh (`make browser`), never from `playwright install`.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,9 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from roomsd.config import Settings
 from tests.conftest import timeout
 from tests.local.conftest import RunningServer, make_settings, start_server
+from tests.workerd_service import Profile, WorkerdPool, workerd_pool
+
+__all__ = ["workerd_pool"]  # the session fixture, registered for this directory
 
 CHROMIUM = Path(os.environ.get("ROOMS_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -177,6 +183,35 @@ async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
     yield servers
     for server in list(servers.running):
         await servers.stop(server)
+
+
+@dataclass(frozen=True)
+class ChatServer:
+    """A running service the page can be pointed at, on either runtime."""
+
+    runtime: str
+    base: str  # host:port
+
+    def room(self, prefix: str) -> str:
+        """``prefix`` on a fresh local server; a name of its own on workerd (state is shared)."""
+        return prefix if self.runtime == "local" else f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    def artifact(self, name: str) -> Path:
+        """``name`` locally, ``name-<runtime>`` otherwise (same suffix)."""
+        if self.runtime == "local":
+            return artifact_path(name)
+        stem, _, suffix = name.rpartition(".")
+        return artifact_path(f"{stem}-{self.runtime}.{suffix}")
+
+
+@pytest_asyncio.fixture(loop_scope="session", params=["local", "workerd"])
+async def chat_server(request: pytest.FixtureRequest, servers: Servers) -> ChatServer:
+    """The local runtime (a fresh server) or the real workerd with the default e2e profile."""
+    if request.param == "workerd":
+        pool: WorkerdPool = request.getfixturevalue("workerd_pool")
+        dev = await asyncio.to_thread(pool.get, Profile())
+        return ChatServer("workerd", f"127.0.0.1:{dev.port}")
+    return ChatServer("local", (await servers.start()).base)
 
 
 def artifact_path(name: str) -> Path:

@@ -15,7 +15,14 @@ from playwright.async_api import expect
 
 from rooms.auth import mint_token
 from rooms.limits import Limits
-from tests.browser.conftest import BROWSER_TEST, Person, PersonFactory, Servers, artifact_path
+from tests.browser.conftest import (
+    BROWSER_TEST,
+    ChatServer,
+    Person,
+    PersonFactory,
+    Servers,
+    artifact_path,
+)
 from tests.browser.proxy import CuttableProxy
 from tests.local.conftest import SECRET, RunningServer, recv_json, recv_until
 
@@ -73,14 +80,16 @@ def bodies(log: list[tuple[int, str]]) -> list[str]:
 
 
 async def test_two_people_see_each_others_messages_in_the_same_order(
-    servers: Servers, people: PersonFactory
+    chat_server: ChatServer, people: PersonFactory
 ) -> None:
-    """Two contexts, interleaved sends: one order, gapless seqs, own messages marked, typing."""
-    server = await servers.start()
+    """Two contexts, interleaved sends: one order, gapless seqs, own messages marked, typing.
+
+    On the local runtime and in the real workerd."""
+    room = chat_server.room("lobby")
     ada = await people(viewport={"width": 1100, "height": 720})
     bob = await people()
-    await ada.join(server.base, "lobby", "Ada")
-    await bob.join(server.base, "lobby", "Bob")
+    await ada.join(chat_server.base, room, "Ada")
+    await bob.join(chat_server.base, room, "Bob")
     await expect(ada.page.locator("#people-list li")).to_have_text(["Ada (you)", "Bob"])
     await expect(bob.page.locator("#people-count")).to_have_text("2 here")
 
@@ -111,7 +120,7 @@ async def test_two_people_see_each_others_messages_in_the_same_order(
     await bob.page.fill("#body", "Same order on both screens")
     await expect(ada.page.locator("#typing")).to_have_text("Bob is typing…")
     await ada.page.fill("#body", "Looks good")
-    await ada.page.screenshot(path=str(artifact_path("chat-desktop.png")))
+    await ada.page.screenshot(path=str(chat_server.artifact("chat-desktop.png")))
 
     await bob.page.click("#leave")  # Bob's only socket goes: Ada's page applies the `leave`
     await expect(ada.page.locator("#people-list li")).to_have_text(["Ada (you)"])
