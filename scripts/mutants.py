@@ -79,16 +79,11 @@ MUTANTS = (
     Mutant(
         "cached-database-size",
         "DurableObjectSql.size_bytes reads databaseSize through the SDK's caching wrapper",
-        (
-            # size_bytes on the SDK-wrapped storage (reads the subscript, afresh)
-            (("objects/platform.py", 'return int(self._sql["databaseSize"])',
-              "return int(self._sql.databaseSize)"),),
-            # size_bytes on the raw binding: read the wrapper's attribute instead
-            (("objects/platform.py", "self._sql = self._storage.sql\n",
-              "self._sql = self._storage.sql\n        self._wrapped_sql = storage.sql\n"),
-             ("objects/platform.py", "return int(self._sql.databaseSize)",
-              "return int(self._wrapped_sql.databaseSize)")),
-        ),
+        # DurableObjectSql works on the raw binding; read the wrapper's attribute instead.
+        ((("objects/platform.py", "self._sql = self._storage.sql\n",
+           "self._sql = self._storage.sql\n        self._wrapped_sql = storage.sql\n"),
+          ("objects/platform.py", "return int(self._sql.databaseSize)",
+           "return int(self._wrapped_sql.databaseSize)")),),
     ),
 )
 

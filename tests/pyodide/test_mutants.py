@@ -9,9 +9,13 @@ until its client answers, and `databaseSize` through the SDK's wrapper keeps its
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from rooms.archive import ArchivePolicy
 from rooms.segments import segment_key
@@ -120,3 +124,24 @@ def test_storage_bytes_are_read_afresh(world: World) -> None:
     assert isinstance(first, int)
     assert isinstance(second, int)
     assert second > first
+
+
+def test_every_mutant_still_applies_to_src(tmp_path: Path) -> None:
+    """scripts/mutants.py must keep up with src/: each mutant changes a copy of it."""
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("mutants", root / "scripts" / "mutants.py")
+    assert spec is not None
+    assert spec.loader is not None
+    mutants = importlib.util.module_from_spec(spec)
+    sys.modules["mutants"] = mutants  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(mutants)
+        for mutant in mutants.MUTANTS:
+            copy = tmp_path / mutant.name
+            shutil.copytree(root / "src", copy, ignore=shutil.ignore_patterns("__pycache__"))
+            before = {p: p.read_text() for p in copy.rglob("*.py")}
+            mutants.apply(mutant, copy)
+            changed = [p for p, text in before.items() if p.read_text() != text]
+            assert changed, mutant.name
+    finally:
+        del sys.modules["mutants"]
