@@ -1,7 +1,8 @@
 """Start, wait for and stop `wrangler dev` running the Worker in the real, pinned workerd.
 
 Everything here is local-only. The production `wrangler.jsonc` stays as deployed; the flags that
-make workerd run our own Pyodide bundle are added on the command line (`LOCAL_FLAGS`), and workerd
+make workerd run our own Pyodide bundle are given on the command line (`LOCAL_FLAGS`, after the
+configured ones, which a command-line flag would otherwise replace), and workerd
 itself is started through scripts/workerd/workerd-offline, which tells it where that bundle is.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,21 +21,59 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STATE = PROJECT_ROOT / ".cache" / "workerd" / "state.json"
 
+WRANGLER_CONFIG = PROJECT_ROOT / "wrangler.jsonc"
+
 # `python_workers_development` selects the dev bundle (pyodide_dev.capnp.bin), the one workerd
 # loads without checking its hash against the released bundles'. The highest Python flag wins, so
-# the ones our compatibility date turns on are switched off beside it. These flags add to the
-# configured ones (python_workers stays on).
+# the ones our compatibility date turns on are switched off beside it. `--compatibility-flag` on
+# the command line *replaces* wrangler.jsonc's list, so `dev_args` passes that list first.
 LOCAL_FLAGS: tuple[str, ...] = (
     "python_workers_development",
     "no_python_workers_314",
     "no_python_workers_20260610",
     "no_python_workers_20250116",
 )
+
+
+def read_jsonc(path: Path) -> Any:
+    """A JSONC file (// and /* */ comments, trailing commas) as wrangler reads it."""
+    text = path.read_text()
+    out: list[str] = []
+    i, in_string = 0, False
+    while i < len(text):
+        char = text[i]
+        if in_string:
+            out.append(char)
+            if char == "\\":
+                out.append(text[i + 1])
+                i += 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+            out.append(char)
+        elif text.startswith("//", i):
+            i = text.find("\n", i)
+            i = len(text) if i < 0 else i
+            continue
+        elif text.startswith("/*", i):
+            i = text.index("*/", i) + 2
+            continue
+        else:
+            out.append(char)
+        i += 1
+    return json.loads(re.sub(r",(\s*[}\]])", r"\1", "".join(out)))
+
+
+def wrangler_config() -> dict[str, Any]:
+    """The production wrangler.jsonc."""
+    config: dict[str, Any] = read_jsonc(WRANGLER_CONFIG)
+    return config
 
 
 class WorkerdNotInstalledError(RuntimeError):
@@ -94,7 +134,7 @@ def dev_args(
     args = ["dev", "--ip", "127.0.0.1", "--port", str(port), "--persist-to", str(persist_to)]
     args += ["--inspector-port", str(free_port()), "--show-interactive-dev-session=false"]
     args += ["--live-reload=false"]
-    for flag in LOCAL_FLAGS:
+    for flag in [*wrangler_config().get("compatibility_flags", []), *LOCAL_FLAGS]:
         args += ["--compatibility-flag", flag]
     if env_file is not None:
         args += ["--env-file", str(env_file)]

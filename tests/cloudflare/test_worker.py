@@ -267,7 +267,7 @@ def test_guest_tokens_are_off_unless_the_var_turns_them_on() -> None:
 def test_the_shipped_vars_let_the_chat_page_sign_in_and_only_from_this_origin() -> None:
     """With wrangler.jsonc's vars as deployed (plus the JWT_SECRET secret), the chat page served
     by the Worker gets a guest token and opens a room with it; another site's page gets neither."""
-    from tests.deploy.project import wrangler_config
+    from workerd.wrangler import wrangler_config
 
     shipped = {name: str(value) for name, value in wrangler_config()["vars"].items()}
     cf = make_cloudflare(allowed_origins=None, extra_vars=shipped)

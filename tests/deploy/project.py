@@ -2,52 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-WRANGLER_CONFIG = ROOT / "wrangler.jsonc"
 PINS = ROOT / "tests" / "pyodide" / "requirements-pyodide.txt"
 README = ROOT / "README.md"
 DEPLOY_HEADING = "## Deploy to Cloudflare"
-
-
-def read_jsonc(path: Path) -> Any:
-    """A JSONC file (// and /* */ comments, trailing commas) as wrangler reads it."""
-    text = path.read_text()
-    out: list[str] = []
-    i, in_string = 0, False
-    while i < len(text):
-        char = text[i]
-        if in_string:
-            out.append(char)
-            if char == "\\":
-                out.append(text[i + 1])
-                i += 1
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-            out.append(char)
-        elif text.startswith("//", i):
-            i = text.find("\n", i)
-            i = len(text) if i < 0 else i
-            continue
-        elif text.startswith("/*", i):
-            i = text.index("*/", i) + 2
-            continue
-        else:
-            out.append(char)
-        i += 1
-    return json.loads(re.sub(r",(\s*[}\]])", r"\1", "".join(out)))
-
-
-def wrangler_config() -> dict[str, Any]:
-    config: dict[str, Any] = read_jsonc(WRANGLER_CONFIG)
-    return config
 
 
 def normalize(name: str) -> str:

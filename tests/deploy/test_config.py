@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.project import ROOT, readme_deploy_commands, wrangler_config
-from workerd.wrangler import LOCAL_FLAGS, Toolchain
+from tests.deploy.project import ROOT, readme_deploy_commands
+from workerd.wrangler import LOCAL_FLAGS, Toolchain, wrangler_config
 
 MAKEFILE = ROOT / "Makefile"
 WRANGLER = "node_modules/.bin/wrangler"
