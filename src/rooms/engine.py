@@ -110,20 +110,18 @@ class RoomEngine:
             effects.append(SavePeer(peer))
         return effects
 
-    def disconnect(self, conn_id: str, user_id: str | None, now_ms: int) -> list[Effect]:
+    def disconnect(self, gone: Peer, now_ms: int) -> list[Effect]:
         """A socket closed or failed. Broadcasts a leave when it was the user's last socket.
 
-        ``user_id`` (from the socket's attachment) lets a rebuilt room announce the leave of a
-        socket it no longer tracks, so a member never lingers as a ghost.
+        ``gone`` is the socket's peer as its attachment holds it: a rebuilt room that no longer
+        tracks the socket still announces the leave, under the member's own name, so a member
+        never lingers as a ghost.
         """
-        peer = self.peers.pop(conn_id, None)
-        was_joined = peer.joined if peer else True
-        user_id = peer.user_id if peer else user_id
-        effects: list[Effect] = [Log("disconnect", conn_id, user_id)]
-        if user_id is None or not was_joined or self._user_present(user_id):
+        peer = self.peers.pop(gone.conn_id, None) or gone
+        effects: list[Effect] = [Log("disconnect", peer.conn_id, peer.user_id)]
+        if not peer.joined or self._user_present(peer.user_id):
             return effects
-        name = peer.name if peer else user_id
-        presence = Presence(event="leave", member=Member(user_id=user_id, name=name))
+        presence = Presence(event="leave", member=Member(user_id=peer.user_id, name=peer.name))
         effects.append(Broadcast(self._joined_ids(), encode(presence)))
         return effects
 

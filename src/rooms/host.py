@@ -156,8 +156,7 @@ class RoomHost(Generic[S]):
         if peer.closed:  # we closed it and announced the leave already
             self.engine.peers.pop(peer.conn_id, None)
             return
-        user_id = peer.user_id if peer.joined else None
-        await self._apply(self.engine.disconnect(peer.conn_id, user_id, self._clock_ms()), started)
+        await self._apply(self.engine.disconnect(peer, self._clock_ms()), started)
 
     # ----------------------------------------------------------------------- effects
 
@@ -349,6 +348,4 @@ class RoomHost(Generic[S]):
             self.sockets.close(ws, code, reason)
         except Exception as exc:
             self._log(log_line(self.room, Log("close_failed", conn_id, code=type(exc).__name__)))
-        user_id = peer.user_id if peer.joined else None
-        disconnect = self.engine.disconnect(conn_id, user_id, self._clock_ms())
-        await self._apply(disconnect, time.perf_counter())
+        await self._apply(self.engine.disconnect(peer, self._clock_ms()), time.perf_counter())

@@ -165,8 +165,6 @@ def test_close_and_vanish_announce_leaves(world_any: World) -> None:
 
 
 @pytest.mark.parametrize("how", ["close", "drop"])
-@pytest.mark.xfail(strict=True, reason="src bug: a room woken by a close event announces the "
-                   "leave with the user id as the member's name")
 def test_a_leave_announced_by_a_woken_room_names_the_member(world: World, how: str) -> None:
     """The leave carries the member's display name, as an awake room's does.
 
