@@ -136,7 +136,9 @@ def authorized(headers: Mapping[str, str], admin_token: str | None) -> bool:
         return False  # no admin token configured: the API is closed
     given = headers.get("authorization", "")
     expected = f"Bearer {admin_token}"
-    return hmac.compare_digest(given.encode(), expected.encode())
+    # surrogateescape: a header byte that is not UTF-8 (the local server keeps it as a lone
+    # surrogate) is a wrong token, not an error.
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 def _reply(model: BaseModel, status: int = 200) -> HttpReply:
@@ -212,7 +214,9 @@ class AdminApi:
         cursor = query.get("cursor")
         if cursor:
             activity, _, name = cursor.partition(":")
-            if not activity.isdigit() or not name:
+            if not (activity.isascii() and activity.isdigit() and name) or (
+                int(activity) > MAX_SEQ  # past what SQLite, D1 and JavaScript hold exactly
+            ):
                 raise ValueError("`cursor` is not one this API returned")
             rows = await self.db.all(
                 "SELECT * FROM rooms WHERE (last_activity_ms, name) < (?, ?) "

@@ -1,0 +1,47 @@
+"""Hostile input to the admin API gets the JSON error shape, never a 500, on every runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.conftest import timeout
+from tests.e2e.conftest import ServiceBase
+
+pytestmark = pytest.mark.integration
+
+
+async def raw_request(service: ServiceBase, request: bytes) -> tuple[int, bytes]:
+    """Send bytes no HTTP client library would, and return (status, body)."""
+    host, port = service.base.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), timeout(30))
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def test_an_authorization_header_that_is_not_utf8_is_a_401(service: ServiceBase) -> None:
+    status, body = await raw_request(
+        service,
+        b"GET /admin/rooms HTTP/1.1\r\nHost: "
+        + service.base.encode()
+        + b"\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n",
+    )
+    assert status == 401
+    assert json.loads(body)["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    "cursor", ["12345678901234567890123:lobby", "\u00b2:lobby", "12:", "x:y", "-1:lobby"]
+)
+async def test_a_cursor_this_api_never_returned_is_a_400(service: ServiceBase, cursor: str) -> None:
+    reply = await service.admin("GET", f"/admin/rooms?cursor={cursor}")
+    assert reply.status == 400
+    assert reply.json()["error"]["code"] == "bad_request"
