@@ -269,7 +269,7 @@ def sweep(
                 "--concurrency", "100", "--connect-timeout", "60", "--drain-timeout", "15",
                 "--room-prefix", f"{name}-{rate:g}-",
             ]  # fmt: skip
-            result = loadtest(server, "fanout", f"workerd-{name}-{rate:g}", args)
+            result = loadtest(server, "fanout", f"workerd-{name}-{rate:g}".replace(".", "p"), args)
             step = step_summary(result, offered, result.get("server", {}).get("cpu_s_sending", 0))
             step["rate_per_room"] = rate
             steps.append(step)
@@ -361,11 +361,11 @@ def markdown(section: dict[str, Any]) -> list[str]:
         )
         lines.append(
             f"| {label} | highest rate kept up, deliveries/s | {fmt(run['kept_up'])} | "
-            f"{fmt(demo['kept_up'])} |"
+            f"{fmt(demo['kept_up']) if demo['kept_up'] else '-'} |"
         )
         lines.append(
             f"| {label} | deliveries per CPU-second | {fmt(run['per_cpu_s'])} | "
-            f"{fmt(demo['per_cpu_s'])} |"
+            f"{fmt(demo['per_cpu_s']) if demo['per_cpu_s'] else '-'} |"
         )
     for name, label in (
         ("storm-100x10", "1,000 clients into 100 new rooms"),
