@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from rooms.archive import ArchiveReader, Database
-from rooms.front import ROOM_NAME, HttpReply, error_reply
+from rooms.front import BAD_ROOM_NAME, ROOM_NAME, HttpReply, error_reply
 from rooms.protocol import Message
 
 MAX_READ_RANGE = 1000
@@ -192,7 +192,7 @@ class AdminApi:
             return error_reply(404, "not_found", "no such admin route")
         room, sub = match.group(1), match.group(2)
         if not ROOM_NAME.fullmatch(room):
-            return error_reply(400, "bad_room_name", "room names are 1-64 chars of [A-Za-z0-9._-]")
+            return error_reply(400, "bad_room_name", BAD_ROOM_NAME)
         if sub is None:
             return await self._only(method, "GET") or await self.inspect(room)
         if sub == "segments":

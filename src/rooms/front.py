@@ -14,7 +14,10 @@ from urllib.parse import quote, unquote
 
 from rooms.auth import AuthError, Identity, verify_token
 
-ROOM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# "." and ".." name no file or object key anywhere (a directory of the local R2, a path segment
+# that URL parsers remove), so they are refused with the rest, before any room exists.
+ROOM_NAME = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._-]{1,64}")
+BAD_ROOM_NAME = "room names are 1-64 chars of [A-Za-z0-9._-], other than . and .."
 ROOM_PATH = re.compile(r"/rooms/([^/]*)/ws")
 GUEST_PATH = "/auth/guest"
 # ALLOWED_ORIGINS="*" alone: pages of any origin may open rooms and get guest tokens.
@@ -161,7 +164,7 @@ def _route_upgrade(
     own_origin: str | None,
 ) -> HttpReply | ForwardUpgrade:
     if not ROOM_NAME.fullmatch(room):
-        return error_reply(400, "bad_room_name", "room names are 1-64 chars of [A-Za-z0-9._-]")
+        return error_reply(400, "bad_room_name", BAD_ROOM_NAME)
     if method != "GET":
         return error_reply(405, "method_not_allowed", "open the room with a GET upgrade")
     if headers.get("upgrade", "").lower() != "websocket":

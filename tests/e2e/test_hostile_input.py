@@ -1,4 +1,4 @@
-"""Hostile input to the admin API gets the JSON error shape, never a 500, on every runtime."""
+"""Hostile input gets the documented refusal, never a 500 or an upgrade, on every runtime."""
 
 from __future__ import annotations
 
@@ -45,3 +45,20 @@ async def test_a_cursor_this_api_never_returned_is_a_400(service: ServiceBase, c
     reply = await service.admin("GET", f"/admin/rooms?cursor={cursor}")
     assert reply.status == 400
     assert reply.json()["error"]["code"] == "bad_request"
+
+
+@pytest.mark.parametrize("name", [".", "..", "%2e", "%2E%2e"])
+async def test_dot_room_names_are_never_opened(service: ServiceBase, name: str) -> None:
+    """ "." and ".." name no file or storage key: refused before any room exists. Sent raw, as
+    a hostile client would (HTTP clients remove dot segments); workerd's URL parser removes them
+    too, so there the path is no room's at all."""
+    token = service.token("alice")
+    status, body = await raw_request(
+        service,
+        f"GET /rooms/{name}/ws?token={token}&since=0 HTTP/1.1\r\nHost: {service.base}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nConnection: close\r\n\r\n".encode(),
+    )
+    assert status in (400, 404)
+    if status == 400:
+        assert json.loads(body)["error"]["code"] == "bad_room_name"
