@@ -1,7 +1,8 @@
 """Who is connecting: HS256 JWT verification for every upgrade.
 
 Claims: ``sub`` is the user id (required), ``exp`` is required, ``name`` is an optional display
-name. Only HS256 is accepted, so ``alg: none`` and algorithm-confusion tokens fail.
+name (default: ``sub``, cut to 64 characters). Only HS256 is accepted, so ``alg: none`` and
+algorithm-confusion tokens fail.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ ALGORITHM = "HS256"
 MAX_USER_ID_CHARS = 128
 MAX_NAME_CHARS = 64
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_SUB = f"`sub` must be a non-empty string of at most {MAX_USER_ID_CHARS} chars"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +52,15 @@ def verify_token(token: str, secret: str, *, leeway_s: int = 5) -> Identity:
         raise AuthError("token_expired", "the token has expired") from None
     except jwt.MissingRequiredClaimError as exc:
         raise AuthError("token_claims", f"the token lacks the {exc.claim!r} claim") from None
+    except jwt.exceptions.InvalidSubjectError:  # a well-signed token whose `sub` is no string
+        raise AuthError("token_claims", _BAD_SUB) from None
     except jwt.InvalidTokenError:
         raise AuthError("token_invalid", "the token is not valid") from None
     user_id = claims.get("sub")
-    name = claims.get("name", user_id)
     if not _valid_text(user_id, MAX_USER_ID_CHARS):
-        raise AuthError("token_claims", "`sub` must be a non-empty string of at most 128 chars")
+        raise AuthError("token_claims", _BAD_SUB)
+    # Without `name`, the display name is the user id, cut to the longest name allowed.
+    name = claims["name"] if "name" in claims else user_id[:MAX_NAME_CHARS]
     if not _valid_text(name, MAX_NAME_CHARS):
         raise AuthError("token_claims", "`name` must be a non-empty string of at most 64 chars")
     return Identity(user_id=user_id, name=name)

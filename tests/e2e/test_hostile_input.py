@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
+import jwt
 import pytest
 
 from tests.conftest import timeout
-from tests.e2e.conftest import ServiceBase
+from tests.e2e.conftest import SECRET, ServiceBase, expect_http_error, recv_until
 
 pytestmark = pytest.mark.integration
 
@@ -62,3 +64,22 @@ async def test_dot_room_names_are_never_opened(service: ServiceBase, name: str) 
     assert status in (400, 404)
     if status == 400:
         assert json.loads(body)["error"]["code"] == "bad_room_name"
+
+
+async def test_a_long_user_id_without_a_name_is_named_by_its_first_64_chars(
+    service: ServiceBase,
+) -> None:
+    """`sub` may be 128 chars and `name` defaults to it: cut to the 64 a name may have."""
+    user_id = "u" * 100 + "z" * 28
+    async with await service.connect(service.room("long-sub"), user_id) as ws:
+        welcome = await recv_until(ws, "welcome")
+    assert welcome["user_id"] == user_id
+    assert welcome["presence"] == [{"user_id": user_id, "name": "u" * 64}]
+
+
+@pytest.mark.parametrize("sub", [5, ["a"], {"a": 1}])
+async def test_a_signed_token_whose_sub_is_no_string_is_refused_for_its_claims(
+    service: ServiceBase, sub: object
+) -> None:
+    token = jwt.encode({"sub": sub, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
+    await expect_http_error(service.url(service.room("sub"), token=token), 401, "token_claims")
