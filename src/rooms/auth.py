@@ -17,7 +17,11 @@ import jwt
 ALGORITHM = "HS256"
 MAX_USER_ID_CHARS = 128
 MAX_NAME_CHARS = 64
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# No user id or display name may hold C0 or C1 controls, line or paragraph separators, or the
+# bidirectional formatting controls that can make one name display as another.
+FORBIDDEN_NAME_CHARS = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]"
+)
 _BAD_SUB = f"`sub` must be a non-empty string of at most {MAX_USER_ID_CHARS} chars"
 
 
@@ -57,11 +61,11 @@ def verify_token(token: str, secret: str, *, leeway_s: int = 5) -> Identity:
     except jwt.InvalidTokenError:
         raise AuthError("token_invalid", "the token is not valid") from None
     user_id = claims.get("sub")
-    if not _valid_text(user_id, MAX_USER_ID_CHARS):
+    if not valid_text(user_id, MAX_USER_ID_CHARS):
         raise AuthError("token_claims", _BAD_SUB)
     # Without `name`, the display name is the user id, cut to the longest name allowed.
     name = claims["name"] if "name" in claims else user_id[:MAX_NAME_CHARS]
-    if not _valid_text(name, MAX_NAME_CHARS):
+    if not valid_text(name, MAX_NAME_CHARS):
         raise AuthError("token_claims", "`name` must be a non-empty string of at most 64 chars")
     return Identity(user_id=user_id, name=name)
 
@@ -74,7 +78,10 @@ def mint_token(secret: str, user_id: str, name: str | None = None, ttl_s: int = 
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def _valid_text(value: object, max_chars: int) -> TypeGuard[str]:
+def valid_text(value: object, max_chars: int) -> TypeGuard[str]:
+    """The one rule for user ids and display names, in tokens and from the guest endpoint."""
     return (
-        isinstance(value, str) and 0 < len(value) <= max_chars and not _CONTROL_CHARS.search(value)
+        isinstance(value, str)
+        and 0 < len(value) <= max_chars
+        and not FORBIDDEN_NAME_CHARS.search(value)
     )

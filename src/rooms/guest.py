@@ -8,7 +8,9 @@ client's address (locally the peer address, on Cloudflare ``cf-connecting-ip``) 
 
 Request: ``{"name": "Ada"}``, optionally with ``"token"``: a guest token this endpoint issued
 (still valid, or expired less than ``renew_grace_s`` ago) to renew it under the same user id, so
-that a page's retransmits stay idempotent. Reply: ``{"token", "user_id", "name", "expires_ms"}``.
+that a page's retransmits stay idempotent. Every token carries ``guest_since``, when its user id
+was first issued; renewals stop ``max_identity_s`` after it, so an identity cannot live forever.
+Reply: ``{"token", "user_id", "name", "expires_ms"}``.
 Each client address has a token bucket; the buckets live in this object's memory (per isolate
 on Cloudflare), which is a speed bump, not a quota.
 
@@ -26,12 +28,11 @@ from dataclasses import dataclass
 
 import jwt
 
-from rooms.auth import ALGORITHM, MAX_NAME_CHARS
+from rooms.auth import ALGORITHM, FORBIDDEN_NAME_CHARS, MAX_NAME_CHARS, valid_text
 from rooms.front import HttpReply, error_reply
 
 GUEST_PREFIX = "guest-"
 GUEST_USER_ID = re.compile(r"guest-[0-9a-f]{16}")
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SWITCH_ON = frozenset({"1", "true", "yes", "on"})
 _SWITCH_OFF = frozenset({"0", "false", "no", "off", ""})
 NO_STORE = (("content-type", "application/json"), ("cache-control", "no-store"))
@@ -55,6 +56,7 @@ class GuestPolicy:
     burst: int = 10  # tokens one client may fetch at once ...
     refill_s: float = 6.0  # ... and one more every `refill_s` seconds (10 a minute)
     renew_grace_s: int = 24 * 3600  # an expired guest token may be renewed this long after
+    max_identity_s: int = 7 * 24 * 3600  # ... but no renewal once its user id is this old
     max_clients: int = 10_000  # buckets kept; full (idle) buckets are dropped first
     max_body_bytes: int = 2048
 
@@ -93,29 +95,34 @@ class GuestIssuer:
         if not isinstance(request, dict):
             return error_reply(400, "bad_request", 'send a JSON object: {"name": "..."}')
         name = request.get("name")
+        # Controls are refused before spaces are collapsed, so "a\nb" never becomes "a b".
+        if isinstance(name, str) and FORBIDDEN_NAME_CHARS.search(name):
+            return error_reply(
+                400, "bad_name", "`name` may not contain control or direction characters"
+            )
         if isinstance(name, str):
             name = " ".join(name.split())
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+        if not valid_text(name, MAX_NAME_CHARS):
             return error_reply(400, "bad_name", "`name` must be 1-64 characters")
-        if _CONTROL_CHARS.search(name):
-            return error_reply(400, "bad_name", "`name` may not contain control characters")
         old = request.get("token")
+        now_s = now_ms // 1000
         if old is None:
-            user_id = self._random_user_id()
+            user_id, since = self._random_user_id(), now_s
         elif isinstance(old, str):
-            renewed = self._renewable_user_id(old, secret, now_ms)
+            renewed = self._renewable(old, secret, now_s)
             if isinstance(renewed, HttpReply):
                 return renewed
-            user_id = renewed
+            user_id, since = renewed
         else:
             return error_reply(400, "bad_request", "`token` must be a string")
-        exp = now_ms // 1000 + self.policy.ttl_s
-        claims = {"sub": user_id, "name": name, "exp": exp, "guest": True}
+        exp = now_s + self.policy.ttl_s
+        claims = {"sub": user_id, "name": name, "exp": exp, "guest": True, "guest_since": since}
         token = jwt.encode(claims, secret, algorithm=ALGORITHM)
         answer = {"token": token, "user_id": user_id, "name": name, "expires_ms": exp * 1000}
         return HttpReply(200, json.dumps(answer).encode(), NO_STORE)
 
-    def _renewable_user_id(self, token: str, secret: str, now_ms: int) -> str | HttpReply:
+    def _renewable(self, token: str, secret: str, now_s: int) -> tuple[str, int] | HttpReply:
+        """The user id and first-issue time a renewal keeps, or why it is refused."""
         try:
             claims = jwt.decode(
                 token,
@@ -133,9 +140,14 @@ class GuestIssuer:
             or not isinstance(exp, int)
         ):
             return error_reply(401, "token_invalid", "only guest tokens can be renewed here")
-        if exp + self.policy.renew_grace_s < now_ms // 1000:
+        if exp + self.policy.renew_grace_s < now_s:
             return error_reply(401, "token_expired", "the token expired too long ago to renew")
-        return user_id
+        since = claims.get("guest_since")
+        if not isinstance(since, int):  # issued before identities had an age
+            since = exp - self.policy.ttl_s
+        if now_s - since > self.policy.max_identity_s:
+            return error_reply(401, "token_expired", "this guest identity is too old to renew")
+        return user_id, since
 
     def _take(self, client: str, now_s: float) -> float:
         """Take one token from ``client``'s bucket: 0 if granted, else seconds until one is."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rooms.auth import mint_token, verify_token
+from rooms.auth import AuthError, mint_token, verify_token
 from rooms.front import GUEST_TOKEN_REQUEST, FrontConfig, HttpReply, route
 from rooms.guest import GUEST_USER_ID, GuestIssuer, GuestPolicy, parse_switch
 
@@ -102,6 +102,9 @@ def test_every_request_draws_a_new_user_id() -> None:
         (body({"name": 7}), 400, "bad_name"),
         (body({"name": "x" * 65}), 400, "bad_name"),
         (body({"name": "bell\x07"}), 400, "bad_name"),
+        # Controls are refused before whitespace is collapsed, bidi overrides everywhere.
+        *[(body({"name": f"a{char}b"}), 400, "bad_name")
+          for char in ["\n", "\t", "\r", "\x1f", "\x85", "\u2028", "\u202e", "\u2066"]],
         (body({"name": "ok", "token": 5}), 400, "bad_request"),
         (body({"name": "x" * 5000}), 413, "body_too_large"),
     ],
@@ -185,3 +188,28 @@ def test_parse_switch(raw: str | None, default: bool, expected: bool) -> None:
 def test_parse_switch_refuses_anything_else() -> None:
     with pytest.raises(ValueError, match="maybe"):
         parse_switch("maybe", True)
+
+
+def test_renewal_ends_when_the_identity_is_older_than_its_maximum_age() -> None:
+    """Renewing forever would keep one guest id alive forever: renewals keep the first issue
+    time (`guest_since`) and stop after `max_identity_s`, however fresh the last token is."""
+    issuer = GuestIssuer(GuestPolicy(ttl_s=3600, renew_grace_s=3600, max_identity_s=3 * 3600))
+    now = now_ms()
+    token = answer(issuer.handle(body({"name": "Ada"}), "c", SECRET, now))["token"]
+    user_id = verify_token(token, SECRET).user_id
+    for hour in (1, 2, 3):  # renewed every hour, each time while valid
+        at = now + hour * 3600 * 1000
+        renewed = answer(issuer.handle(body({"name": "Ada", "token": token}), "c", SECRET, at))
+        assert renewed["user_id"] == user_id
+        token = renewed["token"]
+    late = now + (3 * 3600 + 60) * 1000  # the last token is still valid, the identity too old
+    reply = issuer.handle(body({"name": "Ada", "token": token}), "c", SECRET, late)
+    assert (reply.status, error_code(reply)) == (401, "token_expired")
+
+
+def test_a_token_name_with_control_or_direction_characters_is_refused() -> None:
+    """One rule for names: what the guest endpoint refuses, a token may not carry either."""
+    for char in ["\n", "\x85", "\u202e", "\u200f"]:
+        with pytest.raises(AuthError) as refused:
+            verify_token(mint_token(SECRET, "alice", name=f"a{char}b"), SECRET)
+        assert refused.value.code == "token_claims"

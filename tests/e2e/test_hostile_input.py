@@ -83,3 +83,18 @@ async def test_a_signed_token_whose_sub_is_no_string_is_refused_for_its_claims(
 ) -> None:
     token = jwt.encode({"sub": sub, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
     await expect_http_error(service.url(service.room("sub"), token=token), 401, "token_claims")
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\tb", "a\x85b", "a\u202eb"])
+async def test_a_guest_name_with_control_or_direction_characters_is_refused(
+    service: ServiceBase, name: str
+) -> None:
+    # A client address of its own (wrangler dev keeps a client-sent cf-connecting-ip), so the
+    # session's other guest requests do not share this test's rate-limit bucket.
+    reply = await service.http(
+        "POST",
+        "/auth/guest",
+        {"Content-Type": "application/json", "cf-connecting-ip": f"192.0.2.{len(name)}"},
+        json.dumps({"name": name}),
+    )
+    assert (reply.status, reply.json()["error"]["code"]) == (400, "bad_name")
