@@ -27,7 +27,7 @@ from aiohttp import web
 
 from rooms.limits import (
     PLATFORM_MAX_ATTACHMENT_BYTES,
-    PLATFORM_MAX_TAG_CHARS,
+    PLATFORM_MAX_TAG_BYTES,
     PLATFORM_MAX_TAGS,
 )
 from rooms.protocol import CloseCode
@@ -148,8 +148,8 @@ class LocalSocket:
             raise PlatformLimitError("tags must be a list of strings")
         if len(tags) > PLATFORM_MAX_TAGS:
             raise PlatformLimitError(f"a socket may carry at most {PLATFORM_MAX_TAGS} tags")
-        if any(len(t) > PLATFORM_MAX_TAG_CHARS for t in tags):
-            raise PlatformLimitError(f"tags are at most {PLATFORM_MAX_TAG_CHARS} characters")
+        if any(len(t.encode()) > PLATFORM_MAX_TAG_BYTES for t in tags):
+            raise PlatformLimitError(f"tags are at most {PLATFORM_MAX_TAG_BYTES} UTF-8 bytes")
         self.tags = tuple(tags)
 
     @property

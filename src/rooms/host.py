@@ -10,6 +10,7 @@ and the local runtime both drive this class; only their `Sockets` implementation
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -27,7 +28,7 @@ from rooms.archive import (
 from rooms.auth import Identity
 from rooms.effects import Broadcast, Close, Effect, Log, ReadArchive, SavePeer, Send, Stored
 from rooms.engine import RoomEngine
-from rooms.limits import Limits
+from rooms.limits import PLATFORM_MAX_TAG_BYTES, Limits
 from rooms.logs import log_line
 from rooms.peers import Peer, decode_attachment, encode_attachment, new_peer
 from rooms.protocol import CloseCode, Message, SeqRange
@@ -69,7 +70,12 @@ def conn_tag(conn_id: str) -> str:
 
 
 def user_tag(user_id: str) -> str:
-    return f"u:{user_id}"
+    """The socket tag naming its user. A tag holds at most 256 UTF-8 bytes on Cloudflare
+    (docs/cloudflare.md §3.2) and a user id up to 128 characters: a long one is hashed."""
+    tag = f"u:{user_id}"
+    if len(tag.encode()) <= PLATFORM_MAX_TAG_BYTES:
+        return tag
+    return "u#" + hashlib.sha256(user_id.encode()).hexdigest()
 
 
 def wall_clock_ms() -> int:

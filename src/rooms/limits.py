@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # Cloudflare's own limits, enforced by the local runtime too so that what works locally works
 # there (docs/cloudflare.md §3.2, §3.3, §3.6, §3.8).
 PLATFORM_MAX_TAGS = 10
-PLATFORM_MAX_TAG_CHARS = 256
+PLATFORM_MAX_TAG_BYTES = 256  # UTF-8 bytes, not characters
 PLATFORM_MAX_ATTACHMENT_BYTES = 16 * 1024
 PLATFORM_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 PLATFORM_MAX_AUTO_RESPONSE_CHARS = 2048

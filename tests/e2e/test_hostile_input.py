@@ -10,7 +10,13 @@ import jwt
 import pytest
 
 from tests.conftest import timeout
-from tests.e2e.conftest import SECRET, ServiceBase, expect_http_error, recv_until
+from tests.e2e.conftest import (
+    SECRET,
+    ServiceBase,
+    closed_by_server,
+    expect_http_error,
+    recv_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +104,30 @@ async def test_a_guest_name_with_control_or_direction_characters_is_refused(
         json.dumps({"name": name}),
     )
     assert (reply.status, reply.json()["error"]["code"]) == (400, "bad_name")
+
+
+async def test_a_text_frame_that_is_not_utf8(service: ServiceBase) -> None:
+    """RFC 6455 says close with 1007, and the local runtime (aiohttp) does. workerd decodes the
+    frame with U+FFFD for each bad byte before the room sees it, so there the frame is handled as
+    that text: not JSON any more gets `bad_json`, and the connection stays (docs/protocol.md)."""
+    room = service.room("utf8")
+    async with await service.connect(room, "mallory") as ws:
+        await recv_until(ws, "welcome")
+        await ws.send(b'{"type": "ping"}\xff', text=True)
+        if service.runtime == "workerd":
+            assert (await recv_until(ws, "error"))["code"] == "bad_json"
+            await ws.send(b'{"type": "publish", "id": "m1", "body": "caf\xe9"}', text=True)
+            assert (await recv_until(ws, "message"))["body"] == "caf\ufffd"
+        else:
+            closed = await closed_by_server(ws)
+            assert closed.rcvd is not None
+            assert closed.rcvd.code == 1007
+
+
+async def test_a_user_id_of_128_multibyte_characters_joins(service: ServiceBase) -> None:
+    """128 "é" are a valid `sub` but 258 UTF-8 bytes as a socket tag, over Cloudflare's 256:
+    such a user's tag is hashed instead of failing the upgrade (docs/cloudflare.md §3.2)."""
+    user_id = "\u00e9" * 128
+    async with await service.connect(service.room("wide"), user_id) as ws:
+        welcome = await recv_until(ws, "welcome")
+    assert welcome["user_id"] == user_id
