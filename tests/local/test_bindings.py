@@ -95,9 +95,8 @@ async def test_alarms_overdue_at_start_catch_up_spaced_out_oldest_first(tmp_path
     # Each fired alarm's row is deleted after its handler returns: wait for the last (a busy
     # machine may take longer than a fixed sleep).
     deadline = time.monotonic() + 5
-    while scheduler.db.execute("SELECT COUNT(*) FROM alarms").fetchone()[0] and (
-        time.monotonic() < deadline
-    ):
-        await asyncio.sleep(0.01)  # noqa: ASYNC110  (polling a database, not an event)
-    assert scheduler.db.execute("SELECT COUNT(*) FROM alarms").fetchone()[0] == 0
+    remaining = "SELECT COUNT(*) FROM alarms"
+    while scheduler.db.execute(remaining).fetchone()[0] and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    assert scheduler.db.execute(remaining).fetchone()[0] == 0
     await scheduler.close()
