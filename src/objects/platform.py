@@ -110,11 +110,12 @@ class HibernatableSockets:
         ws.close(code, reason)
 
     def answer_close(self, ws: JsObject, code: int) -> None:
-        """Complete a close handshake the client started, unless the runtime already did.
+        """Complete a close handshake the client started.
 
-        §3.9: from 2026-04-07 (`web_socket_auto_reply_to_close`) the runtime answers close frames
-        itself, but whether that covers hibernatable sockets is not settled. A socket still
-        CLOSING here waits for our answer; one already CLOSED got the runtime's.
+        §3.9: workerd does not answer a client's close frame on a hibernatable socket, even with
+        `web_socket_auto_reply_to_close`: the socket is CLOSING here and the client waits for
+        our answer. One already CLOSED (the echo of a close we sent) needs none. A dropped
+        connection arrives as 1006, which cannot be sent: it is answered with 1000.
         """
         if ws.readyState != ffi.WS_CLOSING:
             return
