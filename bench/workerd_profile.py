@@ -126,7 +126,14 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--name", default=None)
     parser.add_argument("--no-profile", action="store_true", help="only measure CPU")
+    parser.add_argument(
+        "--storm",
+        action="store_true",
+        help="profile a connect storm (--rooms x --clients into new rooms) instead of a fan-out",
+    )
     args = parser.parse_args()
+    if args.storm:
+        return storm(args)
     variables = {"JWT_SECRET": SECRET, "ROOM_LIMITS": json.dumps(ROOM_LIMITS)}
     name = args.name or f"workerd-{args.rooms}x{args.clients}-{args.rate:g}"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +203,57 @@ def main() -> int:
     own, total = self_times(profile)
     print(f"profile: {path} ({total:.0f} ms sampled)")
     print(f"{'self ms':>9} {'%':>6}  function")
+    for fn, ms in own.most_common(args.top):
+        print(f"{ms:9.1f} {100 * ms / total:6.1f}  {fn}")
+    return 0
+
+
+def storm(args: argparse.Namespace) -> int:
+    """Profile a whole connect storm: CPU per connection by process, and the V8 profile."""
+    variables = {"JWT_SECRET": SECRET, "ROOM_LIMITS": json.dumps(ROOM_LIMITS)}
+    name = args.name or f"workerd-storm-{args.rooms}x{args.clients}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="rooms-wprof-") as tmp:
+        farm = wb.WorkerdFarm(Path(tmp), variables, root=args.root)
+        with farm.running() as server:
+            inspector = Inspector(server.inspector_port)
+            inspector.call("Profiler.enable")
+            inspector.call("Profiler.setSamplingInterval", interval=args.interval_us)
+            cmd = [sys.executable, "-m", "loadtest", "connect-storm", "--url", server.url]
+            cmd += ["--secret", SECRET, "--rooms", str(args.rooms), "--clients", str(args.clients)]
+            cmd += ["--concurrency", "100", "--connect-timeout", "60", "--progress", "none"]
+            cmd += ["--out", tmp, "--room-prefix", f"storm-{time.time_ns()}-"]
+            if farm.pin:
+                cmd = ["taskset", "-c", wb.GENERATOR_CORE, *cmd]
+            env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'local'}", "PATH": "/usr/bin:/bin"}
+            cpu0 = wb.tree_cpu_s(server.pid)
+            per0 = wb.cpu_by_process(server.pid)
+            if not args.no_profile:
+                inspector.call("Profiler.start")
+            subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)
+            profile = {} if args.no_profile else inspector.call("Profiler.stop")["profile"]
+            cpu = wb.tree_cpu_s(server.pid) - cpu0
+            per = {
+                k: round(v - per0.get(k, 0.0), 2) for k, v in wb.cpu_by_process(server.pid).items()
+            }
+            inspector.close()
+            result_files = sorted(Path(tmp).glob("connect-storm-*.json"))
+            result = json.loads(result_files[-1].read_text()) if result_files else {}
+    n = args.rooms * args.clients
+    print(f"tree CPU {cpu:.2f} s for {n} connections: {per}")
+    print(f"CPU per connection: tree {1000 * cpu / n:.2f} ms", end="")
+    for k, v in sorted(per.items()):
+        print(f", {k.split(':')[0]} {1000 * v / n:.2f}", end="")
+    print()
+    if result:
+        c = result["connect"]
+        print(f"connect: {c['ok']} ok, {c['failed']} failed, {c['wall_s']} s, {c['time_ms']}")
+    if args.no_profile:
+        return 0
+    path = args.out / f"{name}.cpuprofile"
+    path.write_text(json.dumps(profile))
+    own, total = self_times(profile)
+    print(f"profile: {path} ({total:.0f} ms sampled)")
     for fn, ms in own.most_common(args.top):
         print(f"{ms:9.1f} {100 * ms / total:6.1f}  {fn}")
     return 0

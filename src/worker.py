@@ -83,7 +83,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             fields["code"] = "server_misconfigured"
             return reply_response(MISCONFIGURED)
         url = urlsplit(request.url)
-        headers = lower_headers(request.headers)
+        headers = lower_headers(request)
         own_origin = f"{url.scheme}://{url.netloc}"
         decision = route(
             request_method(request), path, query_params(url.query), headers, config, own_origin
@@ -95,7 +95,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             return reply_response(decision)
         if isinstance(decision, ForwardUpgrade):
             fields.update(decision.log, room=decision.room, user_id=decision.identity.user_id)
-            return await self._forward(request, decision)
+            return await self._forward(request, headers, decision)
         if isinstance(decision, AdminRequest):
             return await self._admin(request, path, url.query, headers, fields)
         if isinstance(decision, GuestTokenRequest):
@@ -148,12 +148,14 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             fields["code"] = code
         return reply_response(reply)
 
-    async def _forward(self, request: Any, upgrade: ForwardUpgrade) -> Response:
+    async def _forward(
+        self, request: Any, client_headers: dict[str, str], upgrade: ForwardUpgrade
+    ) -> Response:
         """Send the upgrade to the room's object and return its 101 (with the client socket).
 
         §2.3: only bindings reach an object, so identity headers set here can be trusted there.
         """
-        headers = upgrade_headers(request.headers.items(), upgrade)
+        headers = upgrade_headers(client_headers.items(), upgrade)
         forwarded = ffi.upgrade_request(request.js_object, strip_token(request.url), headers)
         # The raw stub, not the SDK's: its fetch ties the subrequest to an AbortController, and
         # the client's socket lives exactly as long as this subrequest (docs/cloudflare.md §2.7).

@@ -1,7 +1,8 @@
 """HTTP glue shared by the front Worker and the Room: SDK requests in, SDK responses out.
 
 Everything here goes through the `workers` SDK (`Request`, `Response`), which converts for us
-(docs/cloudflare.md §1.5, §6.3); nothing touches `js` directly.
+(docs/cloudflare.md §1.5, §6.3), except a request's headers, read through `ffi` in one crossing;
+nothing touches `js` directly.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from urllib.parse import parse_qsl
 
 from workers import Response
 
+from objects import ffi
 from rooms.front import HttpReply, error_reply
 
 INTERNAL_ERROR = error_reply(500, "internal", "internal error")
@@ -28,11 +30,13 @@ def request_method(request: Any) -> str:
     return str(request.js_object.method)
 
 
-def lower_headers(headers: Any) -> dict[str, str]:
-    """A request's headers keyed by lower-case name (``rooms.front`` expects that)."""
-    # workers.Request.headers is an http.client.HTTPMessage: case-insensitive, but items() keeps
-    # the sender's spelling. JS Headers already joined repeated names with ", ".
-    return {name.lower(): value for name, value in headers.items()}
+def lower_headers(request: Any) -> dict[str, str]:
+    """A request's headers keyed by lower-case name (``rooms.front`` expects that).
+
+    Read from the JS request in one crossing (`ffi.header_dict`), not through the SDK's
+    ``Request.headers``, which builds an `http.client.HTTPMessage` on every access.
+    """
+    return ffi.header_dict(request.js_object.headers)
 
 
 def query_params(query: str) -> dict[str, str]:
