@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tests.pyodide.harness_client import (
 
 SECRET = "pyodide-tier-secret-that-is-long-enough-for-hs256"
 ADMIN_TOKEN = "pyodide-tier-admin-token"
+WorldFactory = Callable[..., World]
 # Generous rate limits: tests publish faster than people do.
 ROOM_LIMITS = json.dumps({"messages_per_second": 1000, "burst": 1000})
 
@@ -68,10 +69,30 @@ class Expect:
         self.unexpected_errors = 0  # `unexpected_error` log lines
 
 
+def log_records(lines: list[str]) -> list[dict[str, Any]]:
+    """The JSON log records among the lines the Worker printed."""
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
 def check_clean(harness: PyodideHarness, world: World, expect: Expect) -> list[dict[str, Any]]:
     """Fail unless the world is clean; returns the log records."""
+    return log_records(_checked_output(harness, world, expect))
+
+
+def take_output(world: World, expect: Expect) -> list[str]:
+    """Every line the Worker printed since the last call (or the test's start).
+
+    What happened so far must be clean as `expect` allows; `expect` then starts over, for what
+    the rest of the test provokes.
+    """
+    lines = _checked_output(world.harness, world, expect)
+    expect.warnings, expect.errors, expect.unexpected_errors = [], 0, 0
+    return lines
+
+
+def _checked_output(harness: PyodideHarness, world: World, expect: Expect) -> list[str]:
     diag = harness.take_diagnostics(world)
-    logs = [json.loads(line) for line in diag["logs"] if line.startswith("{")]
+    logs = log_records(diag["logs"])
     problems: list[str] = []
     for error in diag["errors"][expect.errors:]:
         problems.append(f"exception escaped {error['where']}:\n{error['message']}")
@@ -91,7 +112,8 @@ def check_clean(harness: PyodideHarness, world: World, expect: Expect) -> list[d
     if problems:
         pytest.fail("the Worker did not run cleanly in Pyodide:\n\n" + "\n\n".join(problems),
                     pytrace=False)
-    return logs
+    lines: list[str] = diag["logs"]
+    return lines
 
 
 @pytest.fixture
@@ -99,14 +121,17 @@ def expect() -> Expect:
     return Expect()
 
 
-def new_world(harness: PyodideHarness, **vars_: str | None) -> World:
-    config: dict[str, str | None] = {
+def new_world(harness: PyodideHarness, *, id_has_name: bool = True, **vars_: object) -> World:
+    """A world with the tier's secrets and limits over wrangler.jsonc's vars; a var of None is
+    unset, one given as a dict reaches the Worker as a JS object (a JSON object in wrangler.jsonc).
+    ``id_has_name=False``: `ctx.id.name` is undefined in the objects."""
+    config: dict[str, object] = {
         "JWT_SECRET": SECRET,
         "ADMIN_TOKEN": ADMIN_TOKEN,
         "ROOM_LIMITS": ROOM_LIMITS,
     }
     config.update(vars_)
-    return harness.world(vars=config)
+    return harness.world(vars=config, idHasName=id_has_name)
 
 
 @pytest.fixture
@@ -135,7 +160,7 @@ def world_factory(harness: PyodideHarness, expect: Expect) -> Iterator[Any]:
     harness.take_diagnostics()
     made: list[World] = []
 
-    def factory(**vars_: str | None) -> World:
+    def factory(**vars_: object) -> World:
         instance = new_world(harness, **vars_)
         made.append(instance)
         return instance

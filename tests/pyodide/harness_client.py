@@ -238,9 +238,23 @@ class World:
         result: dict[str, Any] = self.call("do.alarm", room=room)
         return result
 
-    def fail_sql(self, room: str, match: str, count: int = 1) -> None:
-        """The room's next ``count`` SQL statements containing ``match`` fail (SQLITE_FULL)."""
-        self.call("do.failSql", room=room, match=match, count=count)
+    def fail_sql(self, room: str, match: str, count: int = 1,
+                 message: str = "database or disk is full: SQLITE_FULL") -> None:
+        """The room's next ``count`` SQL statements containing ``match`` fail with ``message``."""
+        self.call("do.failSql", room=room, match=match, count=count, message=message)
+
+    def fail_d1_batches(self, count: int = 1) -> None:
+        """D1's next ``count`` batches fail (D1_ERROR), writing nothing."""
+        self.call("d1.failBatches", count=count)
+
+    def fail_r2(self, *, puts: int = 0, gets: int = 0) -> None:
+        """R2's next ``puts`` puts and ``gets`` gets fail (an internal error, as R2 reports it)."""
+        self.call("r2.fail", puts=puts, gets=gets)
+
+    def r2_puts(self) -> int:
+        """How many R2 puts succeeded."""
+        puts: int = self.call("r2.puts")
+        return puts
 
     def d1(self, query: str, *params: Any) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.call("d1.query", sql=query, params=list(params))
@@ -315,11 +329,21 @@ class Client:
     def seqs(self) -> list[int]:
         return [m["seq"] for m in self.frames("message")]
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int | None = 1000, reason: str = "") -> None:
+        """Send a close frame (``code=None``: one without a status, 1005 to the room)."""
         self.world.harness.call("ws.close", client=self.id, code=code, reason=reason)
 
     def drop(self) -> None:
         self.world.harness.call("ws.drop", client=self.id)
+
+    def fail(self) -> None:
+        """The connection fails: the room gets `webSocketError`."""
+        self.world.harness.call("ws.fail", client=self.id)
+
+    def fail_attachment_writes(self, count: int = 1, message: str = "boom") -> None:
+        """The room's next ``count`` `serializeAttachment` calls on this socket throw."""
+        self.world.harness.call("ws.failAttachmentWrites", client=self.id, count=count,
+                                message=message)
 
     def hold_closes(self, hold: bool = True) -> None:
         """Leave the room's close frames unanswered (a slow client) until `answer_close`."""

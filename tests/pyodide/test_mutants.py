@@ -14,15 +14,13 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from rooms.archive import ArchivePolicy
 from rooms.segments import segment_key
-from tests.pyodide.conftest import ADMIN_TOKEN, Expect, token
+from tests.pyodide.conftest import ADMIN_TOKEN, Expect, log_records, take_output, token
 from tests.pyodide.harness_client import Client, World
 
-WorldFactory = Callable[..., World]
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 POLICY = ArchivePolicy()  # the defaults: archive 30 s after a write, retry at most every 5 min
 SLACK_MS = 5_000
@@ -57,21 +55,29 @@ def test_the_archive_alarm_is_set_in_milliseconds(world: World) -> None:
 
 
 def test_an_alarm_that_fails_unexpectedly_schedules_its_own_retry(
-    world: World, expect: Expect
+    world_any: World, expect: Expect
 ) -> None:
     """Mutants: `getAlarm` not awaited in `Room._retry_alarm`; no retry alarm after a failed run.
 
     A storage failure (SQLITE_FULL) inside the alarm is a bug-class error that the archiver does
-    not turn into a backoff: the handler logs it and sets the alarm again itself, at most
-    `retry_max_ms` later, or a quiet room would never archive again.
+    not turn into a backoff: the handler logs it (one line, without the error's message) and
+    sets the alarm again itself, at most `retry_max_ms` later, or a quiet room would never
+    archive again.
     """
+    world = world_any
     alice = join(world, "alice")
     alice.publish("m1", "kept")
-    world.fail_sql("lobby", "INSERT INTO room_meta")
+    world.fail_sql("lobby", "INSERT INTO room_meta", message="secret detail: SQLITE_FULL")
+    take_output(world, expect)
     before = now_ms()
     failed = world.alarm("lobby")
     after = now_ms()
     expect.unexpected_errors = 1
+    output = take_output(world, expect)
+    assert "secret detail" not in "\n".join(output)
+    assert [r for r in log_records(output) if r["event"] == "unexpected_error"] == [
+        {"event": "unexpected_error", "handler": "alarm", "error": "JsException",
+         "room": "lobby"}]
     assert failed["ran"] is True
     assert failed["error"] is None  # caught and logged by the handler, not thrown
     assert failed["next"] is not None, "no alarm is left to retry the archive"

@@ -1,11 +1,13 @@
-"""Probes: each production pitfall the fakes reproduce, pinned from Python running in Pyodide.
+"""Probes: small Python programs run inside the real interpreter, through the real SDK.
 
-These run small Python programs inside the real interpreter, through the real SDK, against the
-harness's fakes of workerd (the rules of docs/cloudflare.md; each docstring names its "§"). They
-pin two things at once: what Pyodide and the `workers` SDK do with our values (a list stays a
-PyProxy, to_js makes a dict an Object, None becomes undefined, ...) and how workerd answers that
-(refusal, silent coercion). An upgrade of Pyodide or of the SDK that changes any of it fails here
-first, before it surprises src/objects/ in production.
+They pin what Pyodide and the `workers` SDK do with our values (a list stays a PyProxy, to_js
+makes a dict an Object, None becomes undefined, which SDK objects wrap what, ...), and the ports
+of src/objects/ (`DurableObjectSql`, `HibernatableSockets`, `D1Database`, `R2Bucket`) called
+directly, over the harness's fakes of workerd: the conversions each port makes. An upgrade of
+Pyodide or of the SDK that changes any of it fails here first, before it surprises src/objects/
+in production. What workerd itself answers (tag and attachment limits, SQL and D1 bindings, R2
+bodies, close codes, stale sockets) is pinned against the real workerd in
+tests/workerd/test_probes.py, not here.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ async def aerror(awaitable):
 """
 
 
-def probe(harness: PyodideHarness, body: str) -> Any:
-    return harness.probe(PRELUDE + textwrap.dedent(body))
+def probe(harness: PyodideHarness, body: str, imports: str = "") -> Any:
+    return harness.probe(PRELUDE + imports + textwrap.dedent(body))
 
 
 @pytest.fixture
@@ -127,237 +129,6 @@ def test_python_values_crossing_into_raw_js(harness: PyodideHarness) -> None:
     }
 
 
-def test_accept_websocket_needs_a_js_array_of_tags(harness: PyodideHarness) -> None:
-    """§3.2: a Python list is refused; to_js works; at most 10 tags of 256 chars."""
-    facts = probe(harness, """
-        def main(h):
-            obj = new_object(h, "tags")
-            def pair():
-                return WebSocketPair.new().object_values()
-            out = {}
-            _client, server = pair()
-            out["list"] = error(obj.ctx.acceptWebSocket, server, ["a"])
-            obj.ctx.acceptWebSocket(server, to_js(["a", "b", "a"]))
-            out["tags"] = list(obj.ctx.getTags(server))
-            sockets = obj.ctx.getWebSockets()
-            out["getWebSockets"] = [type(sockets).__name__, len(obj.ctx.getWebSockets("b"))]
-            eleven = to_js([str(i) for i in range(11)])
-            out["eleven"] = error(obj.ctx.acceptWebSocket, pair()[1], eleven)
-            out["long"] = error(obj.ctx.acceptWebSocket, pair()[1], to_js(["x" * 257]))
-            most = to_js([f"{i}" * 256 for i in range(10)])
-            out["max"] = error(obj.ctx.acceptWebSocket, pair()[1], most)
-            out["no tags"] = error(obj.ctx.acceptWebSocket, pair()[1])
-            return out
-    """)
-    assert "parameter 2 is not of type 'Array'" in facts["list"]
-    assert facts["list"].startswith("JsException: TypeError")
-    assert facts["tags"] == ["a", "b"]  # duplicates are dropped
-    assert facts["getWebSockets"] == ["JsProxy", 1]
-    assert "cannot have more than 10 tags" in facts["eleven"]
-    assert "longer than the max tag length (256 characters)" in facts["long"]
-    assert facts["max"] is None
-    assert facts["no tags"] is None
-
-
-def test_attachments_must_be_cloneable_and_small(harness: PyodideHarness) -> None:
-    """§3.3: a dict is a PyProxy (DataCloneError); JSON strings up to 16 KiB serialized.
-
-    to_js(dict) made a Map on Pyodide 0.28; on 314 it is an Object (§6.2).
-    """
-    facts = probe(harness, """
-        def main(h):
-            _client, server = WebSocketPair.new().object_values()
-            out = {"empty is jsnull": server.deserializeAttachment() is jsnull}
-            out["dict"] = error(server.serializeAttachment, {"a": 1})
-            server.serializeAttachment(to_js({"a": 1}, dict_converter=Object.fromEntries))
-            back = server.deserializeAttachment()
-            out["object"] = [type(back).__name__, back.to_py()]
-            server.serializeAttachment(to_js({"a": 1}))  # no dict_converter
-            out["map"] = server.deserializeAttachment().constructor.name
-            server.serializeAttachment("x" * 16379)
-            out["16379 chars"] = h.serializedAttachmentSize(server)
-            out["16380 chars"] = error(server.serializeAttachment, "x" * 16380)
-            out["still"] = len(server.deserializeAttachment())
-            return out
-    """)
-    assert facts["empty is jsnull"] is True
-    assert "DataCloneError" in facts["dict"]
-    assert facts["object"] == ["JsProxy", {"a": 1}]
-    assert facts["map"] == "Object"  # to_js(dict) is a plain Object since Pyodide 314
-    assert facts["16379 chars"] == 16384
-    assert "cannot be larger than 16384 bytes" in facts["16380 chars"]
-    assert facts["still"] == 16379  # a refused attachment leaves the old one
-
-
-def test_sending_bytes_sends_their_repr_as_text(harness: PyodideHarness) -> None:
-    """§3.7: ws.send(b"x") does not fail; the peer receives the TEXT "b'x'"."""
-    facts = probe(harness, """
-        def main(h):
-            obj = new_object(h, "send")
-            client, server = WebSocketPair.new().object_values()
-            frames = h.recorder(client)
-            obj.ctx.acceptWebSocket(server, to_js(["t"]))
-            server.send(b"x")
-            server.send(to_js(b"x"))
-            server.send("text")
-            got = []
-            for frame in frames:
-                data = frame.data
-                if not isinstance(data, str):
-                    data = ["binary", list(data.to_py().tobytes())]
-                got.append(data)
-            warnings = [w.kind for w in h.takeWarnings()]
-            _c, fresh = WebSocketPair.new().object_values()
-            out = {"frames": got, "warnings": warnings,
-                   "before accept": error(fresh.send, "x")}
-            server.close(1000, "done")
-            out["after close"] = error(server.send, "x")
-            out["ready"] = server.readyState
-            _c2, other = WebSocketPair.new().object_values()
-            obj.ctx.acceptWebSocket(other)
-            out["code 1006"] = error(other.close, 1006)
-            out["long reason"] = error(other.close, 4000, "r" * 124)
-            return out
-    """)
-    assert facts["frames"] == ["b'x'", ["binary", [120]], "text"]
-    assert facts["warnings"] == ["websocket-send-coerced"]
-    assert "You must call one of accept() or state.acceptWebSocket()" in facts["before accept"]
-    assert "Can't call WebSocket send() after close()" in facts["after close"]
-    assert facts["ready"] == 2  # CLOSING: our close is sent, the peer's is not back yet
-    assert "Invalid WebSocket close code: 1006" in facts["code 1006"]
-    assert "123 bytes" in facts["long reason"]
-
-
-def test_sql_bindings_and_results_follow_workerd(harness: PyodideHarness) -> None:
-    """§4.2: bool -> TEXT 'true', numbers -> REAL, big ints refused, rows are JsDicts.
-
-    As measured in workerd (tests/workerd/test_probes.py): Pyodide passes an int from 2**53 - 1
-    up as a BigInt, which the binding refuses with a TypeError (not bound as TEXT).
-    """
-    facts = probe(harness, """
-        def main(h):
-            sql = new_object(h, "sql").ctx.storage.sql
-            sql.exec("CREATE TABLE t (k TEXT PRIMARY KEY, v)")
-            for key, value in [("bool", True), ("int", 7), ("float", 1.5),
-                               ("blob", b"\\x00\\x01"), ("none", None), ("str", "s")]:
-                sql.exec("INSERT INTO t (k, v) VALUES (?, ?)", key, value)
-            insert = "INSERT INTO t (k, v) VALUES (?, ?)"
-            big = {"max_safe": error(sql.exec, insert, "max_safe", 2**53 - 1),
-                   "big": error(sql.exec, insert, "big", 2**53 + 1),
-                   "below": error(sql.exec, "SELECT ?", 2**53 - 2)}
-            list_as = sql.exec("SELECT ? AS v, typeof(?) AS t", [1, 2], [1, 2]).one()
-            out = {"big ints": big, "list": [list_as.v, list_as.t]}
-            for row in sql.exec("SELECT k, v, typeof(v) AS type FROM t"):
-                value = row.v  # JsDict: attribute access
-                if isinstance(value, memoryview):
-                    value = ["memoryview", list(value.tobytes())]
-                out[row["k"]] = [value, row.type, type(row).__name__]
-            out["int64"] = [sql.exec("SELECT 9007199254740993 AS n").one()["n"]]
-            out["warnings"] = sorted(w.kind for w in h.takeWarnings())
-            out["tuple"] = error(sql.exec, "SELECT ?", (1, 2))
-            out["bytearray"] = error(sql.exec, "SELECT ?", bytearray(b"x"))
-            out["raw"] = [list(r) for r in sql.exec("SELECT k, v FROM t WHERE k = 'int'").raw()]
-            out["columns"] = list(sql.exec("SELECT 1 AS a, 2 AS b").columnNames)
-            out["size"] = sql.databaseSize > 0
-            return out
-    """)
-    assert facts["bool"] == ["true", "text", "JsDict"]
-    bigint = "JsException: TypeError: Cannot convert a BigInt value to a number"
-    assert facts["big ints"] == {"max_safe": bigint, "big": bigint, "below": None}
-    assert facts["list"] == ["1,2", "text"]  # the SDK makes an Array; SQL binds its String()
-    assert facts["int"] == [7, "real", "JsDict"]  # bound as a double
-    assert facts["float"] == [1.5, "real", "JsDict"]
-    assert facts["blob"] == [["memoryview", [0, 1]], "blob", "JsDict"]
-    assert facts["none"] == [None, "null", "JsDict"]
-    assert facts["str"] == ["s", "text", "JsDict"]
-    assert facts["int64"] == [9007199254740992.0]  # int64 -> double: precision lost
-    assert facts["warnings"] == ["sql-binding-coerced"] * 3  # True, and the list twice
-    assert "cannot be sent over RPC" in facts["tuple"]
-    assert "cannot be sent over RPC" in facts["bytearray"]
-    assert facts["raw"] == [["int", 7]]
-    assert facts["columns"] == ["a", "b"]
-    assert facts["size"] is True
-
-
-def test_sql_refuses_transactions_reserved_names_attach_and_pragmas(
-    harness: PyodideHarness,
-) -> None:
-    """§4.4: use transactionSync; `_cf_` names, ATTACH and most PRAGMAs are refused."""
-    facts = probe(harness, """
-        async def main(h):
-            storage = new_object(h, "refusals").ctx.storage
-            sql = storage.sql
-            sql.exec("CREATE TABLE t (k TEXT, v)")
-            await storage.put("kv", 1)
-            out = {
-                "begin": error(sql.exec, "BEGIN TRANSACTION"),
-                "savepoint": error(sql.exec, "SAVEPOINT s"),
-                "cf table": error(sql.exec, "SELECT * FROM _cf_KV"),
-                "cf create": error(sql.exec, "CREATE TABLE _cf_mine (a)"),
-                "attach": error(sql.exec, "ATTACH DATABASE ':memory:' AS other"),
-                "pragma": error(sql.exec, "PRAGMA journal_mode = WAL"),
-                "table_info": [r["name"] for r in sql.exec("PRAGMA table_info(t)")],
-                "params not last": error(sql.exec, "INSERT INTO t VALUES ('a', ?); SELECT 1", 1),
-                "multi": sql.exec(
-                    "INSERT INTO t VALUES ('m', 1); SELECT COUNT(*) AS n FROM t"
-                ).one()["n"],
-                "one of none": error(lambda: sql.exec("SELECT 1 WHERE 0").one()),
-                "one of two": error(lambda: sql.exec("SELECT 1 UNION ALL SELECT 2").one()),
-                "wrong arity": error(sql.exec, "SELECT ?", 1, 2),
-            }
-
-            def write_then_fail():
-                sql.exec("INSERT INTO t VALUES ('rolled back', 1)")
-                raise ValueError("boom")
-
-            out["transaction error"] = error(storage.transactionSync, write_then_fail)
-            count = "SELECT COUNT(*) AS n FROM t WHERE k = 'rolled back'"
-            out["rolled back"] = sql.exec(count).one()["n"]
-            out["transaction result"] = storage.transactionSync(lambda: 42)
-            out["kv"] = await storage.get("kv")
-            return out
-    """)
-    for key in ("begin", "savepoint"):
-        assert "state.storage.transactionSync()" in facts[key], key
-    assert "access to _cf_KV.key is prohibited: SQLITE_AUTH" in facts["cf table"]
-    for key in ("cf create", "attach", "pragma"):
-        assert "not authorized: SQLITE_AUTH" in facts[key], key
-    assert facts["table_info"] == ["k", "v"]
-    assert "only the last statement can have parameters" in facts["params not last"]
-    assert facts["multi"] == 1
-    assert "got no results" in facts["one of none"]
-    assert "got multiple results" in facts["one of two"]
-    assert "Wrong number of parameter bindings" in facts["wrong arity"]
-    assert facts["transaction error"] == "ValueError: boom"  # the Python exception comes back
-    assert facts["rolled back"] == 0
-    assert facts["transaction result"] == 42
-    assert facts["kv"] == 1
-
-
-def test_kv_and_alarm_storage_through_the_sdk(harness: PyodideHarness) -> None:
-    facts = probe(harness, """
-        async def main(h):
-            storage = new_object(h, "kv").ctx.storage
-            await storage.put("d", {"a": [1, 2]})
-            value = await storage.get("d")
-            out = {"dict": [type(value).__name__, value, value.a]}
-            out["missing"] = await storage.get("nope")
-            out["alarm before"] = await storage.getAlarm()
-            await storage.setAlarm(1_900_000_000_000)
-            out["alarm"] = await storage.getAlarm()
-            out["past zero"] = await aerror(storage.setAlarm(0))
-            await storage.deleteAlarm()
-            out["alarm after"] = await storage.getAlarm()
-            return out
-    """)
-    assert facts["dict"] == ["JsDict", {"a": [1, 2]}, [1, 2]]
-    assert facts["missing"] is None
-    assert facts["alarm before"] is None
-    assert facts["alarm"] == 1_900_000_000_000
-    assert "alarm time <= 0" in facts["past zero"]
-    assert facts["alarm after"] is None
-
-
 def test_run_sync_and_javascript_imports_work(harness: PyodideHarness) -> None:
     """JSPI is on (Node 24, as in production), so run_sync and import_from_javascript work."""
     facts = probe(harness, """
@@ -395,9 +166,9 @@ def test_patch_env_is_broken_on_current_runtimes(harness: PyodideHarness) -> Non
 
 def test_a_dict_pyproxy_shows_its_keys_as_js_properties(harness: PyodideHarness) -> None:
     """Pyodide 314: a PyProxy of a dict answers get/has/ownKeys with its keys, so JS reading an
-    options bag (`new Request(url, {"method": "POST"})`) sees them (§6.6). The CPython fakes still
-    treat the keys as invisible, the stricter case; structured clone still refuses the proxy
-    (see the attachment probe), so converting with to_js stays the rule."""
+    options bag (`new Request(url, {"method": "POST"})`) sees them (§6.6). Structured clone still
+    refuses the proxy (tests/workerd/test_probes.py::test_attachments), so converting with to_js
+    stays the rule."""
     facts = probe(harness, """
         def main(h):
             from js import Reflect, Request
@@ -456,55 +227,6 @@ def test_js_proxies_hash_and_compare_by_identity(harness: PyodideHarness) -> Non
     assert facts["hash"] is None or facts["hash"].startswith("TypeError")
 
 
-def test_d1_binding_validates_like_the_real_one(harness: PyodideHarness) -> None:
-    facts = probe(harness, """
-        async def main(h):
-            db = new_object(h, "d1").env.DB
-            statement = db.prepare("SELECT ? AS b, typeof(?) AS t, ? AS n")
-            row = await statement.bind(True, True, None).all()
-            first = row["results"][0]
-            out = {"row": [first.b, first.t, first.n, type(first).__name__],
-                   "success": row["success"]}
-            # bind() validates at once
-            out["bigint"] = error(lambda: db.prepare("SELECT ?").bind(2**53 + 1))
-            out["tuple"] = error(lambda: db.prepare("SELECT ?").bind((1, 2)))
-            applied = await db.prepare("SELECT name FROM d1_migrations ORDER BY id").all()
-            out["migrations"] = [r.name for r in applied["results"]]
-            out["error"] = await aerror(db.prepare("SELECT * FROM nope").all())
-            out["first"] = await db.prepare("SELECT 1 AS one").first("one")
-            return out
-    """)
-    assert facts["row"] == [1, "real", None, "JsDict"]  # local D1 binds numbers as REAL
-    assert facts["success"] is True
-    assert "D1_TYPE_ERROR: Type 'bigint' not supported" in facts["bigint"]
-    assert "cannot be sent over RPC" in facts["tuple"]
-    assert facts["migrations"] == ["0001_rooms.sql", "0002_archive.sql"]
-    assert facts["error"].startswith("JsException: Error: D1_ERROR: no such table: nope")
-    assert facts["first"] == 1
-
-
-def test_r2_binding_round_trips_bytes(harness: PyodideHarness) -> None:
-    facts = probe(harness, """
-        async def main(h):
-            bucket = new_object(h, "r2").env.ARCHIVE
-            head = await bucket.put("k", b"\\x00\\xff")
-            got = await bucket.get("k")
-            data = await got.arrayBuffer()
-            return {
-                "put": [head.key, head.size, type(head).__name__],
-                "get": [type(data).__name__, list(bytes(data))],
-                "missing": await bucket.get("nope"),
-                "bytearray": error(lambda: bucket.put("b", bytearray(b"x"))),
-                "list": [o.key for o in (await bucket.list(prefix="k"))["objects"]],
-            }
-    """)
-    assert facts["put"] == ["k", 2, "_BindingWrapper"]
-    assert facts["get"] == ["memoryview", [0, 255]]
-    assert facts["missing"] is None
-    assert "cannot be sent over RPC" in facts["bytearray"]
-    assert facts["list"] == ["k"]
-
-
 def test_compat_flags_module(harness: PyodideHarness) -> None:
     facts = probe(harness, """
         def main(h):
@@ -525,21 +247,133 @@ def test_compat_flags_module(harness: PyodideHarness) -> None:
     assert facts["sealed"] is not None
 
 
-def test_stale_socket_objects_die_with_their_instance(harness: PyodideHarness) -> None:
-    """§3.4, harness side: after eviction, sockets come back as new JS objects."""
-    facts = probe(harness, """
+# ------------------------------------------------------------------------ the adapters' ports
+
+PORTS = """
+from objects.bindings import D1Database, R2Bucket
+from objects.platform import DurableObjectSql, HibernatableSockets
+from rooms.archive import ArchiveIndex
+from rooms.store import RoomStore
+"""
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["sdk-wrapped", "raw"])
+def test_durable_object_sql_port(harness: PyodideHarness, wrapped: bool) -> None:
+    """`DurableObjectSql` over ``ctx.storage`` as the SDK hands it to an object, and raw: rows
+    are Python lists in column order (NULL is None), a bool is refused before the platform would
+    store it as 'true' (§4.2), `transaction` commits together, returns fn's result and rolls back
+    on an exception (§4.4), and the core's `RoomStore` works over it."""
+    facts = probe(harness, imports=PORTS, body=f"""
         def main(h):
-            first = new_object(h, "stale")
-            _c, server = WebSocketPair.new().object_values()
-            first.ctx.acceptWebSocket(server, to_js(["t"]))
-            server.serializeAttachment("kept")
-            h.evictObjectState("stale")
-            second = new_object(h, "stale")
-            (again,) = second.ctx.getWebSockets()
-            return {"old": error(server.send, "x"), "attachment": again.deserializeAttachment(),
-                    "new object": again == server, "tags": list(second.ctx.getTags(again))}
+            state = h.newObjectState("sql-port")
+            sql = DurableObjectSql(Probe(state, h.env).ctx.storage if {wrapped} else state.storage)
+            sql.execute("CREATE TABLE t (b TEXT, a INTEGER, c REAL)")
+            sql.execute("INSERT INTO t VALUES (?, ?, ?)", "x", 2**40, None)
+            rows = sql.execute("SELECT b, a, c FROM t")
+            out = {{"rows": repr(rows), "types": [type(rows).__name__, type(rows[0]).__name__],
+                    "twice": repr(sql.execute("SELECT a, a FROM t"))}}
+            sql.execute("CREATE TABLE f (flag INTEGER)")
+            out["bool"] = error(sql.execute, "INSERT INTO f VALUES (?)", True)
+            out["bools stored"] = sql.execute("SELECT COUNT(*) FROM f")
+
+            def write_two():
+                sql.execute("INSERT INTO f VALUES (1)")
+                sql.execute("INSERT INTO f VALUES (2)")
+                return ("done", 2)
+
+            def write_then_fail():
+                sql.execute("INSERT INTO f VALUES (3)")
+                raise ValueError("stop")
+
+            out["committed"] = sql.transaction(write_two) == ("done", 2)
+            out["rolled back"] = error(sql.transaction, write_then_fail)
+            out["flags"] = sql.execute("SELECT flag FROM f ORDER BY flag")
+            store = RoomStore(sql)
+            store.append(id="a", user_id="u", name="U", body="one", sent_ms=5)
+            again = RoomStore(sql)
+            message, duplicate = again.append(id="a", user_id="u", name="U", body="x", sent_ms=6)
+            out["store"] = [message.seq, message.body, duplicate, again.head,
+                            [m.body for m in again.after(0, 10)]]
+            return out
     """)
-    assert "Cannot perform I/O on behalf of a different Durable Object" in facts["old"]
-    assert facts["attachment"] == "kept"
-    assert facts["new object"] is False
-    assert facts["tags"] == ["t"]
+    assert facts["rows"] == "[['x', 1099511627776, None]]"  # 2**40, an int
+    assert facts["types"] == ["list", "list"]
+    assert facts["twice"] == "[[1099511627776, 1099511627776]]"
+    assert facts["bool"] == "TypeError: bind int(flag), not bool: Cloudflare stores bools as text"
+    assert facts["bools stored"] == [[0]]
+    assert facts["committed"] is True
+    assert facts["rolled back"] == "ValueError: stop"
+    assert facts["flags"] == [[1], [2]]
+    assert facts["store"] == [1, "one", True, 1, ["one"]]
+
+
+def test_hibernatable_sockets_port(harness: PyodideHarness) -> None:
+    """`HibernatableSockets`: attachments are JSON strings both ways (nothing attached reads as
+    None; a dict is refused, §3.3); frames are text only (bytes would go out as "b'...'", §3.7)."""
+    facts = probe(harness, imports=PORTS, body="""
+        def main(h):
+            state = h.newObjectState("sockets-port")
+            sockets = HibernatableSockets(state)
+            client, server = WebSocketPair.new().object_values()
+            frames = h.recorder(client)
+            sockets.accept(server, ["c:1", "u:alice"])
+            out = {"tags": list(state.getTags(server)),
+                   "nothing attached": repr(sockets.attachment(server))}
+            sockets.set_attachment(server, '{"v":1}')
+            out["attachment"] = repr(sockets.attachment(server))
+            out["dict"] = error(sockets.set_attachment, server, {"v": 1})
+            out["still"] = sockets.attachment(server)
+            sockets.send(server, "hi")
+            out["bytes"] = error(sockets.send, server, b"hi")
+            out["frames"] = [f.data for f in frames]
+            return out
+    """)
+    assert facts["tags"] == ["c:1", "u:alice"]
+    assert facts["nothing attached"] == "None"
+    assert facts["attachment"] == repr('{"v":1}')
+    assert facts["dict"] == "TypeError: attachments are JSON strings"
+    assert facts["still"] == '{"v":1}'
+    assert facts["bytes"] == "TypeError: rooms send text frames only"
+    assert facts["frames"] == ["hi"]
+
+
+def test_d1_and_r2_ports(harness: PyodideHarness) -> None:
+    """`D1Database` rows are plain dicts and None binds as NULL; the core's `ArchiveIndex`
+    records a segment once however often it is retried, and its default range binds (no int that
+    Pyodide would make a BigInt). `R2Bucket` puts bytes (a bytearray would be a TypeError through
+    the SDK, §5.4), gets bytes or None, and lets R2's failures through."""
+    facts = probe(harness, imports=PORTS, body="""
+        async def main(h):
+            env = new_object(h, "bindings-port").env
+            db = D1Database(env.DB)
+            await db.batch([("CREATE TABLE t (a INTEGER, b TEXT)", ()),
+                            ("INSERT INTO t VALUES (?, ?)", (1, None))])
+            rows = await db.all("SELECT a, b FROM t WHERE a = ?", 1)
+            out = {"rows": repr(rows), "row type": type(rows[0]).__name__}
+            index = ArchiveIndex(db)
+            for _ in range(2):
+                await index.record("lobby", 1, 4, 99, "k", 1000, head=5, members=2)
+            out["segments"] = [[r["first_seq"], r["last_seq"], r["count"], r["key"]]
+                               for r in await index.segments("lobby", 1, 100)]
+            out["default range"] = len(await index.segments("lobby"))
+            out["room"] = await db.all("SELECT head_seq, archived_seq FROM rooms")
+            bucket = R2Bucket(env.ARCHIVE)
+            await bucket.put("rooms/x/segments/1", bytearray(b"\\x1f\\x8b data"))
+            got = await bucket.get("rooms/x/segments/1")
+            out["get"] = [type(got).__name__, list(got)]
+            out["missing"] = repr(await bucket.get("rooms/x/segments/2"))
+            h.env.ARCHIVE.failPuts = 1
+            h.env.ARCHIVE.failGets = 1
+            out["put failure"] = await aerror(bucket.put("k", b"x"))
+            out["get failure"] = await aerror(bucket.get("k"))
+            return out
+    """)
+    assert facts["rows"] == "[{'a': 1, 'b': None}]"
+    assert facts["row type"] == "dict"
+    assert facts["segments"] == [[1, 4, 4, "k"]]
+    assert facts["default range"] == 1
+    assert facts["room"] == [{"head_seq": 5, "archived_seq": 4}]
+    assert facts["get"] == ["bytes", list(b"\x1f\x8b data")]
+    assert facts["missing"] == "None"
+    assert facts["put failure"].startswith("JsException: Error: put: We encountered an internal")
+    assert facts["get failure"].startswith("JsException: Error: get: We encountered an internal")

@@ -1,8 +1,12 @@
-"""The room service through its real entrypoints in Pyodide: front Worker, then the Room object.
+"""The Room object through its real entrypoints in Pyodide, where workerd cannot go.
 
-Every scenario that involves sockets runs twice (``world_any``): with objects kept awake, and
-with every object evicted after every event, so each frame is handled by an instance whose
-``__init__`` just ran again over storage and socket attachments, as after hibernation.
+tests/e2e runs the room's promises against the real workerd, with objects awake. What stays here
+is what workerd cannot be made to do: evict the object after every event (``world_any`` runs a
+scenario twice, awake and with every object evicted after every event, so each frame is handled
+by an instance whose ``__init__`` just ran again over storage and attachments), fail on demand
+(SQL, attachment writes, a socket error event), and show what the room stored and which sockets
+it lists. Scenarios that only the hibernating run adds anything to run hibernating only; their
+awake cases are end-to-end tests on workerd, named in the docstring.
 """
 
 from __future__ import annotations
@@ -11,19 +15,27 @@ import json
 
 import pytest
 
-from tests.pyodide.conftest import ADMIN_TOKEN, Expect, token
-from tests.pyodide.harness_client import Client, World
+from rooms.limits import Limits
+from rooms.protocol import PING_TEXT, PONG_TEXT
+from tests.pyodide.conftest import Expect, WorldFactory, log_records, take_output, token
+from tests.pyodide.harness_client import Client, PyodideHarness, World
 
-PING = '{"type":"ping"}'
-PONG = {"type": "pong"}
+PONG = json.loads(PONG_TEXT)
+FAILURE = {"event": "unexpected_error", "handler": "webSocketMessage", "error": "JsException",
+           "room": "lobby"}
 
 
 def join(world: World, user: str, room: str = "lobby", **kwargs: object) -> Client:
     return world.connect(room, token(user, user.title()), **kwargs)  # type: ignore[arg-type]
 
 
+def presence(client: Client) -> list[tuple[str, str]]:
+    return [(p["event"], p["member"]["user_id"]) for p in client.frames("presence")]
+
+
 def test_authenticated_upgrade_reaches_the_room(world_any: World) -> None:
-    """A valid token gets a 101 through the front; the room welcomes the verified identity."""
+    """A valid token gets a 101 through the front; the room welcomes the verified identity,
+    accepts the socket with its tags (a JS Array) and keeps its state as a JSON string."""
     result = world_any.upgrade("lobby", token("alice", "Alice"))
     assert result.status == 101
     assert result.client is not None
@@ -37,13 +49,10 @@ def test_authenticated_upgrade_reaches_the_room(world_any: World) -> None:
     conn_id = json.loads(socket["attachment"])["conn_id"]
     assert socket["tags"] == [f"c:{conn_id}", "u:alice"]
     assert conn_id == welcome["conn_id"]
-
-
-def test_token_as_subprotocol_is_accepted_and_never_echoed(world: World) -> None:
-    """Browsers pass the token as a subprotocol; the room echoes only rooms.v1."""
-    alice = world.connect("lobby", None, protocols=["rooms.v1", token("alice")])
-    assert alice.frames("welcome")
-    assert alice.protocol == "rooms.v1"
+    result.client.publish("m", "hi")  # rewrites the attachment (the rate-limit bucket)
+    (socket,) = world_any.info("lobby")["sockets"]
+    assert isinstance(socket["attachment"], str)
+    assert json.loads(socket["attachment"])["user_id"] == "alice"
 
 
 def test_publish_is_acked_and_broadcast_to_both_sockets(world_any: World) -> None:
@@ -64,12 +73,17 @@ def test_publish_is_acked_and_broadcast_to_both_sockets(world_any: World) -> Non
     ]
 
 
-def test_reconnect_with_since_replays_only_newer_messages(world_any: World) -> None:
-    """A socket opened with since=2 gets exactly the messages after seq 2, then live traffic."""
-    alice = join(world_any, "alice")
+def test_reconnect_with_since_replays_only_newer_messages(world: World) -> None:
+    """A socket opened with since=2 gets exactly the messages after seq 2, then live traffic.
+
+    Awake: tests/e2e/test_rooms.py::
+    test_client_that_drops_mid_stream_resumes_without_loss_or_repeat.
+    """
+    world.set_hibernate_every_event(True)
+    alice = join(world, "alice")
     for i in range(4):
         alice.publish(f"m{i}", str(i))
-    late = join(world_any, "carol", since=2)
+    late = join(world, "carol", since=2)
     (welcome,) = late.frames("welcome")
     assert (welcome["head"], welcome["resume"]["complete"]) == (4, True)
     assert late.seqs() == [3, 4]
@@ -93,19 +107,26 @@ def test_retransmit_is_acked_with_the_original_seq_and_stored_once(world_any: Wo
     ]
 
 
-def test_socket_without_since_joins_on_hello(world_any: World) -> None:
-    alice = join(world_any, "alice")
+def test_socket_without_since_joins_on_hello(world: World) -> None:
+    """Awake: tests/e2e/test_rooms.py::test_every_bad_frame_gets_its_error_and_others_are_unaffected
+    (its late socket) and tests/e2e/test_archive.py (history_pages)."""
+    world.set_hibernate_every_event(True)
+    alice = join(world, "alice")
     alice.publish("a", "1")
-    bob = join(world_any, "bob", since=None)
+    bob = join(world, "bob", since=None)
     assert bob.frames("welcome") == []
     bob.send({"type": "hello", "since": 0})
     assert len(bob.frames("welcome")) == 1
     assert bob.seqs() == [1]
 
 
-def test_bad_frames_get_error_frames_and_the_socket_stays_usable(world_any: World) -> None:
-    """Bad JSON, unknown types, invalid fields and binary frames (an ArrayBuffer) are answered."""
-    alice = join(world_any, "alice")
+def test_bad_frames_get_error_frames_and_the_socket_stays_usable(world: World) -> None:
+    """Bad JSON, unknown types, invalid fields and binary frames (an ArrayBuffer) are answered.
+
+    Awake: tests/e2e/test_rooms.py::test_every_bad_frame_gets_its_error_and_others_are_unaffected.
+    """
+    world.set_hibernate_every_event(True)
+    alice = join(world, "alice")
     alice.send("{not json")
     alice.send({"type": "teleport"})
     alice.send({"type": "publish", "id": "", "body": "x"})
@@ -138,8 +159,10 @@ def test_ping_is_answered_by_the_runtime_without_waking_the_room(world: World) -
     """The exact ping text gets the auto-response; the evicted room is not rebuilt."""
     alice = join(world, "alice")
     world.evict("lobby")
-    constructions = world.info("lobby")["constructions"]
-    alice.send(PING)
+    info = world.info("lobby")
+    assert info["auto_response"] == {"request": PING_TEXT, "response": PONG_TEXT}
+    constructions = info["constructions"]
+    alice.send(PING_TEXT)
     assert alice.take()[-1] == PONG
     info = world.info("lobby")
     assert (info["constructions"], info["awake"], info["auto_responses"]) == (constructions,
@@ -150,18 +173,63 @@ def test_ping_is_answered_by_the_runtime_without_waking_the_room(world: World) -
 
 
 def test_close_and_vanish_announce_leaves(world_any: World) -> None:
-    """A clean close and a dropped connection (1006) both end in a `leave` for the others."""
+    """A clean close and a dropped connection (1006) both end in a `leave` for the others, and
+    the room closes its end of both."""
     alice, bob, carol = join(world_any, "alice"), join(world_any, "bob"), join(world_any, "carol")
     bob.close(1000, "bye")
     carol.drop()
-    leaves = [p["member"]["user_id"] for p in alice.frames("presence") if p["event"] == "leave"]
-    assert leaves == ["bob", "carol"]
+    leaves = [p for p in alice.frames("presence") if p["event"] == "leave"]
+    assert leaves == [
+        {"type": "presence", "event": "leave", "member": {"user_id": "bob", "name": "Bob"}},
+        {"type": "presence", "event": "leave", "member": {"user_id": "carol", "name": "Carol"}},
+    ]
     bob.state()
     assert bob.closes == [(1000, "")]  # the room completes the close handshake it was offered
     alice.publish("m", "anyone?")
     assert alice.seqs() == [1]
-    states = [s["ready_state"] for s in world_any.info("lobby")["sockets"]]
-    assert states.count(1) == 1  # only alice's socket is still open
+    sockets = world_any.info("lobby")["sockets"]
+    assert [(s["ready_state"], s["listed"]) for s in sockets] == [(1, True), (3, False),
+                                                                  (3, False)]
+
+
+def test_a_client_close_is_answered_with_its_own_code(world: World) -> None:
+    """workerd does not answer a client's close frame on a hibernatable socket (measured,
+    tests/workerd/test_probes.py): the room does, with the client's code, or 1000 for a close
+    frame without a status (1005, which cannot be sent)."""
+    alice, bob = join(world, "alice"), join(world, "bob")
+    alice.close(4000, "going")
+    bob.close(None)
+    alice.state()
+    bob.state()
+    assert (alice.closes, bob.closes) == ([(4000, "")], [(1000, "")])
+
+
+def test_a_socket_error_announces_the_leave(world_any: World) -> None:
+    """webSocketError is handled like a close. Local workerd delivers none (a dropped connection
+    is a close with 1006); production may."""
+    alice, bob = join(world_any, "alice"), join(world_any, "bob")
+    bob.fail()
+    assert "webSocketError" in world_any.stats()
+    assert "webSocketClose" not in world_any.stats()
+    assert presence(alice) == [("join", "bob"), ("leave", "bob")]
+    listed = [s for s in world_any.info("lobby")["sockets"] if s["listed"]]
+    assert len(listed) == 1
+
+
+def test_a_frame_over_the_limit_closes_1009_and_the_echo_is_handled_quietly(
+    world_any: World,
+) -> None:
+    """The room closes the socket (1009); the client's echo of that close is not a second leave.
+
+    Awake: tests/e2e/test_rooms.py::
+    test_malformed_and_oversized_frames_leave_other_members_unaffected.
+    """
+    alice, bob = join(world_any, "alice"), join(world_any, "bob")
+    bob.send("x" * (Limits().max_frame_bytes + 1))
+    bob.state()
+    assert bob.closes == [(1009, "frame too large")]  # the client answered it at once
+    assert presence(alice) == [("join", "bob"), ("leave", "bob")]
+    assert [s["listed"] for s in world_any.info("lobby")["sockets"]] == [True, False]
 
 
 @pytest.mark.parametrize("how", ["close", "drop"])
@@ -183,6 +251,102 @@ def test_a_leave_announced_by_a_woken_room_names_the_member(world: World, how: s
     assert leaves == [{"user_id": "bob", "name": "Bob"}]
 
 
+def test_a_room_whose_id_has_no_name_knows_its_name_after_every_wake(
+    world_factory: WorldFactory, expect: Expect
+) -> None:
+    """The name read from the first upgrade is stored: a room woken by a socket event (no URL)
+    whose `ctx.id.name` is undefined still logs and welcomes under it."""
+    world = world_factory(id_has_name=False, LOG_MESSAGES="1")
+    world.set_hibernate_every_event(True)
+    alice = join(world, "alice", room="blue-room")
+    take_output(world, expect)
+    alice.publish("m", "hi")  # handled by a room woken with no URL and no ctx.id.name
+    records = log_records(take_output(world, expect))
+    (published,) = [r for r in records if r["event"] == "publish"]
+    assert published["room"] == "blue-room"
+    bob = join(world, "bob", room="blue-room")
+    assert bob.frames("welcome")[0]["room"] == "blue-room"
+    assert bob.seqs() == [1]
+
+
+def test_a_failing_handler_logs_one_line_closes_1011_and_the_room_recovers(
+    world_any: World, expect: Expect
+) -> None:
+    """Rebuilding the room fails (its SQL storage is full): the event's socket is closed with
+    1011, one line is logged (room, handler, type, never the message), the next event rebuilds
+    the room, and nothing stored is lost or duplicated."""
+    alice, bob = join(world_any, "alice"), join(world_any, "bob")
+    alice.publish("a", "1")
+    world_any.evict("lobby")
+    world_any.fail_sql("lobby", "CREATE TABLE IF NOT EXISTS room_meta",
+                       message="secret detail: database or disk is full: SQLITE_FULL")
+    bob.hold_closes()
+    take_output(world_any, expect)
+    bob.publish("b", "2")  # the room cannot be rebuilt: nothing is stored
+    expect.unexpected_errors = 1
+    output = take_output(world_any, expect)
+    assert "secret detail" not in "\n".join(output)
+    assert [r for r in log_records(output) if r["event"] != "publish"] == [FAILURE]
+    bob.state()
+    assert bob.closes == [(1011, "internal error")]
+    bob.answer_close()
+    alice.publish("c", "3")
+    assert alice.seqs() == [1, 2]
+    assert [m["body"] for m in alice.frames("message")] == ["1", "3"]
+    again = join(world_any, "bob", since=1)
+    assert again.seqs() == [2]
+    assert "secret detail" not in json.dumps([alice.frames(), bob.frames(), again.frames()])
+
+
+def test_a_failed_attachment_write_still_broadcasts_the_stored_message(
+    world_any: World, expect: Expect
+) -> None:
+    """Saving one socket's state fails after the insert: that socket is closed with 1011, and
+    every other member still receives the stored message, in order."""
+    alice, bob, carol = join(world_any, "alice"), join(world_any, "bob"), join(world_any, "carol")
+    alice.publish("a", "1")
+    bob.fail_attachment_writes(message="boom")
+    take_output(world_any, expect)
+    bob.publish("b", "2")
+    alice.publish("c", "3")
+    assert alice.seqs() == carol.seqs() == [1, 2, 3]
+    assert [m["body"] for m in carol.frames("message")] == ["1", "2", "3"]
+    bob.state()
+    assert bob.closes == [(1011, "internal error")]
+    records = log_records(take_output(world_any, expect))
+    assert [r.get("code") for r in records if r["event"] == "attachment_failed"] == [
+        "JsException"]
+    assert not [r for r in records if r["event"] == "unexpected_error"]  # nothing escaped
+    assert "boom" not in json.dumps([alice.frames(), carol.frames()])
+
+
+def test_the_room_refuses_a_request_that_did_not_come_through_the_front(
+    harness: PyodideHarness,
+) -> None:
+    """Only bindings reach an object; a request without the front's identity headers is refused
+    (400 identity_missing), and the room checks `since` too (the front did already)."""
+    facts = harness.probe("""
+import json
+from js import Object
+from pyodide.ffi import to_js
+
+
+async def main(h):
+    stub = h.env.ROOMS.getByName("lobby")
+
+    async def upgrade(query, headers):
+        headers = {"upgrade": "websocket", **headers}
+        init = to_js({"headers": headers}, dict_converter=Object.fromEntries)
+        response = await stub.fetch("https://rooms.example/rooms/lobby/ws" + query, init)
+        return [response.status, json.loads(await response.text())["error"]["code"]]
+
+    identity = {"x-rooms-user-id": "alice", "x-rooms-user-name": "Alice"}
+    return {"no identity": await upgrade("?since=0", {}),
+            "bad since": await upgrade("?since=-1", identity)}
+""")
+    assert facts == {"no identity": [400, "identity_missing"], "bad since": [400, "bad_since"]}
+
+
 def test_two_rooms_are_separate_objects(world: World) -> None:
     alice = join(world, "alice", room="one")
     bob = join(world, "bob", room="two")
@@ -192,120 +356,14 @@ def test_two_rooms_are_separate_objects(world: World) -> None:
     assert world.sql("one", "SELECT name FROM room_name") == [{"name": "one"}]
 
 
-def test_history_pages_backwards(world_any: World) -> None:
-    alice = join(world_any, "alice")
+def test_history_pages_backwards(world: World) -> None:
+    """Awake: tests/e2e/test_archive.py::
+    test_the_alarm_archives_and_every_read_crosses_the_archive_seamlessly (history pages)."""
+    world.set_hibernate_every_event(True)
+    alice = join(world, "alice")
     for i in range(5):
         alice.publish(f"m{i}", str(i))
     alice.send({"type": "history", "before": 4, "limit": 2, "ref": "h1"})
     (page,) = alice.frames("history")
     assert [m["seq"] for m in page["messages"]] == [2, 3]
     assert (page["ref"], page["next_before"]) == ("h1", 2)
-
-
-# --------------------------------------------------------------------------- HTTP errors
-
-
-@pytest.mark.parametrize(
-    ("label", "make_token", "code"),
-    [
-        ("missing", lambda: None, "token_missing"),
-        ("wrong secret", lambda: token("alice", secret="another-secret-of-sufficient-length!"),
-         "token_invalid"),
-        ("garbage", lambda: "not.a.token", "token_invalid"),
-        ("expired", lambda: token("alice", ttl_s=-60), "token_expired"),
-        ("no sub", lambda: token("", name="x"), "token_claims"),
-    ],
-)
-def test_auth_failures_are_401_with_the_json_error_shape(
-    world: World, label: str, make_token: object, code: str
-) -> None:
-    result = world.upgrade("lobby", make_token())  # type: ignore[operator]
-    assert result.status == 401, label
-    assert result.client is None
-    assert result.headers["content-type"] == "application/json"
-    body = result.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message"}
-    assert body["error"]["code"] == code
-    assert "token" not in result.body.lower() or code in result.body  # never echoes a token
-
-
-def test_alg_none_is_refused(world: World) -> None:
-    unsigned = jwt_none_token("mallory")
-    result = world.upgrade("lobby", unsigned)
-    assert (result.status, result.json()["error"]["code"]) == (401, "token_invalid")
-
-
-def jwt_none_token(user: str) -> str:
-    import base64
-    import time
-
-    def part(value: dict[str, object]) -> str:
-        raw = json.dumps(value, separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-    claims = {"sub": user, "exp": int(time.time()) + 60}
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
-
-
-@pytest.mark.parametrize(
-    ("path", "headers", "status", "code"),
-    [
-        ("/rooms/bad!name/ws", {"upgrade": "websocket"}, 400, "bad_room_name"),
-        ("/rooms/lobby/ws", {}, 426, "upgrade_required"),
-        ("/rooms/lobby/ws?since=-1", {"upgrade": "websocket"}, 400, "bad_since"),
-        ("/rooms/lobby/other", {}, 404, "not_found"),
-    ],
-)
-def test_front_errors_have_the_json_error_shape(
-    world: World, path: str, headers: dict[str, str], status: int, code: str
-) -> None:
-    result = world.fetch(path, headers=headers)
-    assert (result.status, result.json()["error"]["code"]) == (status, code)
-    assert result.headers["content-type"] == "application/json"
-
-
-def test_health_and_method_checks(world: World) -> None:
-    assert world.fetch("/health").json() == {"status": "ok"}
-    result = world.fetch("/rooms/lobby/ws", method="POST", headers={"upgrade": "websocket"})
-    assert (result.status, result.json()["error"]["code"]) == (405, "method_not_allowed")
-
-
-def test_client_sent_identity_headers_are_not_trusted(world: World) -> None:
-    """A client claiming x-rooms-user-id gets the identity of its token, not of the header."""
-    client = world.connect("lobby", token("alice"), headers={"x-rooms-user-id": "admin"})
-    assert client.frames("welcome")[0]["user_id"] == "alice"
-
-
-def test_static_assets_are_served_from_the_assets_binding(world: World) -> None:
-    result = world.fetch("/")
-    assert result.status == 200
-    assert "<" in result.body  # public/index.html
-
-
-def test_admin_inspection_reaches_the_room_object(world: World) -> None:
-    """The admin API calls the room's object through its stub (stub.fetch with POST)."""
-    alice = join(world, "alice")
-    alice.publish("m", "hi")
-    auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-    assert world.fetch("/admin/rooms/lobby").status == 401
-    result = world.fetch("/admin/rooms/lobby", headers=auth)
-    assert result.status == 200, result.body
-    inspection = result.json()
-    assert inspection["room"] == "lobby"
-    assert inspection["head_seq"] == 1
-    assert [m["user_id"] for m in inspection["members"]] == ["alice"]
-
-
-def test_admin_disconnect_closes_the_users_sockets_with_4003(world: World,
-                                                             expect: Expect) -> None:
-    alice, bob = join(world, "alice"), join(world, "bob")
-    auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-    result = world.fetch("/admin/rooms/lobby/disconnect?user_id=bob", method="POST",
-                         headers=auth)
-    assert result.status == 200, result.body
-    bob.state()
-    assert bob.closes
-    assert bob.closes[0][0] == 4003
-    leaves = [p for p in alice.frames("presence") if p["event"] == "leave"]
-    assert [p["member"]["user_id"] for p in leaves] == ["bob"]

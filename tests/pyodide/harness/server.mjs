@@ -268,6 +268,18 @@ const ops = {
     await client.world.settle();
     return {};
   },
+  "ws.fail": async (args) => {
+    const client = runtime.client(args.client);
+    client.fail();
+    await client.world.settle();
+    return {};
+  },
+  "ws.failAttachmentWrites": async (args) => {
+    const server = runtime.client(args.client).ep.peer;
+    server.failAttachmentWrites = args.count ?? 1;
+    server.failMessage = args.message ?? "attachment write failed";
+    return {};
+  },
   "ws.frames": async (args) => {
     const client = runtime.client(args.client);
     return { frames: client.frames.splice(0), ...client.state(), protocol: client.protocol };
@@ -313,8 +325,15 @@ const ops = {
       .filter((o) => o.key.startsWith(args.prefix ?? ""))
       .map((o) => ({ key: o.key, size: o.data.length, base64: Buffer.from(o.data).toString("base64") }));
   },
-  "r2.failPuts": async (args) => {
-    worldOf(args).r2.failPuts = args.count;
+  "r2.fail": async (args) => {
+    const r2 = worldOf(args).r2;
+    r2.failPuts = args.puts ?? 0;
+    r2.failGets = args.gets ?? 0;
+    return {};
+  },
+  "r2.puts": async (args) => worldOf(args).r2.puts,
+  "d1.failBatches": async (args) => {
+    worldOf(args).d1.failBatches = args.count ?? 1;
     return {};
   },
   "diag.take": async (args) => {

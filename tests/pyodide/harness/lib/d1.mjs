@@ -48,6 +48,7 @@ export class D1Database {
   constructor() {
     this.#db = new DatabaseSync(":memory:");
     this.queries = 0;
+    this.failBatches = 0; // tests may make the next N batches fail
   }
 
   /** Apply `migrations/*.sql` in file-name order, recorded in d1_migrations as wrangler does. */
@@ -84,6 +85,10 @@ export class D1Database {
       if (!(statement instanceof D1PreparedStatement)) {
         throw new TypeError("D1 batch() items must be D1PreparedStatement objects");
       }
+    }
+    if (this.failBatches > 0) {
+      this.failBatches--;
+      throw new Error("D1_ERROR: injected failure: SQLITE_ERROR");
     }
     this.#db.exec("BEGIN");
     try {

@@ -318,6 +318,7 @@ export class DurableObjectStorage {
     // workerd moves a time in the past to now (actor-state.c++ setAlarm), so it fires at once:
     // epoch seconds passed for milliseconds (a date in January 1970) become "now".
     this.#slot.alarm = Math.max(ms, Date.now());
+    this.#slot.alarmSets++;
   }
 
   async deleteAlarm() {
@@ -488,7 +489,9 @@ export class ObjectSlot {
     this.autoResponses = 0;
     this.eventTimeout = null;
     this.alarm = null;
+    this.alarmSets = 0; // setAlarm calls
     this.alarmRetries = 0;
+    this.requests = []; // what the object's fetch received (method, url, headers)
     this.instance = null; // the JS entrypoint object (a Proxy) while awake
     this.gen = null;
     this.constructions = 0;

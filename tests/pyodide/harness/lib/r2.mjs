@@ -104,7 +104,8 @@ export class R2Bucket {
   constructor() {
     this.objects = new Map();
     this.puts = 0;
-    this.failPuts = 0; // tests may make the next N puts fail
+    this.failPuts = 0; // tests may make the next N puts (or gets) fail
+    this.failGets = 0;
   }
 
   async put(key, value, options) {
@@ -130,6 +131,10 @@ export class R2Bucket {
 
   async get(key) {
     checkKey(key);
+    if (this.failGets > 0) {
+      this.failGets--;
+      throw new Error("get: We encountered an internal error. Please try again. (10001)");
+    }
     const stored = this.objects.get(key);
     return stored === undefined ? null : new GetResult(stored);
   }

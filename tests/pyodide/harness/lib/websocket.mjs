@@ -45,6 +45,8 @@ export class Endpoint {
     this.sink = null; // where frames sent by the peer go
     this.buffered = [];
     this.autoResponseTimestamp = null;
+    this.failAttachmentWrites = 0; // tests: the next N serializeAttachment() calls throw
+    this.failMessage = "";
   }
 
   // A dropped connection reads CLOSING (2) in the object until the object closes its end, as in
@@ -238,6 +240,10 @@ export class WebSocket {
 
   serializeAttachment(value) {
     const ep = live(this);
+    if (ep.failAttachmentWrites > 0) {
+      ep.failAttachmentWrites--;
+      throw new Error(ep.failMessage);
+    }
     structuredClone(value); // throws DataCloneError for a PyProxy, as V8's serializer does
     const serializer = new v8.Serializer();
     serializer.writeHeader();

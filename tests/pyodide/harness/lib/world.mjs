@@ -151,6 +151,17 @@ export class TestClient {
     });
   }
 
+  /** The connection fails: the object gets webSocketError (local workerd delivered none, see
+   * docs/cloudflare.md §8; production may), both ends are CLOSED. */
+  fail() {
+    for (const ep of [this.ep, this.ep.peer]) {
+      ep.aborted = true;
+      ep.closedOutgoing = true;
+      ep.closedIncoming = true;
+    }
+    this.ep.peer.deliver({ type: "error", error: new Error("WebSocket connection failed") });
+  }
+
   state() {
     return { readyState: this.ep.readyState, serverReadyState: this.ep.peer.readyState };
   }
@@ -318,6 +329,7 @@ export class World {
   }
 
   async objectFetch(slot, request) {
+    slot.requests.push({ method: request.method, url: request.url, headers: [...request.headers] });
     const response = await this.callObject(slot, "fetch", () => [request]);
     if (!(response instanceof globalThis.Response)) {
       throw new TypeError("Incorrect type for Promise: the Promise did not resolve to 'Response'.");
@@ -344,6 +356,12 @@ export class World {
           }
           if (ep.closedIncoming) return;
           await this.callObject(slot, "webSocketMessage", (gen) => [facadeFor(ep, gen), event.data]);
+        } else if (event.type === "error") {
+          try {
+            await this.callObject(slot, "webSocketError", (gen) => [facadeFor(ep, gen), event.error]);
+          } finally {
+            ep.closeHandled = true;
+          }
         } else if (event.type === "close") {
           ep.closedIncoming = true;
           if (event.aborted) ep.aborted = true;
@@ -429,6 +447,8 @@ export class World {
       constructions: slot.constructions,
       awake: slot.instance !== null,
       alarm: slot.alarm,
+      alarm_sets: slot.alarmSets,
+      requests: slot.requests, // what the object's fetch received
       auto_responses: slot.autoResponses,
       auto_response: slot.autoResponse,
       aborted_fetch_signals: slot.abortedSignals,
