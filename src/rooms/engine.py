@@ -21,6 +21,7 @@ from rooms.effects import Broadcast, Close, Effect, Log, ReadArchive, SavePeer, 
 from rooms.limits import Limits
 from rooms.peers import Peer
 from rooms.protocol import (
+    MAX_SIGNAL_DEPTH,
     PING_TEXT,
     PONG_TEXT,
     Ack,
@@ -156,6 +157,8 @@ class RoomEngine:
             frame = decode_client_frame(data)
         except UnicodeError:  # lone surrogates: not representable as UTF-8 JSON
             return self._reject(peer, ErrorCode.BAD_JSON, "frame is not valid UTF-8", now_ms)
+        except RecursionError:  # a small frame can nest deeper than any parser recurses
+            return self._reject(peer, ErrorCode.BAD_JSON, TOO_DEEP, now_ms)
         except msgspec.DecodeError as exc:
             code, message = _classify_bad_frame(data, exc)
             return self._reject(peer, code, message, now_ms)
@@ -186,6 +189,9 @@ class RoomEngine:
             case HistoryRequest():
                 return self._history(peer, frame)
             case Signal():
+                if _nested_deeper_than(frame.data, MAX_SIGNAL_DEPTH):
+                    message = f"signal `data` may nest at most {MAX_SIGNAL_DEPTH} levels deep"
+                    return self._reject(peer, ErrorCode.BAD_FRAME, message, now_ms)
                 relay = SignalRelay(user_id=peer.user_id, kind=frame.kind, data=frame.data)
                 return [
                     SavePeer(peer),
@@ -387,12 +393,34 @@ def _utf8_len_over(text: str, limit: int) -> bool:
     return len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit
 
 
+TOO_DEEP = "frame is nested too deeply"
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects in ``value`` nest more than ``limit`` levels (no recursion)."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _classify_bad_frame(text: str, exc: msgspec.DecodeError) -> tuple[str, str]:
     """Turn a decode failure into a precise error code and a message that helps the client."""
     try:
         value: Any = msgspec.json.decode(text)
     except msgspec.DecodeError:
         return ErrorCode.BAD_JSON, "frame is not valid JSON"
+    except RecursionError:
+        return ErrorCode.BAD_JSON, TOO_DEEP
     if not isinstance(value, dict) or not isinstance(value.get("type"), str):
         return ErrorCode.BAD_FRAME, "frame must be a JSON object with a string `type`"
     if value["type"] not in _CLIENT_TYPES:

@@ -16,6 +16,9 @@ import msgspec
 # Client-chosen ids (message ids, history request refs) and signal kinds.
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 SignalKind = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+# A signal's `data` is relayed to every member: bounded in depth so one client cannot hand the
+# others' JSON parsers a structure they refuse (CPython's json stops near 1,000 levels).
+MAX_SIGNAL_DEPTH = 16
 Seq = Annotated[int, msgspec.Meta(ge=0)]
 
 

@@ -15,6 +15,7 @@ from tests.e2e.conftest import (
     ServiceBase,
     closed_by_server,
     expect_http_error,
+    recv_json,
     recv_until,
 )
 
@@ -131,3 +132,57 @@ async def test_a_user_id_of_128_multibyte_characters_joins(service: ServiceBase)
     async with await service.connect(service.room("wide"), user_id) as ws:
         welcome = await recv_until(ws, "welcome")
     assert welcome["user_id"] == user_id
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "[" * 1000 + "]" * 1000,
+        '{"type": "ping", "ignored": ' + "[" * 1000 + "]" * 1000 + "}",
+        '{"type": "signal", "kind": "k", "data": ' + "[" * 1000 + "]" * 1000 + "}",
+        '{"type": "signal", "kind": "k", "data": ' + '{"a":' * 1000 + "1" + "}" * 1000 + "}",
+    ],
+    ids=["top-level", "ignored-field", "signal-array", "signal-object"],
+)
+async def test_json_nested_a_thousand_deep_is_bad_input_not_a_crash(
+    service: ServiceBase, frame: str
+) -> None:
+    """A 2 KB frame nested 1,000 deep is bad input, never a crash (no `internal`, no 1011), and
+    the socket stays usable. Parsers differ in depth: CPython's msgspec refuses such a frame
+    (`bad_json`), Pyodide's skips an ignored field and relays deep signal data, so either
+    answer is right as long as nothing breaks."""
+    room = service.room("nested")
+    async with (
+        await service.connect(room, "mallory") as ws,
+        await service.connect(room, "bystander") as other,
+    ):
+        await recv_until(ws, "welcome")
+        await recv_until(other, "welcome")
+        await ws.send(frame)
+        await ws.send(json.dumps({"type": "publish", "id": "after", "body": "still here"}))
+        answers = []
+        while not answers or answers[-1]["type"] != "ack":
+            answers.append(await recv_json(ws))
+        assert answers[-1]["seq"] == 1
+        errors = [a["code"] for a in answers if a["type"] == "error"]
+        assert set(errors) <= {"bad_json", "bad_frame"}, answers
+        assert (await recv_until(other, "message"))["id"] == "after"
+
+
+async def test_signal_data_deeper_than_16_levels_is_refused_and_never_relayed(
+    service: ServiceBase,
+) -> None:
+    room = service.room("deep-signal")
+    async with (
+        await service.connect(room, "mallory") as ws,
+        await service.connect(room, "bystander") as other,
+    ):
+        await recv_until(ws, "welcome")
+        await recv_until(other, "welcome")
+        ok = {"type": "signal", "kind": "k", "data": json.loads("[" * 16 + "]" * 16)}
+        deep = {"type": "signal", "kind": "k", "data": json.loads("[" * 17 + "]" * 17)}
+        await ws.send(json.dumps(deep))
+        assert (await recv_until(ws, "error"))["code"] == "bad_frame"
+        await ws.send(json.dumps(ok))
+        relayed = await recv_until(other, "signal")
+        assert relayed["data"] == ok["data"]
