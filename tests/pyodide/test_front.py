@@ -7,8 +7,10 @@ real sockets on workerd (tokens, room names, subprotocols, the Origin allow-list
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import time
 from typing import Any
 
 import pytest
@@ -35,6 +37,17 @@ def error_of(result: HttpResult) -> tuple[str, str]:
     return body["error"]["code"], body["error"]["message"]
 
 
+def unsigned_token(user: str) -> str:
+    """A JWT with ``alg: none`` and no signature."""
+
+    def part(value: dict[str, object]) -> str:
+        raw = json.dumps(value, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    claims = {"sub": user, "exp": int(time.time()) + 60}
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
 def no_object_was_called(world: World) -> bool:
     return not set(world.stats()) - {"Default.fetch"}
 
@@ -48,6 +61,7 @@ def no_object_was_called(world: World) -> bool:
         ("garbage", lambda: "not.a.token", "token_invalid"),
         ("expired", lambda: token("alice", ttl_s=-60), "token_expired"),
         ("no sub", lambda: token("", name="x"), "token_claims"),
+        ("alg none", lambda: unsigned_token("mallory"), "token_invalid"),
     ],
 )
 def test_auth_failures_are_401_with_the_json_error_shape(

@@ -45,6 +45,7 @@ def test_authenticated_upgrade_reaches_the_room(world_any: World) -> None:
     assert welcome["presence"] == [{"user_id": "alice", "name": "Alice"}]
     assert welcome["resume"] == {"since": 0, "complete": True, "missing": [], "reason": None}
     info = world_any.info("lobby")
+    assert info["constructions"] == 1
     (socket,) = info["sockets"]
     conn_id = json.loads(socket["attachment"])["conn_id"]
     assert socket["tags"] == [f"c:{conn_id}", "u:alice"]
@@ -73,13 +74,9 @@ def test_publish_is_acked_and_broadcast_to_both_sockets(world_any: World) -> Non
     ]
 
 
-def test_reconnect_with_since_replays_only_newer_messages(world: World) -> None:
-    """A socket opened with since=2 gets exactly the messages after seq 2, then live traffic.
-
-    Awake: tests/e2e/test_rooms.py::
-    test_client_that_drops_mid_stream_resumes_without_loss_or_repeat.
-    """
-    world.set_hibernate_every_event(True)
+def test_reconnect_with_since_replays_only_newer_messages(world_any: World) -> None:
+    """A socket opened with since=2 gets exactly the messages after seq 2, then live traffic."""
+    world = world_any
     alice = join(world, "alice")
     for i in range(4):
         alice.publish(f"m{i}", str(i))
