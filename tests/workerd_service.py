@@ -23,6 +23,7 @@ from rooms.archive import ArchivePolicy
 from rooms.limits import Limits
 from tests.local.conftest import SECRET
 from workerd.wrangler import (
+    PROJECT_ROOT,
     Toolchain,
     WorkerdNotInstalledError,
     WranglerDev,
@@ -65,6 +66,25 @@ class Profile:
         return variables
 
 
+def snapshot_project(target: Path) -> Path:
+    """A copy of the Worker's sources as they are now, for `wrangler dev --config`; its config.
+
+    wrangler dev reloads the Worker whenever a file under its entry point's directory changes,
+    with no flag to turn that off; an edit to src/ during a session would then restart workerd
+    under running tests (or fail to start it, half-written). The session tests the sources it
+    started with instead, as the local runtime does (Python imports them once). wrangler.jsonc
+    and src/ are copied; public/, migrations/ and python_modules/ are linked.
+    """
+    target.mkdir(parents=True)
+    shutil.copy2(PROJECT_ROOT / "wrangler.jsonc", target / "wrangler.jsonc")
+    shutil.copytree(
+        PROJECT_ROOT / "src", target / "src", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("public", "migrations", "python_modules"):
+        (target / name).symlink_to(PROJECT_ROOT / name, target_is_directory=True)
+    return target / "wrangler.jsonc"
+
+
 class WorkerdPool:
     """One `wrangler dev` per profile, started on first use and stopped at the session's end."""
 
@@ -73,6 +93,7 @@ class WorkerdPool:
         self.root = root
         self.running: dict[Profile, WranglerDev] = {}
         self._template: Path | None = None
+        self.config = snapshot_project(root / "project")
 
     def _migrated_state(self, target: Path) -> None:
         # Applying migrations/ takes a wrangler run (~4 s); do it once and copy the result.
@@ -92,8 +113,9 @@ class WorkerdPool:
                 "".join(f"{k}='{v}'\n" for k, v in profile.variables().items())
             )
             port = free_port()
+            args = [*dev_args(port, state, env_file=env_file), "--config", str(self.config)]
             dev = WranglerDev(
-                self.tools, dev_args(port, state, env_file=env_file), port,
+                self.tools, args, port,
                 self.root / f"wrangler-{index}-{profile.name}.log",
             )
             dev.start()
