@@ -23,6 +23,7 @@ asserts per runtime and says why. Where workerd falls short, its case is marked 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -35,6 +36,7 @@ import aiohttp
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
+from websockets.frames import Close
 
 from rooms.archive import ArchivePolicy
 from rooms.auth import mint_token
@@ -294,6 +296,31 @@ async def closed_by_server(ws: websockets.ClientConnection) -> websockets.Connec
             await asyncio.wait_for(ws.recv(), timeout(15))
         except websockets.ConnectionClosed as closed:
             return closed
+
+
+async def close_frame(ws: websockets.ClientConnection, seconds: float = 15) -> Close:
+    """The close frame the server sent, as soon as it arrives (dropping frames before it).
+
+    Unlike `closed_by_server` this does not wait for the server to end the TCP connection too,
+    which workerd sometimes does only seconds later (see test_admin.py).
+    """
+    async def drain() -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                await ws.recv()
+
+    draining = asyncio.create_task(drain())
+    try:
+        deadline = time.monotonic() + timeout(seconds)
+        while (close := ws.protocol.close_rcvd) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no close frame from the server")
+            await asyncio.sleep(0.01)
+        return close
+    finally:
+        draining.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await draining
 
 
 async def publish(ws: websockets.ClientConnection, id_: str, body: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from tests.e2e.conftest import (
     GATED,
     STRICT,
     ServiceBase,
-    closed_by_server,
+    close_frame,
     recv_until,
     use_profile,
 )
@@ -123,15 +123,18 @@ async def test_inspect_shows_members_counters_and_storage(service: ServiceBase) 
 async def test_disconnect_close_and_open_are_applied_and_audited(service: ServiceBase) -> None:
     """Operators can kick a user (4003) and close a room to messages; each action is audited."""
     room = service.room("delta")
-    async with await service.connect(room, "bob") as bob, \
+    # workerd sends the 4003 close frame at once, but when the room closed the socket while
+    # handling another event (this admin request) it ends the TCP connection only when the
+    # object goes idle, ~10 s after its last event (a 1008 or 1009 close, made in the socket's
+    # own event, ends it at once). So the test reads the close frame, not the end of the
+    # connection, and bob's side gives up on the lingering connection after 1 s, not 10.
+    async with await service.connect(room, "bob", close_timeout=timeout(1)) as bob, \
             await service.connect(room, "carol") as carol:
         await recv_until(bob, "welcome")
         await recv_until(carol, "welcome")
         status, kicked = await call(service, "POST", f"/admin/rooms/{room}/disconnect?user_id=bob")
         assert (status, kicked["result"]["sockets_closed"]) == (200, 1)
-        closed = await closed_by_server(bob)
-        assert closed.rcvd is not None
-        assert closed.rcvd.code == CloseCode.KICKED
+        assert (await close_frame(bob)).code == CloseCode.KICKED
         await call(service, "POST", f"/admin/rooms/{room}/close")
         await carol.send(json.dumps({"type": "publish", "id": "c1", "body": "hello?"}))
         error = await recv_until(carol, "error")

@@ -171,6 +171,43 @@ async def test_a_user_with_two_sockets_is_one_member(service: ServiceBase) -> No
                 bob, {"user_id": "carol", "name": "carol"}]
 
 
+async def test_signals_reach_the_others_only_and_are_never_stored(service: ServiceBase) -> None:
+    """A `signal` (typing, say) is relayed to every other socket, not the sender's; no seq."""
+    room = service.room("signal")
+    async with await service.connect(room, "alice") as alice, \
+            await service.connect(room, "bob") as bob:
+        await recv_until(alice, "welcome")
+        await recv_until(bob, "welcome")
+        assert (await recv_json(alice))["event"] == "join"  # bob
+        data = {"typing": True, "nested": [1, "two", None]}
+        await alice.send(json.dumps({"type": "signal", "kind": "typing", "data": data}))
+        assert await recv_json(bob) == {
+            "type": "signal", "user_id": "alice", "kind": "typing", "data": data}
+        # Alice's next frame is her own ack: her signal did not come back to her.
+        await alice.send(json.dumps({"type": "publish", "id": "m", "body": "done typing"}))
+        assert await recv_json(alice) == {"type": "ack", "id": "m", "seq": 1, "duplicate": False}
+    welcome, stored = await replay(service, room)
+    assert (welcome["head"], [m["id"] for m in stored]) == (1, ["m"])
+
+
+async def test_a_since_ahead_of_the_room_is_named_and_nothing_is_replayed(
+    service: ServiceBase,
+) -> None:
+    """A client that remembers more than the room holds is told so (`since_ahead`)."""
+    room = service.room("ahead")
+    async with await service.connect(room, "alice") as ws:
+        await recv_until(ws, "welcome")
+        await publish(ws, "m", "only one")
+    async with await service.connect(room, "alice", since=7) as ws:
+        welcome = await recv_json(ws)
+        assert (welcome["type"], welcome["head"]) == ("welcome", 1)
+        assert welcome["resume"] == {"since": 7, "complete": False, "missing": [],
+                                     "reason": "since_ahead"}
+        await ws.send(json.dumps({"type": "publish", "id": "n", "body": "next"}))
+        # Nothing was replayed: the ack is the next frame.
+        assert await recv_json(ws) == {"type": "ack", "id": "n", "seq": 2, "duplicate": False}
+
+
 async def test_restart_mid_conversation_loses_nothing_acked(service: ServiceBase) -> None:
     """Stop the service mid-conversation and start it on the same storage: seq continues."""
     room = service.room("durable")
