@@ -49,6 +49,13 @@ class Sockets(Protocol[S]):
     def close(self, ws: S, code: int, reason: str) -> None: ...
 
 
+# A platform's Sockets may also offer ``sender(ws)``: a function that sends text frames to ``ws``,
+# which the host keeps per connection. On Cloudflare it holds the socket's bound ``send`` so a
+# broadcast looks the method up once per socket, not once per frame (BENCHMARKS.md, "On real
+# workerd"); without it, the host calls ``send(ws, text)``.
+Sender = Callable[[str], None]
+
+
 class Alarms(Protocol):
     """The object's single alarm (Cloudflare: ctx.storage.setAlarm; locally: a scheduler)."""
 
@@ -106,6 +113,11 @@ class RoomHost(Generic[S]):
         self._log_messages = log_messages
         self._clock_ms = clock_ms
         self._by_conn: dict[str, S] = {}
+        self._senders: dict[str, Sender] = {}  # per connection in _by_conn, made on first send
+        platform_sender = getattr(sockets, "sender", None)
+        self._make_sender: Callable[[S], Sender] = (
+            platform_sender if platform_sender is not None else self._port_sender
+        )
         peers: list[Peer] = []
         for ws in sockets.all():
             peer = decode_attachment(sockets.attachment(ws))
@@ -149,6 +161,7 @@ class RoomHost(Generic[S]):
             return
         if peer.conn_id not in self._by_conn:  # accepted by another host instance
             self._by_conn[peer.conn_id] = ws
+            self._senders.pop(peer.conn_id, None)
             self.engine.peers.setdefault(peer.conn_id, peer)
         await self._apply(self.engine.receive(peer.conn_id, data, self._clock_ms()), started)
 
@@ -159,6 +172,7 @@ class RoomHost(Generic[S]):
         if peer is None:
             return
         self._by_conn.pop(peer.conn_id, None)
+        self._senders.pop(peer.conn_id, None)
         if peer.closed:  # we closed it and announced the leave already
             self.engine.peers.pop(peer.conn_id, None)
             return
@@ -332,18 +346,26 @@ class RoomHost(Generic[S]):
             with contextlib.suppress(Exception):
                 self.sockets.close(ws, CloseCode.INTERNAL_ERROR, "internal error")
 
+    def _port_sender(self, ws: S) -> Sender:
+        sockets = self.sockets
+        return lambda text: sockets.send(ws, text)
+
     def _send(self, conn_id: str, text: str) -> None:
-        ws = self._by_conn.get(conn_id)
-        if ws is None:
-            return
+        send = self._senders.get(conn_id)
+        if send is None:
+            ws = self._by_conn.get(conn_id)
+            if ws is None:
+                return
+            send = self._senders[conn_id] = self._make_sender(ws)
         try:
-            self.sockets.send(ws, text)
+            send(text)
         except Exception as exc:  # the peer vanished; its close event will clean up
             self._log(log_line(self.room, Log("send_failed", conn_id, code=type(exc).__name__)))
 
     async def _close(self, conn_id: str, code: int, reason: str) -> None:
         """Close a socket and announce the leave now: its close event may never reach us."""
         ws = self._by_conn.pop(conn_id, None)
+        self._senders.pop(conn_id, None)
         peer = self.engine.peers.get(conn_id)
         if ws is None or peer is None:
             return
