@@ -99,6 +99,10 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         if isinstance(decision, AdminRequest):
             return await self._admin(request, path, url.query, headers, fields)
         if isinstance(decision, GuestTokenRequest):
+            refused = GUEST_ISSUER.refuse_declared_length(headers.get("content-length"))
+            if refused is not None:
+                fields["code"] = "body_too_large"
+                return reply_response(refused)
             body = await request.bytes()
             client = headers.get("cf-connecting-ip", "")
             reply = GUEST_ISSUER.handle(body, client, config.jwt_secret, int(time.time() * 1000))

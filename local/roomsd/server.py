@@ -30,6 +30,7 @@ from rooms.host import ArchiveBindings
 from rooms.limits import PLATFORM_MAX_MESSAGE_BYTES
 from rooms.logs import http_log_line
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
+from roomsd import http_errors
 from roomsd.bindings import AlarmScheduler, LocalD1, LocalR2
 from roomsd.config import Settings
 from roomsd.d1 import open_d1
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("rooms")
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+# How long a client may take to send a request body the front reads (POST /auth/guest).
+BODY_TIMEOUT_S = 10.0
 REGISTRY: web.AppKey[RoomRegistry] = web.AppKey("registry", RoomRegistry)
 
 
@@ -129,14 +132,39 @@ async def front(request: web.Request) -> web.StreamResponse:
         )
         return _reply(reply)
     if isinstance(decision, GuestTokenRequest):
-        body = await request.read()
-        client = request.remote or ""
-        reply = request.app[GUEST].handle(
-            body, client, settings.jwt_secret, int(time.time() * 1000)
-        )
+        reply = await guest_token(request, settings)
         log.info(http_log_line("guest", reply.status, "/auth/guest"))
-        return _reply(reply)
+        response = _reply(reply)
+        if reply.status in (408, 413):  # the rest of the body is never read: end the connection
+            response.force_close()
+        return response
     return await static(request)
+
+
+async def guest_token(request: web.Request, settings: Settings) -> HttpReply:
+    """POST /auth/guest: the body bounded in size and in the time the client takes to send it."""
+    issuer = request.app[GUEST]
+    refused = issuer.refuse_declared_length(request.headers.get("Content-Length"))
+    if refused is not None:
+        return refused
+    limit = issuer.policy.max_body_bytes
+    try:
+        body = await asyncio.wait_for(read_at_most(request, limit + 1), BODY_TIMEOUT_S)
+    except TimeoutError:
+        return error_reply(408, "request_timeout", "the request body did not arrive in time")
+    # A body over the limit is passed on as it is: the issuer answers 413 body_too_large.
+    return issuer.handle(body, request.remote or "", settings.jwt_secret, int(time.time() * 1000))
+
+
+async def read_at_most(request: web.Request, limit: int) -> bytes:
+    """The body up to ``limit`` bytes (what is past it is never read)."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await request.content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
 
 
 async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.StreamResponse:
@@ -227,6 +255,7 @@ async def _shutdown_sockets(app: web.Application) -> None:
 def make_app(settings: Settings) -> web.Application:
     if not settings.jwt_secret:
         raise ValueError("settings.jwt_secret is required")
+    http_errors.install()
     data = settings.data_dir
     d1, applied = open_d1(data / "d1.sqlite", settings.migrations_dir)
     for name in applied:

@@ -78,6 +78,19 @@ class GuestIssuer:
         # client -> (tokens left, when they were counted, in seconds)
         self._buckets: dict[str, tuple[float, float]] = {}
 
+    def refuse_declared_length(self, content_length: str | None) -> HttpReply | None:
+        """413 before any byte is read when the declared body is over the limit (or no number).
+
+        The platform then reads at most ``policy.max_body_bytes + 1`` bytes, so a client that
+        declares 10 MiB, or streams without a length, never gets more than that buffered.
+        """
+        if content_length is None:
+            return None
+        value = content_length.strip()
+        if not (value.isascii() and value.isdigit()) or int(value) > self.policy.max_body_bytes:
+            return error_reply(413, "body_too_large", "the request body is too large")
+        return None
+
     def handle(self, body: bytes, client: str, secret: str, now_ms: int) -> HttpReply:
         """The reply to one ``POST /auth/guest`` from ``client`` (an address; may be empty)."""
         wait_s = self._take(client, now_ms / 1000)

@@ -186,3 +186,38 @@ async def test_signal_data_deeper_than_16_levels_is_refused_and_never_relayed(
         await ws.send(json.dumps(ok))
         relayed = await recv_until(other, "signal")
         assert relayed["data"] == ok["data"]
+
+
+async def test_a_request_line_the_parser_refuses_gets_json_without_the_token(
+    service: ServiceBase,
+) -> None:
+    token = service.token("alice")
+    status, body = await raw_request(
+        service,
+        f"GET /rooms/lobby/ws?token={token}&x=\xe9 HTTP/1.1\r\nHost: {service.base}\r\n"
+        "Connection: close\r\n\r\n".encode("latin-1"),
+    )
+    assert token.encode() not in body
+    assert 400 <= status < 500
+    if service.runtime != "workerd":  # workerd parses it: the front answers (426, JSON)
+        assert json.loads(body)["error"]["code"] == "bad_request"
+
+
+async def test_guest_bodies_are_bounded_before_they_are_read(service: ServiceBase) -> None:
+    """A body declared over the limit is refused before it is read; one over the limit gets
+    413 in our shape; one that never arrives is cut off (locally; workerd has its own limits)."""
+    base = service.base.encode()
+    head = b"POST /auth/guest HTTP/1.1\r\nHost: " + base + b"\r\ncf-connecting-ip: 192.0.2.77\r\n"
+    declared = head + b"Content-Type: application/json\r\nContent-Length: 10485760\r\n\r\n"
+    status, body = await raw_request(service, declared + b'{"name": "x"}')
+    assert (status, json.loads(body)["error"]["code"]) == (413, "body_too_large")
+    big = b'{"name": "' + b"x" * (1024 * 1024 + 10) + b'"}'
+    status, body = await raw_request(
+        service,
+        head
+        + b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(big)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+        + big,
+    )
+    assert (status, json.loads(body)["error"]["code"]) == (413, "body_too_large")
