@@ -29,6 +29,7 @@ from objects.web import (
 )
 from rooms.admin import AdminApi
 from rooms.archive import ArchiveIndex, ArchiveReader
+from rooms.auth import token_policy_from
 from rooms.front import (
     ROOM_PATH,
     SUBPROTOCOL,
@@ -105,7 +106,8 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
                 return reply_response(refused)
             body = await request.bytes()
             client = headers.get("cf-connecting-ip", "")
-            reply = GUEST_ISSUER.handle(body, client, config.jwt_secret, int(time.time() * 1000))
+            now_ms = int(time.time() * 1000)
+            reply = GUEST_ISSUER.handle(body, client, config.jwt_secret, now_ms, config.tokens)
             code = error_code(reply)
             if code is not None:
                 fields["code"] = code
@@ -121,12 +123,18 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         secret = getattr(self.env, "JWT_SECRET", None)
         if not isinstance(secret, str) or not secret:
             return None
+        env = self.env
         try:
-            origins = parse_origins(ffi.var_text(getattr(self.env, "ALLOWED_ORIGINS", None)))
-            guest = parse_switch(getattr(self.env, "GUEST_TOKENS", None), default=False)
+            origins = parse_origins(ffi.var_text(getattr(env, "ALLOWED_ORIGINS", None)))
+            guest = parse_switch(getattr(env, "GUEST_TOKENS", None), default=False)
+            tokens = token_policy_from(
+                ffi.var_text(getattr(env, "TOKEN_MAX_LIFETIME_S", None)),
+                ffi.var_text(getattr(env, "TOKEN_AUDIENCE", None)),
+                ffi.var_text(getattr(env, "TOKEN_ISSUER", None)),
+            )
         except ValueError:
             return None  # -> 500 server_misconfigured, never a silent default
-        return FrontConfig(jwt_secret=secret, allowed_origins=origins, guest_tokens=guest)
+        return FrontConfig(secret, origins, guest, tokens)
 
     async def _admin(
         self, request: Any, path: str, query: str, headers: dict[str, str], fields: LogFields

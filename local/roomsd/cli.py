@@ -22,6 +22,7 @@ from roomsd.config import (
     guest_tokens_from,
     limits_from,
     origins_from,
+    token_policy_of,
     vars_from,
 )
 from roomsd.os_resources import raise_open_file_limit
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "token":
             secret = ensure_dev_secret(args.dev_vars)
-            print(mint_token(secret, args.user, args.name, ttl_s=args.ttl))
+            policy = token_policy_of(vars_from(args.dev_vars))
+            print(mint_token(secret, args.user, args.name, ttl_s=args.ttl, policy=policy))
             return 0
         return serve(args)
     except ConfigError as exc:
@@ -138,6 +140,7 @@ def serve(args: argparse.Namespace) -> int:
         faults=Faults.from_names(args.fault),
         allowed_origins=origins_from(values.get("ALLOWED_ORIGINS")),
         guest_tokens=guest_tokens_from(values.get("GUEST_TOKENS")),
+        tokens=token_policy_of(values),
         limits=limits_from(values.get("ROOM_LIMITS")),
         hibernation=HibernationPolicy(
             after_idle_s=args.hibernate_after,

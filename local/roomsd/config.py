@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rooms.archive import ArchivePolicy
+from rooms.auth import DEFAULT_TOKEN_POLICY, TokenPolicy, token_policy_from
 from rooms.front import FrontConfig, parse_origins
 from rooms.guest import parse_switch
 from rooms.limits import Limits, SettingsModel, settings_from_json
@@ -67,6 +68,7 @@ class Settings:
     archive: ArchivePolicy = field(default_factory=ArchivePolicy)
     faults: Faults = field(default_factory=Faults)
     guest_tokens: bool = True  # POST /auth/guest; on locally, off by default on Cloudflare
+    tokens: TokenPolicy = DEFAULT_TOKEN_POLICY  # TOKEN_MAX_LIFETIME_S, TOKEN_AUDIENCE, _ISSUER
     # A line per published message costs more than storing it (a write to stderr each).
     log_messages: bool = False
 
@@ -76,6 +78,7 @@ class Settings:
             jwt_secret=self.jwt_secret,
             allowed_origins=self.allowed_origins,
             guest_tokens=self.guest_tokens,
+            tokens=self.tokens,
         )
 
 
@@ -127,3 +130,15 @@ def origins_from(raw: str | None) -> frozenset[str]:
         return parse_origins(raw)
     except ValueError as exc:
         raise ConfigError(f"ALLOWED_ORIGINS: {exc}") from None
+
+
+def token_policy_of(values: dict[str, str]) -> TokenPolicy:
+    """TOKEN_MAX_LIFETIME_S, TOKEN_AUDIENCE and TOKEN_ISSUER (see `rooms.auth.TokenPolicy`)."""
+    try:
+        return token_policy_from(
+            values.get("TOKEN_MAX_LIFETIME_S"),
+            values.get("TOKEN_AUDIENCE"),
+            values.get("TOKEN_ISSUER"),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -153,7 +153,8 @@ async def guest_token(request: web.Request, settings: Settings) -> HttpReply:
     except TimeoutError:
         return error_reply(408, "request_timeout", "the request body did not arrive in time")
     # A body over the limit is passed on as it is: the issuer answers 413 body_too_large.
-    return issuer.handle(body, request.remote or "", settings.jwt_secret, int(time.time() * 1000))
+    now_ms = int(time.time() * 1000)
+    return issuer.handle(body, request.remote or "", settings.jwt_secret, now_ms, settings.tokens)
 
 
 async def read_at_most(request: web.Request, limit: int) -> bytes:

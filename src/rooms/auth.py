@@ -26,6 +26,36 @@ _BAD_SUB = f"`sub` must be a non-empty string of at most {MAX_USER_ID_CHARS} cha
 
 
 @dataclass(frozen=True, slots=True)
+class TokenPolicy:
+    """What a deployment demands of tokens beyond the signature (TOKEN_* settings)."""
+
+    max_lifetime_s: int = 7 * 24 * 3600  # `exp` at most this far ahead: no token for 2100
+    audience: str | None = None  # when set, `aud` must name it
+    issuer: str | None = None  # when set, `iss` must be it
+
+    def bound_claims(self) -> dict[str, str]:
+        """The `aud`/`iss` claims tokens minted here carry, so that they pass this policy."""
+        claims = {"aud": self.audience, "iss": self.issuer}
+        return {name: value for name, value in claims.items() if value is not None}
+
+
+DEFAULT_TOKEN_POLICY = TokenPolicy()
+
+
+def token_policy_from(
+    max_lifetime_s: str | None, audience: str | None, issuer: str | None
+) -> TokenPolicy:
+    """TOKEN_MAX_LIFETIME_S, TOKEN_AUDIENCE, TOKEN_ISSUER as set; ValueError names the bad one."""
+    policy = TokenPolicy(audience=audience or None, issuer=issuer or None)
+    if not max_lifetime_s:
+        return policy
+    value = max_lifetime_s.strip()
+    if not (value.isascii() and value.isdigit()) or not 60 <= int(value) <= 366 * 24 * 3600:
+        raise ValueError("TOKEN_MAX_LIFETIME_S must be a whole number of seconds, 60 to a year")
+    return TokenPolicy(int(value), policy.audience, policy.issuer)
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     user_id: str
     name: str
@@ -40,16 +70,21 @@ class AuthError(Exception):
         self.message = message
 
 
-def verify_token(token: str, secret: str, *, leeway_s: int = 5) -> Identity:
+def verify_token(
+    token: str, secret: str, policy: TokenPolicy = DEFAULT_TOKEN_POLICY, *, leeway_s: int = 5
+) -> Identity:
     """Return the identity in ``token`` or raise `AuthError`."""
     if not token:
         raise AuthError("token_missing", "a token is required")
+    required = ["exp", "sub", *policy.bound_claims()]
     try:
         claims = jwt.decode(
             token,
             secret,
             algorithms=[ALGORITHM],
-            options={"require": ["exp", "sub"]},
+            audience=policy.audience,
+            issuer=policy.issuer,
+            options={"require": required},
             leeway=leeway_s,
         )
     except jwt.ExpiredSignatureError:
@@ -58,8 +93,14 @@ def verify_token(token: str, secret: str, *, leeway_s: int = 5) -> Identity:
         raise AuthError("token_claims", f"the token lacks the {exc.claim!r} claim") from None
     except jwt.exceptions.InvalidSubjectError:  # a well-signed token whose `sub` is no string
         raise AuthError("token_claims", _BAD_SUB) from None
+    except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+        raise AuthError("token_claims", "the token is not meant for this server") from None
     except jwt.InvalidTokenError:
         raise AuthError("token_invalid", "the token is not valid") from None
+    if claims["exp"] - time.time() > policy.max_lifetime_s + leeway_s:
+        raise AuthError(
+            "token_claims", f"the token lives longer than the {policy.max_lifetime_s} s allowed"
+        )
     user_id = claims.get("sub")
     if not valid_text(user_id, MAX_USER_ID_CHARS):
         raise AuthError("token_claims", _BAD_SUB)
@@ -70,9 +111,16 @@ def verify_token(token: str, secret: str, *, leeway_s: int = 5) -> Identity:
     return Identity(user_id=user_id, name=name)
 
 
-def mint_token(secret: str, user_id: str, name: str | None = None, ttl_s: int = 3600) -> str:
+def mint_token(
+    secret: str,
+    user_id: str,
+    name: str | None = None,
+    ttl_s: int = 3600,
+    policy: TokenPolicy = DEFAULT_TOKEN_POLICY,
+) -> str:
     """A token for development and tests (production tokens come from your identity provider)."""
     claims: dict[str, object] = {"sub": user_id, "exp": int(time.time()) + ttl_s}
+    claims.update(policy.bound_claims())
     if name is not None:
         claims["name"] = name
     return jwt.encode(claims, secret, algorithm=ALGORITHM)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-from rooms.auth import AuthError, Identity, verify_token
+from rooms.auth import DEFAULT_TOKEN_POLICY, AuthError, Identity, TokenPolicy, verify_token
 
 # "." and ".." name no file or object key anywhere (a directory of the local R2, a path segment
 # that URL parsers remove), so they are refused with the rest, before any room exists.
@@ -36,6 +36,7 @@ class FrontConfig:
     # server's own origin; {"*"}, any origin; otherwise exactly these.
     allowed_origins: frozenset[str] = frozenset()
     guest_tokens: bool = False  # POST /auth/guest mints guest tokens (rooms.guest)
+    tokens: TokenPolicy = DEFAULT_TOKEN_POLICY  # lifetime cap, audience, issuer (TOKEN_*)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +179,7 @@ def _route_upgrade(
     offered = offered_subprotocols(headers)
     token = query.get("token") or _token_from_subprotocols(offered)
     try:
-        identity = verify_token(token or "", config.jwt_secret)
+        identity = verify_token(token or "", config.jwt_secret, config.tokens)
     except AuthError as exc:
         return error_reply(401, exc.code, exc.message)
     subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None

@@ -28,7 +28,14 @@ from dataclasses import dataclass
 
 import jwt
 
-from rooms.auth import ALGORITHM, FORBIDDEN_NAME_CHARS, MAX_NAME_CHARS, valid_text
+from rooms.auth import (
+    ALGORITHM,
+    DEFAULT_TOKEN_POLICY,
+    FORBIDDEN_NAME_CHARS,
+    MAX_NAME_CHARS,
+    TokenPolicy,
+    valid_text,
+)
 from rooms.front import HttpReply, error_reply
 
 GUEST_PREFIX = "guest-"
@@ -91,8 +98,18 @@ class GuestIssuer:
             return error_reply(413, "body_too_large", "the request body is too large")
         return None
 
-    def handle(self, body: bytes, client: str, secret: str, now_ms: int) -> HttpReply:
-        """The reply to one ``POST /auth/guest`` from ``client`` (an address; may be empty)."""
+    def handle(
+        self,
+        body: bytes,
+        client: str,
+        secret: str,
+        now_ms: int,
+        tokens: TokenPolicy = DEFAULT_TOKEN_POLICY,
+    ) -> HttpReply:
+        """The reply to one ``POST /auth/guest`` from ``client`` (an address; may be empty).
+
+        The token carries ``tokens``' audience and issuer and lives no longer than it allows.
+        """
         wait_s = self._take(client, now_ms / 1000)
         if wait_s > 0:
             retry = max(1, round(wait_s + 0.5))
@@ -122,25 +139,36 @@ class GuestIssuer:
         if old is None:
             user_id, since = self._random_user_id(), now_s
         elif isinstance(old, str):
-            renewed = self._renewable(old, secret, now_s)
+            renewed = self._renewable(old, secret, now_s, tokens)
             if isinstance(renewed, HttpReply):
                 return renewed
             user_id, since = renewed
         else:
             return error_reply(400, "bad_request", "`token` must be a string")
-        exp = now_s + self.policy.ttl_s
-        claims = {"sub": user_id, "name": name, "exp": exp, "guest": True, "guest_since": since}
+        exp = now_s + min(self.policy.ttl_s, tokens.max_lifetime_s)
+        claims: dict[str, object] = {
+            "sub": user_id,
+            "name": name,
+            "exp": exp,
+            "guest": True,
+            "guest_since": since,
+            **tokens.bound_claims(),
+        }
         token = jwt.encode(claims, secret, algorithm=ALGORITHM)
         answer = {"token": token, "user_id": user_id, "name": name, "expires_ms": exp * 1000}
         return HttpReply(200, json.dumps(answer).encode(), NO_STORE)
 
-    def _renewable(self, token: str, secret: str, now_s: int) -> tuple[str, int] | HttpReply:
+    def _renewable(
+        self, token: str, secret: str, now_s: int, tokens: TokenPolicy
+    ) -> tuple[str, int] | HttpReply:
         """The user id and first-issue time a renewal keeps, or why it is refused."""
         try:
             claims = jwt.decode(
                 token,
                 secret,
                 algorithms=[ALGORITHM],
+                audience=tokens.audience,
+                issuer=tokens.issuer,
                 options={"require": ["exp", "sub"], "verify_exp": False},
             )
         except jwt.InvalidTokenError:

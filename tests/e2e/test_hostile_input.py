@@ -221,3 +221,9 @@ async def test_guest_bodies_are_bounded_before_they_are_read(service: ServiceBas
         + big,
     )
     assert (status, json.loads(body)["error"]["code"]) == (413, "body_too_large")
+
+
+async def test_a_token_that_lives_until_2100_is_refused(service: ServiceBase) -> None:
+    """TOKEN_MAX_LIFETIME_S (7 days unless set) caps `exp`, so a leaked token cannot live on."""
+    forever = jwt.encode({"sub": "ann", "exp": 4102444800}, SECRET, algorithm="HS256")
+    await expect_http_error(service.url(service.room("exp"), token=forever), 401, "token_claims")
