@@ -7,6 +7,7 @@ the decision into a response, and forwards upgrades to `env.ROOMS.getByName(room
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -29,7 +30,7 @@ from objects.web import (
 )
 from rooms.admin import AdminApi
 from rooms.archive import ArchiveIndex, ArchiveReader
-from rooms.auth import token_policy_from
+from rooms.auth import token_policy_from, weak_admin_token, weak_jwt_secret
 from rooms.front import (
     ROOM_PATH,
     SUBPROTOCOL,
@@ -123,6 +124,10 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         secret = getattr(self.env, "JWT_SECRET", None)
         if not isinstance(secret, str) or not secret:
             return None
+        problem = weak_jwt_secret(secret)
+        if problem is not None:
+            emit(config_error_line(problem))
+            return None
         env = self.env
         try:
             origins = parse_origins(ffi.var_text(getattr(env, "ALLOWED_ORIGINS", None)))
@@ -146,6 +151,11 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         database = D1Database(db)
         reader = ArchiveReader(ArchiveIndex(database), R2Bucket(bucket))
         token = getattr(self.env, "ADMIN_TOKEN", None)
+        problem = weak_admin_token(token) if isinstance(token, str) and token else None
+        if problem is not None:
+            emit(config_error_line(problem))
+            fields["code"] = "server_misconfigured"
+            return reply_response(MISCONFIGURED)
         api = AdminApi(
             database,
             reader,
@@ -216,6 +226,11 @@ def strip_token(url: str) -> str:
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def config_error_line(problem: str) -> str:
+    """One JSON log line naming a misconfigured setting (never its value)."""
+    return json.dumps({"event": "config_error", "problem": problem}, separators=(",", ":"))
 
 
 def path_kind(path: str) -> str:

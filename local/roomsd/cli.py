@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
-from rooms.auth import mint_token
+from rooms.auth import mint_token, weak_admin_token, weak_jwt_secret
 from roomsd import logredact
 from roomsd.bindings import Faults
 from roomsd.config import (
@@ -130,6 +131,14 @@ def serve(args: argparse.Namespace) -> int:
     ensure_dev_secret(args.dev_vars)
     ensure_dev_secret(args.dev_vars, "ADMIN_TOKEN")
     values = vars_from(args.dev_vars)
+    admin_token = values.get("ADMIN_TOKEN")
+    problem = weak_jwt_secret(values["JWT_SECRET"]) or (
+        weak_admin_token(admin_token) if admin_token else None
+    )
+    if problem is not None:
+        raise ConfigError(f"{problem} (in {args.dev_vars} or the environment)")
+    # Room files, the archive and the alarm table are the service's data: this user's alone.
+    os.umask(0o077)
     settings = Settings(
         host=args.host,
         port=args.port,

@@ -47,7 +47,12 @@ def ensure_dev_secret(path: Path, name: str = "JWT_SECRET") -> str:
     if current:
         return current
     secret = secrets.token_urlsafe(32)
-    with path.open("a") as f:
+    # Secrets: readable by this user only (a new file is created 0600; an existing one is not
+    # widened). A last line without its newline gets one first, or the new line would join it.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a") as f:
+        if path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n"):
+            f.write("\n")
         f.write(f"{name}={secret}\n")
     return secret
 

@@ -25,6 +25,26 @@ FORBIDDEN_NAME_CHARS = re.compile(
 _BAD_SUB = f"`sub` must be a non-empty string of at most {MAX_USER_ID_CHARS} chars"
 
 
+# HS256 with a short secret can be brute-forced offline from any one token; the admin token is a
+# bearer credential. Both runtimes refuse to run with less.
+MIN_SECRET_BYTES = 32
+MIN_ADMIN_TOKEN_CHARS = 32
+
+
+def weak_jwt_secret(secret: str) -> str | None:
+    """Why ``secret`` may not sign tokens, or None. Never quotes the secret."""
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes"
+    return None
+
+
+def weak_admin_token(token: str) -> str | None:
+    """Why ``token`` may not guard the admin API, or None. Never quotes the token."""
+    if len(token) < MIN_ADMIN_TOKEN_CHARS:
+        return f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class TokenPolicy:
     """What a deployment demands of tokens beyond the signature (TOKEN_* settings)."""

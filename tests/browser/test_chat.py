@@ -27,7 +27,7 @@ from tests.browser.proxy import CuttableProxy
 from tests.local.conftest import SECRET, RunningServer, recv_json, recv_until
 
 pytestmark = BROWSER_TEST
-ADMIN = "browser-tests-admin-token"
+ADMIN = "browser-tests-admin-token-0123456789abcdef"
 
 
 async def seed(server: RunningServer, room: str, count: int, user: str = "seeder") -> None:

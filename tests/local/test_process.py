@@ -17,7 +17,7 @@ import pytest
 import websockets
 
 from rooms.auth import mint_token, verify_token
-from roomsd.config import PROJECT_ROOT
+from roomsd.config import PROJECT_ROOT, read_dev_vars
 from tests.conftest import timeout
 from tests.local.conftest import SECRET, recv_until
 
@@ -148,7 +148,7 @@ def test_bad_open_idle_databases_is_refused_clearly(
 def test_invalid_limits_fail_at_start_up(tmp_path: Path) -> None:
     """A bad ROOM_LIMITS stops the server before it listens, naming the problem."""
     dev_vars = tmp_path / ".dev.vars"
-    dev_vars.write_text('JWT_SECRET=s\nROOM_LIMITS={"max_frame_bytes": 10}\n')
+    dev_vars.write_text(f'JWT_SECRET="{SECRET}"\nROOM_LIMITS={{"max_frame_bytes": 10}}\n')
     result = subprocess.run(
         [*ROOMS, "--dev-vars", str(dev_vars), "serve", "--port", str(free_port()),
          "--data-dir", str(tmp_path / "d")],
@@ -223,3 +223,54 @@ async def test_serve_raises_its_open_file_limit(
     soft_now, _ = resource.prlimit(processes[-1].pid, resource.RLIMIT_NOFILE)
     assert soft_now > 1024
     assert f"up to {soft_now:,} open files" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("lines", "complaint"),
+    [
+        ("JWT_SECRET=short\n", "JWT_SECRET must be at least 32 bytes"),
+        (f'JWT_SECRET="{SECRET}"\nADMIN_TOKEN=letmein\n', "ADMIN_TOKEN must be at least 32"),
+    ],
+)
+def test_weak_secrets_stop_the_server_before_it_listens(
+    tmp_path: Path, lines: str, complaint: str
+) -> None:
+    dev_vars = tmp_path / ".dev.vars"
+    dev_vars.write_text(lines)
+    result = subprocess.run(
+        [*ROOMS, "--dev-vars", str(dev_vars), "serve", "--port", str(free_port()),
+         "--data-dir", str(tmp_path / "d")],
+        env=ENV, capture_output=True, text=True, timeout=timeout(30),
+    )
+    assert result.returncode == 2
+    assert complaint in result.stderr
+    assert "short" not in result.stderr  # never the value
+    assert "letmein" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def mint_with(dev_vars: Path) -> None:
+    subprocess.run([*ROOMS, "--dev-vars", str(dev_vars), "token", "ann"], env=ENV, check=True,
+                   capture_output=True, timeout=timeout(30))
+
+
+async def test_secrets_and_data_are_this_users_alone(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """A new .dev.vars is 0600 (a last line without newline is not joined); data is 0600/0700."""
+    dev_vars = tmp_path / ".dev.vars"
+    await asyncio.to_thread(mint_with, dev_vars)
+    assert dev_vars.stat().st_mode & 0o777 == 0o600
+    unterminated = tmp_path / "unterminated.vars"
+    unterminated.write_text(f'JWT_SECRET="{SECRET}"')  # no newline at the end
+    await asyncio.to_thread(mint_with, unterminated)
+    data, port = tmp_path / "data", free_port()
+    processes.append(start(unterminated, data, port, tmp_path / "log"))
+    await wait_ready(port)
+    assert read_dev_vars(unterminated)["JWT_SECRET"] == SECRET  # the line was not joined
+    assert len(read_dev_vars(unterminated)["ADMIN_TOKEN"]) >= 32
+    created = [data, *data.rglob("*")]
+    assert len(created) > 3
+    for path in created:
+        expected = 0o700 if path.is_dir() else 0o600
+        assert path.stat().st_mode & 0o777 == expected, path

@@ -32,7 +32,7 @@ from tests.pyodide.harness_client import (
 )
 
 SECRET = "pyodide-tier-secret-that-is-long-enough-for-hs256"
-ADMIN_TOKEN = "pyodide-tier-admin-token"
+ADMIN_TOKEN = "pyodide-tier-admin-token-0123456789abcdef"
 WorldFactory = Callable[..., World]
 # Generous rate limits: tests publish faster than people do.
 ROOM_LIMITS = json.dumps({"messages_per_second": 1000, "burst": 1000})

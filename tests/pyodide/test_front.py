@@ -144,6 +144,32 @@ def test_missing_jwt_secret_gets_500_server_misconfigured(world_factory: WorldFa
     assert error_of(result) == ("server_misconfigured", "the server is misconfigured")
 
 
+def test_weak_secrets_are_refused_and_named_in_the_log_never_quoted(
+    world_factory: WorldFactory, expect: Expect
+) -> None:
+    """A JWT_SECRET under 32 bytes serves nothing; an ADMIN_TOKEN under 32 characters closes
+    the admin API only. Each says which setting is wrong in one log line, never its value."""
+    weak_secret = world_factory(JWT_SECRET="hunter2-too-short")
+    result = weak_secret.upgrade("lobby", token("alice"))
+    assert result.status == 500
+    assert error_of(result)[0] == "server_misconfigured"
+    output = take_output(weak_secret, expect)
+    assert {"event": "config_error", "problem": "JWT_SECRET must be at least 32 bytes"} in (
+        log_records(output)
+    )
+    assert "hunter2" not in "".join(output)
+    weak_admin = world_factory(ADMIN_TOKEN="letmein-too-short")
+    refused = weak_admin.fetch(
+        "/admin/rooms", headers=[("authorization", "Bearer letmein-too-short")]
+    )
+    assert refused.status == 500
+    assert error_of(refused)[0] == "server_misconfigured"
+    assert weak_admin.upgrade("lobby", token("alice")).status == 101  # rooms still work
+    output = take_output(weak_admin, expect)
+    assert "letmein" not in "".join(output)
+    assert any(r.get("event") == "config_error" for r in log_records(output))
+
+
 def test_unknown_paths_are_404_json_without_assets(world_factory: WorldFactory) -> None:
     """Without an ASSETS binding, an unknown path is a JSON 404 (with one, tests/e2e)."""
     world = world_factory(ASSETS=None)
