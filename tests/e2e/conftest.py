@@ -106,16 +106,17 @@ def runtimes(**xfail: str) -> pytest.MarkDecorator:
 
     ``@runtimes(workerd="...")``: that runtime's case is a known bug or platform difference.
     """
-    unknown = set(xfail) - {r.replace("-", "_") for r in RUNTIMES}
-    assert not unknown, f"no such runtime: {unknown}"
+    reasons = {name.replace("_", "-"): reason for name, reason in xfail.items()}
+    assert set(reasons) <= set(RUNTIMES), f"no such runtime: {set(reasons) - set(RUNTIMES)}"
     params = [
         pytest.param(
             runtime,
             id=runtime,
-            marks=[pytest.mark.xfail(strict=True, reason=xfail[key])] if key in xfail else [],
+            marks=[pytest.mark.xfail(strict=True, reason=reasons[runtime])]
+            if runtime in reasons
+            else [],
         )
         for runtime in RUNTIMES
-        for key in [runtime.replace("-", "_")]
     ]
     return pytest.mark.parametrize("service", params, indirect=True)
 
