@@ -1,10 +1,11 @@
 """What the real workerd does, pinned: every behaviour the fakes of workerd assume, measured.
 
-The fakes (tests/pyodide/harness/lib/*.mjs for the Pyodide tier, tests/cloudflare/fake_*.py for
-the host tier) were written from workerd's source and docs. Each test here asks the real workerd
-(the pinned wrangler's, offline, like `make dev`) through the probe Worker in probes/ and asserts
-the answer; the fakes are kept in line with these facts (docs/cloudflare.md §8 lists where they
-disagreed). Facts hold for local workerd 1.20261117.1 at compatibility date 2026-11-01.
+The fakes (tests/pyodide/harness/lib/*.mjs, the Pyodide tier's JS fakes of workerd) were written
+from workerd's source and docs. Each test here asks the real workerd (the pinned wrangler's,
+offline, like `make dev`) through the probe Worker in probes/ and asserts the answer. The fakes
+were aligned with these facts on 2026-11-29 (docs/cloudflare.md §8.7 lists where they disagreed);
+no test compares them with these answers, so a fact that changes here must be carried over to the
+fakes by hand. Facts hold for local workerd 1.20261117.1 at compatibility date 2026-11-01.
 """
 
 from __future__ import annotations
