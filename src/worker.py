@@ -114,10 +114,11 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
                 fields["code"] = code
             return reply_response(reply)
         assets = getattr(self.env, "ASSETS", None)  # an absent binding is an AttributeError
-        if assets is None:
+        found: Response | None = await assets.fetch(request) if assets is not None else None
+        if found is None or found.status == 404:  # the binding's own 404 has an empty body
             fields["code"] = "not_found"
             return reply_response(NOT_FOUND)
-        return await assets.fetch(request)
+        return found
 
     def _config(self) -> FrontConfig | None:
         # Secrets and plain vars arrive as str (§5.5); a missing one is an AttributeError.

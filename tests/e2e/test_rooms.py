@@ -22,7 +22,6 @@ from tests.e2e.conftest import (
     recv_json,
     recv_until,
     replay,
-    runtimes,
     use_profile,
 )
 
@@ -410,8 +409,6 @@ async def test_health_and_static_page(service: ServiceBase) -> None:
     assert "durable-rooms" in page.text
 
 
-@runtimes(workerd="src/worker.py returns the ASSETS binding's own 404 (empty body) for a "
-                  "missing static file instead of the JSON not_found shape")
 async def test_unknown_paths_get_the_error_shape(service: ServiceBase) -> None:
     """A missing static file (here /../etc/passwd, which the client sends as /etc/passwd)."""
     missing = await service.http("GET", "/../etc/passwd")
