@@ -211,10 +211,14 @@ async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.Stre
 async def static(request: web.Request) -> web.StreamResponse:
     public = request.app[SETTINGS].public_dir.resolve()
     relative = request.path.lstrip("/") or "index.html"
-    path = (public / relative).resolve()
-    if path.is_dir():
-        path = path / "index.html"
-    if not path.is_relative_to(public) or not path.is_file():
+    try:
+        path = (public / relative).resolve()
+        if path.is_dir():
+            path = path / "index.html"
+        found = path.is_relative_to(public) and path.is_file()
+    except (ValueError, OSError):  # a NUL byte (%00) or a name too long for the file system
+        found = False
+    if not found:
         return _reply(error_reply(404, "not_found", "no such path"))
     return web.FileResponse(path)
 

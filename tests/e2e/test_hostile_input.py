@@ -227,3 +227,10 @@ async def test_a_token_that_lives_until_2100_is_refused(service: ServiceBase) ->
     """TOKEN_MAX_LIFETIME_S (7 days unless set) caps `exp`, so a leaked token cannot live on."""
     forever = jwt.encode({"sub": "ann", "exp": 4102444800}, SECRET, algorithm="HS256")
     await expect_http_error(service.url(service.room("exp"), token=forever), 401, "token_claims")
+
+
+@pytest.mark.parametrize("path", ["/%00", "/a%00b.html", "/" + "x" * 300])
+async def test_static_paths_no_file_can_have_are_404(service: ServiceBase, path: str) -> None:
+    """A NUL byte or an over-long name reached the file system as a 500 (found by the fuzz)."""
+    reply = await service.http("GET", path)
+    assert (reply.status, reply.json()["error"]["code"]) == (404, "not_found")

@@ -19,8 +19,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from tests.local.conftest import RunningServer, ServerFactory, recv_json, recv_until
 
 pytestmark = pytest.mark.integration
+# derandomize: the same examples every run, so CI is repeatable (a new seed is a deliberate
+# change); they were chosen wide enough to find the NUL-byte path that once gave a 500.
 FUZZ = settings(
     max_examples=120,
+    derandomize=True,
+    database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -93,7 +97,7 @@ async def still_serves(server: RunningServer) -> None:
         assert (await recv_until(ws, "ack"))["seq"] == 1
 
 
-paths = st.text(
+paths = st.just("/%00") | st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40
 ).map(lambda p: "/" + quote(p, safe="/%?&=;:@!$'()*+,"))
 header_values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
