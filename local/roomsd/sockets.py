@@ -172,7 +172,8 @@ class LocalSocket:
         if self._backlog_bytes > self._max_backlog_bytes:
             self.cut_for_backlog = True
             self.abort(CloseCode.SLOW_CONSUMER, "slow consumer: resume with since")
-            return
+            # A failed send: the room stops sending to it and announces its leave at once.
+            raise ConnectionError("slow consumer cut off")
         self._queue.append(frame)
         if not self._flush_due:
             self._flush_due = True

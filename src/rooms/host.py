@@ -85,6 +85,10 @@ def user_tag(user_id: str) -> str:
     return "u#" + hashlib.sha256(user_id.encode()).hexdigest()
 
 
+def _unreachable(text: str) -> None:
+    """The sender of a connection a send already failed on: nothing more goes to it."""
+
+
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
@@ -114,6 +118,8 @@ class RoomHost(Generic[S]):
         self._clock_ms = clock_ms
         self._by_conn: dict[str, S] = {}
         self._senders: dict[str, Sender] = {}  # per connection in _by_conn, made on first send
+        # Connections a send failed on during this batch of effects: cut once the batch is done.
+        self._unreachable: list[str] = []
         platform_sender = getattr(sockets, "sender", None)
         self._make_sender: Callable[[S], Sender] = (
             platform_sender if platform_sender is not None else self._port_sender
@@ -315,6 +321,8 @@ class RoomHost(Generic[S]):
                         continue
                     elapsed_ms = (time.perf_counter() - started) * 1000
                     self._log(log_line(self.room, effect, elapsed_ms))
+        while self._unreachable:  # leaves the member list and the broadcast set at once
+            await self._close(self._unreachable.pop(), CloseCode.GOING_AWAY, "unreachable")
         if stored:
             await self._schedule_archive()
         for request in archive_reads:
@@ -359,8 +367,10 @@ class RoomHost(Generic[S]):
             send = self._senders[conn_id] = self._make_sender(ws)
         try:
             send(text)
-        except Exception as exc:  # the peer vanished; its close event will clean up
+        except Exception as exc:  # gone, or cut off (a slow consumer): no more sends to it
             self._log(log_line(self.room, Log("send_failed", conn_id, code=type(exc).__name__)))
+            self._senders[conn_id] = _unreachable
+            self._unreachable.append(conn_id)
 
     async def _close(self, conn_id: str, code: int, reason: str) -> None:
         """Close a socket and announce the leave now: its close event may never reach us."""
