@@ -262,19 +262,31 @@ class RoomEngine:
         if retained and retained[0].seq != replayed_to + 1:
             # Pruned while the archive was read: name the hole rather than skip it.
             skipped.append(SeqRange(replayed_to + 1, retained[0].seq - 1))
+        replay = [encode(message) for message in [*archived, *retained]]
+        seqs = [message.seq for message in [*archived, *retained]]
+        # The replay goes out at once and counts against the client's backlog like any traffic:
+        # only the newest half of `max_backlog_bytes` is replayed, the rest is paged.
+        kept = _newest_within(replay, self.limits.max_backlog_bytes // 2)
+        byte_limited = kept < len(replay)
+        if byte_limited:
+            cut_to = seqs[len(replay) - kept - 1]
+            later = [gap for gap in skipped if gap.first > cut_to]
+            skipped = [SeqRange(since + 1, cut_to), *later]
+            replay = replay[len(replay) - kept :]
         reason = None
         if skipped:
-            # The replay limit skips the oldest part; anything else is no longer retained.
-            limited = (
+            # The replay limits skip the oldest part; anything else is no longer retained.
+            limited = byte_limited or (
                 skipped[0].first == since + 1 and since < self.store.head - self.limits.max_replay
             )
             reason = "replay_limit" if limited else "not_retained"
         resume = Resume(since=since, complete=not skipped, missing=skipped, reason=reason)
-        return self._welcome(peer, resume, [*archived, *retained], self.store.head, now_ms)
+        return self._welcome(peer, resume, replay, self.store.head, now_ms)
 
     def _welcome(
-        self, peer: Peer, resume: Resume, replay: list[Message], head: int, now_ms: int
+        self, peer: Peer, resume: Resume, replay: list[str], head: int, now_ms: int
     ) -> list[Effect]:
+        """Welcome, then ``replay`` (encoded messages, oldest first), then the join."""
         first_socket = not self._user_present(peer.user_id, exclude=peer.conn_id)
         peer.joined = True
         peer.joined_ms = now_ms
@@ -287,7 +299,7 @@ class RoomEngine:
             resume=resume,
         )
         effects: list[Effect] = [SavePeer(peer), Send(peer.conn_id, encode(welcome))]
-        effects.extend(Send(peer.conn_id, encode(message)) for message in replay)
+        effects.extend(Send(peer.conn_id, text) for text in replay)
         if first_socket:
             me = Member(user_id=peer.user_id, name=peer.name)
             presence = Presence(event="join", member=me)
@@ -394,6 +406,16 @@ def _utf8_len_over(text: str, limit: int) -> bool:
 
 
 TOO_DEEP = "frame is nested too deeply"
+
+
+def _newest_within(texts: list[str], budget_bytes: int) -> int:
+    """How many of the newest ``texts`` fit in ``budget_bytes`` of UTF-8 (at least one)."""
+    total = 0
+    for count, text in enumerate(reversed(texts)):
+        total += len(text.encode())
+        if total > budget_bytes and count > 0:
+            return count
+    return len(texts)
 
 
 def _nested_deeper_than(value: Any, limit: int) -> bool:

@@ -234,3 +234,39 @@ async def test_static_paths_no_file_can_have_are_404(service: ServiceBase, path:
     """A NUL byte or an over-long name reached the file system as a 500 (found by the fuzz)."""
     reply = await service.http("GET", path)
     assert (reply.status, reply.json()["error"]["code"]) == (404, "not_found")
+
+
+async def test_a_client_that_missed_megabytes_gets_its_welcome_and_catches_up(
+    service: ServiceBase,
+) -> None:
+    """300 messages of 4,000 characters (1.2 MB) missed: the replay is bounded by bytes
+    (`replay_limit`, the newest first), the socket is not cut as a slow consumer, and the rest
+    comes back page by page with `history`."""
+    room = service.room("backlog")
+    body = "m" * 4000
+    async with await service.connect(room, "writer") as writer:
+        await recv_until(writer, "welcome")
+        for i in range(300):
+            await writer.send(json.dumps({"type": "publish", "id": f"w{i}", "body": body}))
+        acked = 0
+        while acked < 300:
+            acked += (await recv_json(writer))["type"] == "ack"
+    async with await service.connect(room, "reader", since=0) as reader:
+        welcome = await recv_until(reader, "welcome")
+        resume = welcome["resume"]
+        assert (resume["complete"], resume["reason"]) == (False, "replay_limit")
+        [[first, cut_to]] = resume["missing"]
+        assert first == 1
+        assert 1 < cut_to < 300
+        replayed = [(await recv_until(reader, "message"))["seq"] for _ in range(300 - cut_to)]
+        assert replayed == list(range(cut_to + 1, 301))
+        seen = set(replayed)
+        before = cut_to + 1
+        while before is not None and before > 1:
+            await reader.send(json.dumps({"type": "history", "before": before, "limit": 100}))
+            page = await recv_until(reader, "history")
+            seen.update(m["seq"] for m in page["messages"])
+            before = page["next_before"]
+        assert seen == set(range(1, 301))
+        await reader.send(json.dumps({"type": "publish", "id": "r", "body": "caught up"}))
+        assert (await recv_until(reader, "ack"))["seq"] == 301
