@@ -99,6 +99,10 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             if self.limits is not None
             else settings_from_json(Limits, _var(self.env, "ROOM_LIMITS"), "ROOM_LIMITS")
         )
+        # ARCHIVE_POLICY also sets what a room without D1/R2 keeps (its retention window).
+        self._policy = settings_from_json(
+            ArchivePolicy, _var(self.env, "ARCHIVE_POLICY"), "ARCHIVE_POLICY"
+        )
         self._archive = self._archive_bindings()
         # One log line per published message only when asked for, as `rooms serve --log-messages`
         # locally: each line is a console.log that the platform collects (and bills); under
@@ -194,16 +198,14 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             log_messages=self._log_messages,
             archive=self._archive,
             alarms=alarms,
+            retention=self._policy,
         )
 
     def _archive_bindings(self) -> ArchiveBindings | None:
         db, bucket = getattr(self.env, "DB", None), getattr(self.env, "ARCHIVE", None)
         if db is None or bucket is None:
-            return None  # a deployment without D1/R2 keeps every message in the object
-        policy = settings_from_json(
-            ArchivePolicy, _var(self.env, "ARCHIVE_POLICY"), "ARCHIVE_POLICY"
-        )
-        return ArchiveBindings(D1Database(db), R2Bucket(bucket), policy)
+            return None  # without D1/R2 the room keeps its retention window only
+        return ArchiveBindings(D1Database(db), R2Bucket(bucket), self._policy)
 
     async def alarm(self, alarm_info: Any = None) -> None:
         """§4.9: archive what is waiting; the host sets the next alarm itself (with backoff).

@@ -72,6 +72,10 @@ class ArchiveBindings:
         self.reader = ArchiveReader(self.index, bucket)
 
 
+# Without an archive, a room prunes itself every this many messages (a DELETE each time).
+PRUNE_EVERY = 100
+
+
 def conn_tag(conn_id: str) -> str:
     return f"c:{conn_id}"
 
@@ -108,9 +112,14 @@ class RoomHost(Generic[S]):
         clock_ms: Callable[[], int] = wall_clock_ms,
         archive: ArchiveBindings | None = None,
         alarms: Alarms | None = None,
+        retention: ArchivePolicy | None = None,
     ) -> None:
         self.room = room
         self.archive = archive
+        # Without an archive nothing is archived, so nothing would ever be pruned: the room then
+        # keeps the newest `retain_messages` rows and `dedupe_window_ms` of dedupe keys, pruned
+        # every PRUNE_EVERY messages (docs/protocol.md, "Without an archive").
+        self._retention = None if archive is not None else (retention or ArchivePolicy())
         self.alarms = alarms
         self.sockets = sockets
         self._log = log
@@ -286,6 +295,15 @@ class RoomHost(Generic[S]):
         if current is None or current <= now_ms or current > at_ms:
             await self._set_alarm(at_ms)
 
+    def _prune_without_archive(self, retention: ArchivePolicy) -> None:
+        store = self.engine.store
+        if store.head % PRUNE_EVERY == 0:
+            store.prune(
+                retention.retain_messages,
+                self._clock_ms() - retention.dedupe_window_ms,
+                archived_only=False,
+            )
+
     async def _set_alarm(self, at_ms: int) -> None:
         if self.alarms is None:
             return
@@ -324,6 +342,8 @@ class RoomHost(Generic[S]):
         while self._unreachable:  # leaves the member list and the broadcast set at once
             await self._close(self._unreachable.pop(), CloseCode.GOING_AWAY, "unreachable")
         if stored:
+            if self._retention is not None:
+                self._prune_without_archive(self._retention)
             await self._schedule_archive()
         for request in archive_reads:
             await self._read_archive(request)

@@ -235,13 +235,17 @@ class RoomStore:
         self._sql.transaction(write)
         self._archived = last
 
-    def prune(self, retain_messages: int, dedupe_before_ms: int) -> int:
-        """Drop archived rows beyond the newest ``retain_messages``; return how many went.
+    def prune(
+        self, retain_messages: int, dedupe_before_ms: int, *, archived_only: bool = True
+    ) -> int:
+        """Drop rows beyond the newest ``retain_messages``; return how many went.
 
-        Only confirmed-archived messages are ever deleted, so nothing is lost; dedupe entries
-        are kept for their own time window, independent of message rows.
+        With an archive only confirmed-archived messages are ever deleted, so nothing is lost;
+        a room without one (``archived_only=False``) keeps exactly its retention window. Dedupe
+        entries are kept for their own time window, independent of message rows.
         """
-        cutoff = min(self._archived, self._head - retain_messages)
+        newest_kept = self._head - retain_messages
+        cutoff = min(self._archived, newest_kept) if archived_only else newest_kept
         removed = 0
         if cutoff > 0:
             self.set_meta("head", self._head)  # the rows that told it may all be going

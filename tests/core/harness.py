@@ -131,9 +131,11 @@ class RoomHarness:
     """A room with a real SQLite store; `hibernate()` rebuilds the host from storage + sockets."""
 
     def __init__(self, limits: Limits | None = None, *, hibernate_every_event: bool = False,
-                 path: str = ":memory:", archive: ArchiveBindings | None = None) -> None:
+                 path: str = ":memory:", archive: ArchiveBindings | None = None,
+                 retention: ArchivePolicy | None = None) -> None:
         self.limits = limits or Limits()
         self.archive = archive
+        self.retention = retention
         self.alarm = RecordedAlarm()
         self.sql = SqliteSql(path)
         self.sockets = MemorySockets()
@@ -145,7 +147,7 @@ class RoomHarness:
     def _new_host(self) -> RoomHost[MemorySocket]:
         return RoomHost("lobby", self.sql, self.sockets, self.limits, log=self.logs.append,
                         clock_ms=lambda: self.now_ms, archive=self.archive,
-                        alarms=self.alarm if self.archive else None)
+                        alarms=self.alarm if self.archive else None, retention=self.retention)
 
     def hibernate(self) -> None:
         self.host = self._new_host()

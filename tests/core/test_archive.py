@@ -160,3 +160,30 @@ def test_segments_are_deterministic_and_validated() -> None:
         decode_segment(encode_segment("r", messages), "r", 3, 5)
     with pytest.raises(ValueError, match="consecutive"):
         encode_segment("r", [messages[1], messages[0]])
+
+
+def test_without_an_archive_a_room_keeps_its_retention_window_and_no_more() -> None:
+    """No D1/R2: nothing is ever archived, so the room prunes itself to `retain_messages` rows
+    (every PRUNE_EVERY messages) and drops dedupe keys past their window; a resume from 0
+    names the rest as not retained."""
+    from rooms.host import PRUNE_EVERY
+
+    room = RoomHarness(
+        Limits(burst=10_000, messages_per_second=10_000),
+        retention=ArchivePolicy(retain_messages=50, dedupe_window_ms=60_000),
+    )
+    writer = room.join("writer")
+    store = room.host.engine.store
+    for i in range(250):
+        writer.publish(f"m{i}", f"body {i}")
+        room.tick(1_000)
+        if store.head == 2 * PRUNE_EVERY:  # just pruned
+            assert store.retained_count() == 50
+            assert store.dedupe_count() <= 61  # one key a second, a minute's window
+    assert store.retained_count() == 50 + 250 - 2 * PRUNE_EVERY
+    reader = room.join("reader", since=0)
+    welcome = reader.take("welcome")[0]
+    assert welcome["resume"]["reason"] == "not_retained"
+    [[first, last]] = welcome["resume"]["missing"]
+    assert first == 1
+    assert reader.seqs() == list(range(last + 1, 251))

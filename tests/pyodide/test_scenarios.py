@@ -364,3 +364,17 @@ def test_history_pages_backwards(world: World) -> None:
     (page,) = alice.frames("history")
     assert [m["seq"] for m in page["messages"]] == [2, 3]
     assert (page["ref"], page["next_before"]) == ("h1", 2)
+
+
+def test_without_d1_and_r2_a_room_keeps_its_retention_window(world_factory: WorldFactory) -> None:
+    """A deployment without the archive bindings prunes each room to ARCHIVE_POLICY's
+    `retain_messages` (every 100 messages), so its storage cannot grow without bound."""
+    world = world_factory(DB=None, ARCHIVE=None, ARCHIVE_POLICY='{"retain_messages": 10}')
+    alice = join(world, "alice")
+    for i in range(100):
+        alice.publish(f"m{i}", str(i))
+    late = join(world, "carol", since=0)
+    (welcome,) = late.frames("welcome")
+    assert welcome["resume"]["reason"] == "not_retained"
+    assert welcome["resume"]["missing"] == [[1, 90]]
+    assert late.seqs() == list(range(91, 101))
