@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "local"), str(ROOT / "src")]
 
+from loadtest.runner import process_tree  # noqa: E402
 from workerd.wrangler import Toolchain, apply_migrations, dev_args, free_port  # noqa: E402
 
 SERVER_CORE = "1"
@@ -59,29 +60,9 @@ LADDERS = {
 }
 
 
-def tree_pids(root: int) -> list[int]:
-    """``root`` and every descendant (from /proc/*/stat parent ids)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
 def tree_cpu_s(root: int) -> float:
     total = 0.0
-    for pid in tree_pids(root):
+    for pid in process_tree(root):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rpartition(")")[2].split()
@@ -106,7 +87,7 @@ def snapshot(root: Path, target: Path) -> Path:
 def cpu_by_process(root: int) -> dict[str, float]:
     """CPU seconds of each process in ``root``'s tree, keyed by command name and pid."""
     out: dict[str, float] = {}
-    for pid in tree_pids(root):
+    for pid in process_tree(root):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 head, _, rest = f.read().rpartition(")")

@@ -168,7 +168,7 @@ def all_user_ids(cfg: Config) -> list[str]:
 # --------------------------------------------------------------------------- server sampling
 
 
-def _process_tree(root: int) -> list[int]:
+def process_tree(root: int) -> list[int]:
     """``root`` and its descendants, from the parent ids in /proc/*/stat."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -202,7 +202,7 @@ class ServerSampler:
         """
         ticks = os.sysconf("SC_CLK_TCK")
         cpu = rss = peak = 0.0
-        for pid in _process_tree(self.pid):
+        for pid in process_tree(self.pid):
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rpartition(")")[2].split()
