@@ -23,7 +23,6 @@ asserts per runtime and says why. Where workerd falls short, its case is marked 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
@@ -36,13 +35,19 @@ import aiohttp
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
-from websockets.frames import Close
 
 from rooms.archive import ArchivePolicy
 from rooms.auth import mint_token
 from rooms.limits import Limits
 from roomsd.rooms import HibernationPolicy
 from tests.conftest import timeout
+from tests.frames import (  # the frame helpers, also for the tests that import them from here
+    close_frame,
+    closed_by_server,
+    publish,
+    recv_json,
+    recv_until,
+)
 from tests.local.conftest import RunningServer, make_settings, start_server
 from tests.workerd_service import (
     ADMIN_TOKEN,
@@ -53,7 +58,15 @@ from tests.workerd_service import (
 )
 from workerd.wrangler import WranglerDev
 
-__all__ = ["workerd_pool"]  # the session fixture, registered for this directory
+# The session fixture, registered for this directory, and the frame helpers tests import here.
+__all__ = [
+    "close_frame",
+    "closed_by_server",
+    "publish",
+    "recv_json",
+    "recv_until",
+    "workerd_pool",
+]
 
 RUNTIMES = ["local", "local-hibernating", "workerd"]
 HOUR_MS = 3_600_000
@@ -273,61 +286,6 @@ async def service(
     await local.stop()
 
 
-# ------------------------------------------------------------------ frame helpers
-
-
-async def recv_json(ws: websockets.ClientConnection, seconds: float = 10) -> dict[str, Any]:
-    raw = await asyncio.wait_for(ws.recv(), timeout(seconds))
-    frame: dict[str, Any] = json.loads(raw)
-    return frame
-
-
-async def recv_until(ws: websockets.ClientConnection, type_: str) -> dict[str, Any]:
-    """Skip frames (presence, ...) until one of ``type_`` arrives."""
-    while True:
-        frame = await recv_json(ws)
-        if frame["type"] == type_:
-            return frame
-
-
-async def closed_by_server(ws: websockets.ClientConnection) -> websockets.ConnectionClosed:
-    """Read (and drop) frames until the server closes; return how it closed."""
-    while True:
-        try:
-            await asyncio.wait_for(ws.recv(), timeout(15))
-        except websockets.ConnectionClosed as closed:
-            return closed
-
-
-async def close_frame(ws: websockets.ClientConnection, seconds: float = 15) -> Close:
-    """The close frame the server sent, as soon as it arrives (dropping frames before it).
-
-    Unlike `closed_by_server` this does not wait for the server to end the TCP connection too,
-    which workerd sometimes does only seconds later (see test_admin.py).
-    """
-    async def drain() -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            while True:
-                await ws.recv()
-
-    draining = asyncio.create_task(drain())
-    try:
-        deadline = time.monotonic() + timeout(seconds)
-        while (close := ws.protocol.close_rcvd) is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError("no close frame from the server")
-            await asyncio.sleep(0.01)
-        return close
-    finally:
-        draining.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await draining
-
-
-async def publish(ws: websockets.ClientConnection, id_: str, body: str) -> dict[str, Any]:
-    """Publish one message and return its ack."""
-    await ws.send(json.dumps({"type": "publish", "id": id_, "body": body}))
-    return await recv_until(ws, "ack")
 
 
 async def replay(service: ServiceBase, room: str, since: int = 0) -> tuple[dict[str, Any],

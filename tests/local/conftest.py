@@ -5,7 +5,6 @@ tests/e2e starts the local runtime through `make_settings` and `start_server` to
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,8 +20,11 @@ from roomsd.config import PROJECT_ROOT, Settings
 from roomsd.rooms import HibernationPolicy, RoomRegistry
 from roomsd.server import REGISTRY, make_app
 from tests.conftest import timeout
+from tests.frames import closed_by_server, recv_json, recv_until
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
+# The frame helpers, for the tests that import them from here.
+__all__ = ["closed_by_server", "recv_json", "recv_until"]
 
 
 @dataclass
@@ -95,30 +97,3 @@ async def server_factory(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     yield factory
     for server in started:
         await server.stop()
-
-
-async def recv_json(ws: websockets.ClientConnection) -> dict[str, Any]:
-    import asyncio
-
-    raw = await asyncio.wait_for(ws.recv(), timeout(5))
-    frame: dict[str, Any] = json.loads(raw)
-    return frame
-
-
-async def recv_until(ws: websockets.ClientConnection, type_: str) -> dict[str, Any]:
-    """Skip frames (presence, ...) until one of ``type_`` arrives."""
-    while True:
-        frame = await recv_json(ws)
-        if frame["type"] == type_:
-            return frame
-
-
-async def closed_by_server(ws: websockets.ClientConnection) -> websockets.ConnectionClosed:
-    """Read (and drop) frames until the server closes; return how it closed."""
-    import asyncio
-
-    while True:
-        try:
-            await asyncio.wait_for(ws.recv(), timeout(10))
-        except websockets.ConnectionClosed as closed:
-            return closed
