@@ -174,7 +174,8 @@ class RoomEngine:
             return self._join(peer, since, now_ms)
         if not peer.joined:
             return self._reject(peer, ErrorCode.HELLO_REQUIRED, "send a hello frame first", now_ms)
-        if not peer.take_token(self.limits, now_ms):
+        budget = peer.take_signal_token if isinstance(frame, Signal) else peer.take_token
+        if not budget(self.limits, now_ms):
             return self._reject(
                 peer,
                 ErrorCode.RATE_LIMITED,
@@ -192,6 +193,9 @@ class RoomEngine:
                 if _nested_deeper_than(frame.data, MAX_SIGNAL_DEPTH):
                     message = f"signal `data` may nest at most {MAX_SIGNAL_DEPTH} levels deep"
                     return self._reject(peer, ErrorCode.BAD_FRAME, message, now_ms)
+                if len(msgspec.json.encode(frame.data)) > self.limits.max_signal_bytes:
+                    message = f"signal `data` over {self.limits.max_signal_bytes} bytes of JSON"
+                    return self._reject(peer, ErrorCode.SIGNAL_TOO_LARGE, message, now_ms)
                 relay = SignalRelay(user_id=peer.user_id, kind=frame.kind, data=frame.data)
                 return [
                     SavePeer(peer),

@@ -33,6 +33,11 @@ class Limits(BaseModel):
     max_history_page: int = Field(default=200, ge=1, le=1000)
     max_replay: int = Field(default=1000, ge=1, description="messages replayed on a resume")
     max_backlog_bytes: int = Field(default=1024 * 1024, ge=1024, description="slow-consumer bound")
+    # Signals are relayed to every member and never stored: small, and on a budget of their own
+    # so that typing indicators never eat into a sender's messages (or the reverse).
+    max_signal_bytes: int = Field(default=2048, ge=16, description="a signal's `data`, as JSON")
+    signals_per_second: float = Field(default=10.0, gt=0)
+    signal_burst: int = Field(default=20, ge=1, description="token-bucket size for signals")
 
     @model_validator(mode="after")
     def _body_fits_in_a_frame(self) -> Limits:

@@ -30,16 +30,36 @@ class Peer(msgspec.Struct, kw_only=True):
     strikes: int = 0
     # Set when the room closed this socket itself and already announced the leave.
     closed: bool = False
+    # The signal budget (None: full, as for attachments written before signals had one).
+    signal_tokens: float | None = None
+    signal_refill_ms: int = 0
 
     def take_token(self, limits: Limits, now_ms: int) -> bool:
         """Token-bucket rate limit; returns False when the connection is over its rate."""
-        elapsed_s = max(0, now_ms - self.refill_ms) / 1000
-        self.tokens = min(float(limits.burst), self.tokens + elapsed_s * limits.messages_per_second)
+        self.tokens = _refilled(
+            self.tokens, now_ms - self.refill_ms, limits.messages_per_second, limits.burst
+        )
         self.refill_ms = now_ms
         if self.tokens < 1.0:
             return False
         self.tokens -= 1.0
         return True
+
+    def take_signal_token(self, limits: Limits, now_ms: int) -> bool:
+        """The same for signals, from their own bucket."""
+        current = float(limits.signal_burst) if self.signal_tokens is None else self.signal_tokens
+        self.signal_tokens = _refilled(
+            current, now_ms - self.signal_refill_ms, limits.signals_per_second, limits.signal_burst
+        )
+        self.signal_refill_ms = now_ms
+        if self.signal_tokens < 1.0:
+            return False
+        self.signal_tokens -= 1.0
+        return True
+
+
+def _refilled(tokens: float, elapsed_ms: int, per_second: float, burst: int) -> float:
+    return min(float(burst), tokens + max(0, elapsed_ms) / 1000 * per_second)
 
 
 _encoder = msgspec.json.Encoder()

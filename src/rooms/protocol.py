@@ -42,6 +42,7 @@ class ErrorCode:
     UNKNOWN_TYPE = "unknown_type"
     BINARY_NOT_SUPPORTED = "binary_not_supported"
     BODY_TOO_LONG = "body_too_long"
+    SIGNAL_TOO_LARGE = "signal_too_large"
     FRAME_TOO_LARGE = "frame_too_large"
     RATE_LIMITED = "rate_limited"
     HELLO_REQUIRED = "hello_required"
