@@ -22,6 +22,7 @@ from typing import Any
 
 from rooms.archive import ArchiveOutcome
 from rooms.auth import Identity
+from rooms.front import HttpReply
 from rooms.host import ArchiveBindings, RoomHost
 from rooms.limits import Limits
 from roomsd.bindings import AlarmScheduler, RoomAlarm
@@ -118,8 +119,9 @@ class LocalRoom:
                 self._previous_closing = None
         return self.host()
 
-    async def admits(self, identity: Identity) -> bool:
-        return (await self.wake()).admits(identity)
+    async def refusal(self, identity: Identity) -> HttpReply | None:
+        async with self._event() as host:
+            return await host.refusal(identity)
 
     @property
     def busy(self) -> bool:

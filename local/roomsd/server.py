@@ -171,8 +171,9 @@ async def read_at_most(request: web.Request, limit: int) -> bytes:
 async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     room = request.app[REGISTRY].get(upgrade.room)
-    if not await room.admits(upgrade.identity):
-        return _reply(error_reply(403, "room_full", "the room has reached its member limit"))
+    refused = await room.refusal(upgrade.identity)
+    if refused is not None:
+        return _reply(refused)
     ws = web.WebSocketResponse(
         protocols=(upgrade.subprotocol,) if upgrade.subprotocol else (),
         # Frames up to 4x our limit reach the engine, which answers with an error frame and

@@ -126,7 +126,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             admin = ADMIN_PATH.fullmatch(urlsplit(request.url).path)
             if admin is not None:
                 return await self._admin(admin.group(1), admin.group(2), request)
-            checked = self._admit(request)
+            checked = await self._admit(request)
             if isinstance(checked, HttpReply):
                 return reply_response(checked)
             client, server = ffi.websocket_pair()
@@ -159,7 +159,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
 
     # ----------------------------------------------------------------------- upgrade
 
-    def _admit(self, request: Any) -> Admission | HttpReply:
+    async def _admit(self, request: Any) -> Admission | HttpReply:
         """Check a forwarded upgrade: the admission to carry out, or the error to answer."""
         url = urlsplit(request.url)
         match = ROOM_PATH.fullmatch(url.path)
@@ -176,8 +176,9 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         except ValueError:
             return error_reply(400, "bad_since", "`since` must be a whole number >= 0")
         host = self._host_for(match.group(1))
-        if not host.admits(identity):
-            return error_reply(403, "room_full", "the room is full")
+        refused = await host.refusal(identity)
+        if refused is not None:
+            return refused
         subprotocol = SUBPROTOCOL in offered_subprotocols(headers)
         return Admission(host, identity, since, subprotocol)
 

@@ -86,10 +86,33 @@ class RoomEngine:
                 seen[peer.user_id] = Member(user_id=peer.user_id, name=peer.name)
         return sorted(seen.values(), key=lambda m: m.user_id)
 
-    def admits(self, user_id: str) -> bool:
-        """Whether a new socket for ``user_id`` fits within the member limit."""
-        users = {peer.user_id for peer in self.peers.values()}
-        return user_id in users or len(users) < self.limits.max_members
+    def refusal(self, user_id: str) -> str | None:
+        """Why a new socket for ``user_id`` is refused (an error code), or None.
+
+        Only joined members count towards `max_members`: sockets that never joined cannot lock
+        a room. They count towards their user's `max_sockets_per_user` and are closed after
+        `hello_timeout_ms` (`silent_sockets`)."""
+        if (
+            sum(p.user_id == user_id for p in self.peers.values())
+            >= self.limits.max_sockets_per_user
+        ):
+            return ErrorCode.TOO_MANY_SOCKETS
+        if not self._has_room_for(user_id):
+            return ErrorCode.ROOM_FULL
+        return None
+
+    def _has_room_for(self, user_id: str) -> bool:
+        members = {p.user_id for p in self.peers.values() if p.joined or p.joining}
+        return user_id in members or len(members) < self.limits.max_members
+
+    def silent_sockets(self, now_ms: int) -> list[Effect]:
+        """Close the sockets that have not joined within `hello_timeout_ms` of connecting."""
+        deadline = now_ms - self.limits.hello_timeout_ms
+        return [
+            Close(conn_id, CloseCode.POLICY_VIOLATION, "join with hello in time")
+            for conn_id, peer in self.peers.items()
+            if not (peer.joined or peer.joining) and peer.connected_ms < deadline
+        ]
 
     def _joined_ids(self, exclude: str | None = None) -> tuple[str, ...]:
         return tuple(c for c, p in self.peers.items() if p.joined and c != exclude)
@@ -170,6 +193,14 @@ class RoomEngine:
         if isinstance(frame, Hello):
             if peer.joined or peer.joining:
                 return self._reject(peer, ErrorCode.ALREADY_JOINED, "already joined", now_ms)
+            if not self._has_room_for(peer.user_id):  # filled up since this socket connected
+                return [
+                    Send(
+                        peer.conn_id,
+                        encode(Error(code=ErrorCode.ROOM_FULL, message="the room is full")),
+                    ),
+                    Close(peer.conn_id, CloseCode.POLICY_VIOLATION, "the room is full"),
+                ]
             since = frame.since if frame.since is not None else self.store.head
             return self._join(peer, since, now_ms)
         if not peer.joined:

@@ -28,10 +28,11 @@ from rooms.archive import (
 from rooms.auth import Identity
 from rooms.effects import Broadcast, Close, Effect, Log, ReadArchive, SavePeer, Send, Stored
 from rooms.engine import RoomEngine
+from rooms.front import HttpReply, error_reply
 from rooms.limits import PLATFORM_MAX_TAG_BYTES, Limits
 from rooms.logs import log_line
 from rooms.peers import Peer, decode_attachment, encode_attachment, new_peer
-from rooms.protocol import CloseCode, Message, SeqRange
+from rooms.protocol import CloseCode, ErrorCode, Message, SeqRange
 from rooms.store import RoomStore, Sql
 
 S = TypeVar("S")
@@ -72,6 +73,10 @@ class ArchiveBindings:
         self.reader = ArchiveReader(self.index, bucket)
 
 
+_REFUSALS = {
+    ErrorCode.ROOM_FULL: "the room is full",
+    ErrorCode.TOO_MANY_SOCKETS: "this user has too many sockets in this room",
+}
 # Without an archive, a room prunes itself every this many messages (a DELETE each time).
 PRUNE_EVERY = 100
 
@@ -153,8 +158,17 @@ class RoomHost(Generic[S]):
             else None
         )
 
-    def admits(self, identity: Identity) -> bool:
-        return self.engine.admits(identity.user_id)
+    async def refusal(self, identity: Identity) -> HttpReply | None:
+        """The HTTP refusal of a new socket for ``identity``, or None to accept it.
+
+        Sockets that stayed silent past `hello_timeout_ms` are closed first, so that they never
+        hold a place (checked here, on arrivals, as there is no timer on every platform)."""
+        started = time.perf_counter()
+        await self._apply(self.engine.silent_sockets(self._clock_ms()), started)
+        code = self.engine.refusal(identity.user_id)
+        if code is None:
+            return None
+        return error_reply(403, code, _REFUSALS[code])
 
     async def connect(self, ws: S, identity: Identity, since: int | None) -> str:
         """Accept ``ws`` into the room; returns its connection id."""

@@ -28,7 +28,11 @@ class Limits(BaseModel):
     max_body_chars: int = Field(default=4000, ge=1, le=1_000_000)
     messages_per_second: float = Field(default=20.0, gt=0)
     burst: int = Field(default=40, ge=1, description="token-bucket size for the rate limit")
-    max_members: int = Field(default=1000, ge=1, description="distinct users per room")
+    max_members: int = Field(default=1000, ge=1, description="distinct joined users per room")
+    max_sockets_per_user: int = Field(default=10, ge=1, description="one user's sockets in a room")
+    hello_timeout_ms: int = Field(
+        default=10_000, ge=100, description="a socket that has not joined by then is closed"
+    )
     max_strikes: int = Field(default=10, ge=1, description="bad frames tolerated before 1008")
     max_history_page: int = Field(default=200, ge=1, le=1000)
     max_replay: int = Field(default=1000, ge=1, description="messages replayed on a resume")

@@ -23,6 +23,7 @@ class Peer(msgspec.Struct, kw_only=True):
     joined: bool = False
     joining: bool = False  # waiting for the archived part of its replay
     joined_ms: int = 0
+    connected_ms: int = 0
     last_message_ms: int = 0
     sent: int = 0
     tokens: float = 0.0
@@ -68,7 +69,12 @@ _decoder = msgspec.json.Decoder(Peer)
 
 def new_peer(conn_id: str, user_id: str, name: str, limits: Limits, now_ms: int) -> Peer:
     return Peer(
-        conn_id=conn_id, user_id=user_id, name=name, tokens=float(limits.burst), refill_ms=now_ms
+        conn_id=conn_id,
+        user_id=user_id,
+        name=name,
+        tokens=float(limits.burst),
+        refill_ms=now_ms,
+        connected_ms=now_ms,
     )
 
 

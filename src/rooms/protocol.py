@@ -49,6 +49,8 @@ class ErrorCode:
     ALREADY_JOINED = "already_joined"
     SINCE_AHEAD = "since_ahead"
     ROOM_CLOSED = "room_closed"
+    ROOM_FULL = "room_full"
+    TOO_MANY_SOCKETS = "too_many_sockets"
     INTERNAL = "internal"
 
 

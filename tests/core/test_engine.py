@@ -260,8 +260,28 @@ def test_max_members_counts_distinct_users() -> None:
     room.join("bob")
     from rooms.auth import Identity
 
-    assert room.host.admits(Identity("bob", "Bob"))
-    assert not room.host.admits(Identity("carol", "Carol"))
+    assert run(room.host.refusal(Identity("bob", "Bob"))) is None
+    refused = run(room.host.refusal(Identity("carol", "Carol")))
+    assert refused is not None
+    assert (refused.status, json.loads(refused.body)["error"]["code"]) == (403, "room_full")
+
+
+def test_sockets_that_never_join_hold_no_place_and_are_closed_after_the_hello_timeout() -> None:
+    """Issue: one attacker's silent sockets filled `max_members` and locked everyone out."""
+    from rooms.auth import Identity
+
+    room = RoomHarness(Limits(max_members=1, max_sockets_per_user=3, hello_timeout_ms=5_000))
+    lurkers = [room.join("lurker", since=None) for _ in range(3)]
+    assert run(room.host.refusal(Identity("alice", "Alice"))) is None  # silent: no member
+    refused = run(room.host.refusal(Identity("lurker", "Lurker")))
+    assert refused is not None
+    assert json.loads(refused.body)["error"]["code"] == "too_many_sockets"
+    room.join("alice")
+    lurkers[0].send({"type": "hello"})  # too late: the room filled up meanwhile
+    assert lurkers[0].take("error")[0]["code"] == "room_full"
+    room.tick(5_001)
+    assert run(room.host.refusal(Identity("lurker", "Lurker"))) is not None  # room_full now
+    assert [lurker.ws.close_code for lurker in lurkers] == [1008, 1008, 1008]
 
 
 def test_presence_is_rebuilt_from_open_sockets_after_hibernation() -> None:

@@ -11,12 +11,14 @@ import pytest
 
 from tests.conftest import timeout
 from tests.e2e.conftest import (
+    GATED,
     SECRET,
     ServiceBase,
     closed_by_server,
     expect_http_error,
     recv_json,
     recv_until,
+    use_profile,
 )
 
 pytestmark = pytest.mark.integration
@@ -295,3 +297,19 @@ async def test_signals_are_small_and_on_a_budget_of_their_own(service: ServiceBa
         assert 1 <= len(limited) <= 6  # 20 in the bucket; the oversized signal took one
         relayed = [await recv_until(other, "signal") for _ in range(25 - len(limited))]
         assert all(len(json.dumps(r["data"])) < 100 for r in relayed)  # never the 4 KiB one
+
+
+@use_profile(GATED)  # max_members=1
+async def test_sockets_that_never_join_cannot_lock_a_room(service: ServiceBase) -> None:
+    """One attacker's silent sockets (no `hello`) used to fill `max_members`: everyone else got
+    room_full. They hold no place now, and a user's sockets in a room are capped."""
+    room = service.room("lockout")
+    lurkers = [await service.connect(room, "lurker", since=None) for _ in range(3)]
+    try:
+        async with await service.connect(room, "alice") as alice:
+            assert (await recv_until(alice, "welcome"))["user_id"] == "alice"
+            await lurkers[0].send(json.dumps({"type": "hello"}))
+            assert (await recv_until(lurkers[0], "error"))["code"] == "room_full"
+    finally:
+        for lurker in lurkers:
+            await lurker.close()
