@@ -79,6 +79,7 @@ def token_policy_from(
 class Identity:
     user_id: str
     name: str
+    guest: bool = False  # a guest token's (`"guest": true`): the room and pages can tell
 
 
 class AuthError(Exception):
@@ -128,7 +129,7 @@ def verify_token(
     name = claims["name"] if "name" in claims else user_id[:MAX_NAME_CHARS]
     if not valid_text(name, MAX_NAME_CHARS):
         raise AuthError("token_claims", "`name` must be a non-empty string of at most 64 chars")
-    return Identity(user_id=user_id, name=name)
+    return Identity(user_id=user_id, name=name, guest=claims.get("guest") is True)
 
 
 def mint_token(

@@ -83,7 +83,7 @@ class RoomEngine:
         seen: dict[str, Member] = {}
         for peer in self.peers.values():
             if peer.joined and peer.user_id not in seen:
-                seen[peer.user_id] = Member(user_id=peer.user_id, name=peer.name)
+                seen[peer.user_id] = _member(peer)
         return sorted(seen.values(), key=lambda m: m.user_id)
 
     def refusal(self, user_id: str) -> str | None:
@@ -145,7 +145,7 @@ class RoomEngine:
         effects: list[Effect] = [Log("disconnect", peer.conn_id, peer.user_id)]
         if not peer.joined or self._user_present(peer.user_id):
             return effects
-        presence = Presence(event="leave", member=Member(user_id=peer.user_id, name=peer.name))
+        presence = Presence(event="leave", member=_member(peer))
         effects.append(Broadcast(self._joined_ids(), encode(presence)))
         return effects
 
@@ -336,7 +336,7 @@ class RoomEngine:
         effects: list[Effect] = [SavePeer(peer), Send(peer.conn_id, encode(welcome))]
         effects.extend(Send(peer.conn_id, text) for text in replay)
         if first_socket:
-            me = Member(user_id=peer.user_id, name=peer.name)
+            me = _member(peer)
             presence = Presence(event="join", member=me)
             effects.append(Broadcast(self._joined_ids(exclude=peer.conn_id), encode(presence)))
         effects.append(Log("join", peer.conn_id, peer.user_id, seq=head))
@@ -441,6 +441,10 @@ def _utf8_len_over(text: str, limit: int) -> bool:
 
 
 TOO_DEEP = "frame is nested too deeply"
+
+
+def _member(peer: Peer) -> Member:
+    return Member(user_id=peer.user_id, name=peer.name, guest=peer.guest)
 
 
 def _newest_within(texts: list[str], budget_bytes: int) -> int:

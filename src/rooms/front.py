@@ -26,7 +26,8 @@ SUBPROTOCOL = "rooms.v1"
 # Set by the front on the request it forwards to the room; any client-sent copy is removed first.
 USER_ID_HEADER = "x-rooms-user-id"
 USER_NAME_HEADER = "x-rooms-user-name"
-IDENTITY_HEADERS = (USER_ID_HEADER, USER_NAME_HEADER)
+USER_GUEST_HEADER = "x-rooms-user-guest"
+IDENTITY_HEADERS = (USER_ID_HEADER, USER_NAME_HEADER, USER_GUEST_HEADER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +206,7 @@ def forwarded_headers(
         *kept,
         (USER_ID_HEADER, _header_safe(identity.user_id)),
         (USER_NAME_HEADER, _header_safe(identity.name)),
+        *([(USER_GUEST_HEADER, "1")] if identity.guest else []),
     ]
 
 
@@ -214,7 +216,8 @@ def identity_from_forwarded(headers: Mapping[str, str]) -> Identity | None:
     name = headers.get(USER_NAME_HEADER)
     if not user_id or not name:
         return None
-    return Identity(user_id=unquote(user_id), name=unquote(name))
+    guest = headers.get(USER_GUEST_HEADER) == "1"
+    return Identity(user_id=unquote(user_id), name=unquote(name), guest=guest)
 
 
 def _header_safe(value: str) -> str:

@@ -176,7 +176,10 @@ class RoomHost(Generic[S]):
         now_ms = self._clock_ms()
         # Drawn here, never at import time: Workers forbid top-level entropy.
         conn_id = secrets.token_hex(8)
-        peer = new_peer(conn_id, identity.user_id, identity.name, self.engine.limits, now_ms)
+        limits = self.engine.limits
+        peer = new_peer(
+            conn_id, identity.user_id, identity.name, limits, now_ms, guest=identity.guest
+        )
         self.sockets.accept(ws, [conn_tag(conn_id), user_tag(identity.user_id)])
         self.sockets.set_attachment(ws, encode_attachment(peer))
         self._by_conn[conn_id] = ws

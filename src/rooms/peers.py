@@ -24,6 +24,7 @@ class Peer(msgspec.Struct, kw_only=True):
     joining: bool = False  # waiting for the archived part of its replay
     joined_ms: int = 0
     connected_ms: int = 0
+    guest: bool = False
     last_message_ms: int = 0
     sent: int = 0
     tokens: float = 0.0
@@ -67,11 +68,14 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Peer)
 
 
-def new_peer(conn_id: str, user_id: str, name: str, limits: Limits, now_ms: int) -> Peer:
+def new_peer(
+    conn_id: str, user_id: str, name: str, limits: Limits, now_ms: int, *, guest: bool = False
+) -> Peer:
     return Peer(
         conn_id=conn_id,
         user_id=user_id,
         name=name,
+        guest=guest,
         tokens=float(limits.burst),
         refill_ms=now_ms,
         connected_ms=now_ms,

@@ -100,9 +100,10 @@ class ServerFrame(msgspec.Struct, tag_field="type", frozen=True, omit_defaults=F
     """Base of every frame a room sends."""
 
 
-class Member(msgspec.Struct, frozen=True):
+class Member(msgspec.Struct, frozen=True, omit_defaults=True):
     user_id: str
     name: str
+    guest: bool = False  # sent only when true: a member signed in with a guest token
 
 
 class SeqRange(msgspec.Struct, frozen=True, array_like=True):

@@ -48,14 +48,22 @@ async def test_a_guest_token_opens_a_room_under_a_guest_identity(service: Servic
     assert reply.headers["cache-control"] == "no-store"
     answer = reply.json()
     assert GUEST_USER_ID.fullmatch(answer["user_id"])
-    url = f"ws://{service.base}/rooms/{service.room('lobby')}/ws?since=0"
+    room = service.room("lobby")
+    url = f"ws://{service.base}/rooms/{room}/ws?since=0"
     async with websockets.connect(
         url, subprotocols=["rooms.v1", answer["token"]],  # type: ignore[list-item]
         open_timeout=timeout(15),
     ) as ws:
         welcome = await recv_until(ws, "welcome")
         assert welcome["user_id"] == answer["user_id"]
-        assert welcome["presence"] == [{"user_id": answer["user_id"], "name": "Ada"}]
+        # The guest claim reaches the room: members can tell guests apart.
+        me = {"user_id": answer["user_id"], "name": "Ada", "guest": True}
+        assert welcome["presence"] == [me]
+        async with await service.connect(room, "bob") as bob:  # an ordinary token: no `guest`
+            bob_welcome = await recv_until(bob, "welcome")
+            assert bob_welcome["presence"] == [{"user_id": "bob", "name": "bob"}, me]  # by id
+            joined = await recv_until(ws, "presence")
+            assert joined["member"] == {"user_id": "bob", "name": "bob"}
 
 
 async def test_a_guest_token_is_renewed_under_the_same_user_id(service: ServiceBase) -> None:
