@@ -13,6 +13,8 @@ Routes (all JSON, shapes below as pydantic models, errors in the common shape):
     GET  /admin/rooms/{room}/messages?first=&last=       archived messages (ArchivedMessages)
     POST /admin/rooms/{room}/archive          archive now (ActionResult)
     POST /admin/rooms/{room}/disconnect?user_id=   close a user's sockets with 4003
+    POST /admin/rooms/{room}/ban?user_id=&duration_s=   disconnect, and refuse the user's
+                                              upgrades (403 banned) for 60 s to 30 days
     POST /admin/rooms/{room}/close            refuse new messages (error `room_closed`)
     POST /admin/rooms/{room}/open             accept messages again
     GET  /admin/audit?limit=                  the newest audit entries (AuditList)
@@ -36,7 +38,8 @@ MAX_READ_RANGE = 1000
 # Seqs a client may name; beyond 2**53 - 2 a number would reach JS as a BigInt.
 MAX_SEQ = 2**53 - 2
 _ROOM_ROUTE = re.compile(r"/admin/rooms/([^/]+)(?:/([a-z]+))?")
-ROOM_ACTIONS = frozenset({"archive", "disconnect", "close", "open"})
+ROOM_ACTIONS = frozenset({"archive", "disconnect", "ban", "close", "open"})
+MAX_BAN_S = 30 * 24 * 3600
 
 
 class RoomSummary(BaseModel):
@@ -265,11 +268,13 @@ class AdminApi:
     async def act(self, room: str, action: str, query: Mapping[str, str], now_ms: int) -> HttpReply:
         params: dict[str, str] = {}
         target = None
-        if action == "disconnect":
+        if action in ("disconnect", "ban"):
             target = query.get("user_id")
             if not target:
                 raise ValueError("`user_id` is required")
             params["user_id"] = target
+        if action == "ban":
+            params["duration_s"] = str(_int(query, "duration_s", 3600, 60, MAX_BAN_S))
         answer = await self.rooms.call(room, action, params)
         if answer is None:
             return error_reply(404, "room_not_found", "no such room")

@@ -47,6 +47,7 @@ from rooms.protocol import (
 )
 from rooms.store import RoomStore
 
+BAN_PREFIX = "ban:"  # room_meta keys of operators' timed bans
 _CLIENT_TYPES = frozenset({"hello", "publish", "history", "signal", "ping"})
 
 
@@ -71,8 +72,20 @@ class RoomEngine:
         self.peers: dict[str, Peer] = {peer.conn_id: peer for peer in peers}
         # An operator closed the room to new messages (kept in the store, read once per wake).
         self.closed = bool(store.meta("closed"))
+        self._banned: dict[str, int] | None = None  # user id -> until when (ms)
 
     # ----------------------------------------------------------------------- queries
+
+    def ban(self, user_id: str, until_ms: int) -> None:
+        """Refuse ``user_id``'s upgrades until ``until_ms`` (an operator's timed ban)."""
+        self.store.set_meta(BAN_PREFIX + user_id, until_ms)
+        self._bans()[user_id] = until_ms
+
+    def _bans(self) -> dict[str, int]:
+        if self._banned is None:  # read once per wake, on the first arrival
+            metas = self.store.metas(BAN_PREFIX)
+            self._banned = {user: int(until) for user, until in metas.items() if until is not None}
+        return self._banned
 
     def set_closed(self, closed: bool) -> None:
         self.store.set_meta("closed", int(closed))
@@ -86,12 +99,14 @@ class RoomEngine:
                 seen[peer.user_id] = _member(peer)
         return sorted(seen.values(), key=lambda m: m.user_id)
 
-    def refusal(self, user_id: str) -> str | None:
+    def refusal(self, user_id: str, now_ms: int) -> str | None:
         """Why a new socket for ``user_id`` is refused (an error code), or None.
 
         Only joined members count towards `max_members`: sockets that never joined cannot lock
         a room. They count towards their user's `max_sockets_per_user` and are closed after
-        `hello_timeout_ms` (`silent_sockets`)."""
+        `hello_timeout_ms` (`silent_sockets`). An operator's ban comes first."""
+        if self._bans().get(user_id, 0) > now_ms:
+            return ErrorCode.BANNED
         if (
             sum(p.user_id == user_id for p in self.peers.values())
             >= self.limits.max_sockets_per_user

@@ -76,6 +76,7 @@ class ArchiveBindings:
 _REFUSALS = {
     ErrorCode.ROOM_FULL: "the room is full",
     ErrorCode.TOO_MANY_SOCKETS: "this user has too many sockets in this room",
+    ErrorCode.BANNED: "an operator has banned this user from this room for now",
 }
 # Without an archive, a room prunes itself every this many messages (a DELETE each time).
 PRUNE_EVERY = 100
@@ -165,7 +166,7 @@ class RoomHost(Generic[S]):
         hold a place (checked here, on arrivals, as there is no timer on every platform)."""
         started = time.perf_counter()
         await self._apply(self.engine.silent_sockets(self._clock_ms()), started)
-        code = self.engine.refusal(identity.user_id)
+        code = self.engine.refusal(identity.user_id, self._clock_ms())
         if code is None:
             return None
         return error_reply(403, code, _REFUSALS[code])
@@ -227,12 +228,16 @@ class RoomHost(Generic[S]):
                 "pruned": outcome.pruned,
                 "error": outcome.error,
             }
-        if action == "disconnect":
+        if action in ("disconnect", "ban"):
             user_id = params.get("user_id", "")
+            result: dict[str, Any] = {"user_id": user_id}
+            if action == "ban":  # before the sockets go, so that none can come straight back
+                result["until_ms"] = self._clock_ms() + int(params["duration_s"]) * 1000
+                self.engine.ban(user_id, result["until_ms"])
             conn_ids = [c for c, p in self.engine.peers.items() if p.user_id == user_id]
             for conn_id in conn_ids:
                 await self._close(conn_id, CloseCode.KICKED, "disconnected by an operator")
-            return {"user_id": user_id, "sockets_closed": len(conn_ids)}
+            return {**result, "sockets_closed": len(conn_ids)}
         if action in ("close", "open"):
             self.engine.set_closed(action == "close")
             return {"closed": self.engine.closed}

@@ -51,6 +51,7 @@ class ErrorCode:
     ROOM_CLOSED = "room_closed"
     ROOM_FULL = "room_full"
     TOO_MANY_SOCKETS = "too_many_sockets"
+    BANNED = "banned"
     INTERNAL = "internal"
 
 

@@ -153,6 +153,13 @@ class RoomStore:
         rows = self._sql.execute("SELECT value FROM room_meta WHERE key = ?", key)
         return rows[0][0] if rows else None
 
+    def metas(self, prefix: str) -> dict[str, SqlValue]:
+        """Every meta entry whose key starts with ``prefix``, keyed by the rest of the key."""
+        rows = self._sql.execute(
+            "SELECT key, value FROM room_meta WHERE substr(key, 1, ?) = ?", len(prefix), prefix
+        )
+        return {str(key)[len(prefix) :]: value for key, value in rows}
+
     def set_meta(self, key: str, value: SqlValue) -> None:
         self._sql.execute(
             "INSERT INTO room_meta (key, value) VALUES (?, ?) "

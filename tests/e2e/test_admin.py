@@ -178,3 +178,38 @@ async def test_kicked_user_can_resume_without_loss(service: ServiceBase) -> None
         assert [(await recv_until(ws, "message"))["seq"] for _ in range(2)] == [3, 4]
     with pytest.raises(websockets.InvalidStatus):
         await websockets.connect(service.url(room), open_timeout=timeout(15))
+
+
+async def test_a_timed_ban_disconnects_and_refuses_the_user_and_is_audited(
+    service: ServiceBase,
+) -> None:
+    """An operator's disconnect was no ban: the user came straight back. `ban` closes the
+    user's sockets (4003) and refuses their upgrades to this room for `duration_s`."""
+    room = service.room("ban")
+    async with await service.connect(room, "mallory", close_timeout=timeout(1)) as mallory, \
+            await service.connect(room, "carol") as carol:
+        await recv_until(mallory, "welcome")
+        await recv_until(carol, "welcome")
+        status, banned = await call(
+            service, "POST", f"/admin/rooms/{room}/ban?user_id=mallory&duration_s=600"
+        )
+        assert status == 200
+        assert banned["result"]["sockets_closed"] == 1
+        assert banned["result"]["until_ms"] > 0
+        assert (await close_frame(mallory)).code == CloseCode.KICKED
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await service.connect(room, "mallory")
+        assert refused.value.response.status_code == 403
+        assert json.loads(refused.value.response.body)["error"]["code"] == "banned"
+        async with await service.connect(room, "dave") as dave:  # others still welcome
+            await recv_until(dave, "welcome")
+        await carol.send(json.dumps({"type": "publish", "id": "c", "body": "still here"}))
+        assert (await recv_until(carol, "ack"))["seq"] == 1
+    for bad in ("user_id=mallory&duration_s=5", "user_id=mallory&duration_s=99999999", "x=1"):
+        status, error = await call(service, "POST", f"/admin/rooms/{room}/ban?{bad}")
+        assert (status, error["error"]["code"]) == (400, "bad_request")
+    status, audit = await call(service, "GET", "/admin/audit")
+    bans = [e for e in audit["entries"] if e["room"] == room and e["action"] == "ban"]
+    assert [(e["target"], json.loads(e["detail"])["until_ms"]) for e in bans] == [
+        ("mallory", banned["result"]["until_ms"])
+    ]
