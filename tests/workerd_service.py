@@ -11,7 +11,6 @@ SQLite) lives for the whole session, so tests use room names no other test uses.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,11 +20,11 @@ import pytest
 
 from rooms.archive import ArchivePolicy
 from rooms.limits import Limits
+from tests.conftest import workerd_toolchain
 from tests.local.conftest import SECRET
 from workerd.wrangler import (
     PROJECT_ROOT,
     Toolchain,
-    WorkerdNotInstalledError,
     WranglerDev,
     apply_migrations,
     dev_args,
@@ -35,7 +34,6 @@ from workerd.wrangler import (
 __all__ = ["ADMIN_TOKEN", "SECRET", "Profile", "WorkerdPool", "workerd_pool"]
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789abcdef"
-REQUIRED = os.environ.get("ROOMS_WORKERD_REQUIRED") == "1"
 
 
 @dataclass(frozen=True)
@@ -139,12 +137,7 @@ def workerd_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerdPo
     all hand out the same pool, so tiers that ask for the same profile share its `wrangler dev`.
     """
     global _pool
-    try:
-        tools = Toolchain.installed()
-    except WorkerdNotInstalledError as exc:
-        if REQUIRED:
-            raise
-        pytest.skip(f"workerd tier not installed: {exc}")
+    tools = workerd_toolchain()
     if _pool is None:
         _pool = WorkerdPool(tools, tmp_path_factory.mktemp("workerd"))
     pool = _pool

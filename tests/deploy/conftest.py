@@ -8,29 +8,23 @@ skipped, unless ROOMS_WORKERD_REQUIRED=1 (`make test`, `make deploy`), which fai
 from __future__ import annotations
 
 import compileall
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import workerd_toolchain
 from tests.deploy.project import ROOT
-from workerd.wrangler import Toolchain, WorkerdNotInstalledError
+from workerd.wrangler import Toolchain
 
-REQUIRED = os.environ.get("ROOMS_WORKERD_REQUIRED") == "1"
 # The size line of `make test`'s summary, filled in by test_bundle.py.
 SUMMARY: list[str] = []
 
 
 @pytest.fixture(scope="session")
 def tools() -> Toolchain:
-    try:
-        return Toolchain.installed()
-    except WorkerdNotInstalledError as exc:
-        if REQUIRED:
-            pytest.fail(f"wrangler is required here (ROOMS_WORKERD_REQUIRED=1): {exc}")
-        pytest.skip(f"wrangler not installed: {exc}")
+    return workerd_toolchain()
 
 
 @dataclass(frozen=True)

@@ -29,19 +29,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import timeout
+from tests.conftest import timeout, workerd_toolchain
 from workerd.wrangler import (
     PROJECT_ROOT,
     STATE,
-    Toolchain,
-    WorkerdNotInstalledError,
     WranglerDev,
     dev_args,
     free_port,
 )
 
 PROBES = Path(__file__).resolve().parent / "probes"
-REQUIRED = os.environ.get("ROOMS_WORKERD_REQUIRED") == "1"
 
 
 def probe_config() -> dict[str, Any]:
@@ -116,12 +113,7 @@ class ProbeWorker:
 
 @pytest.fixture(scope="session")
 def probe_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProbeWorker]:
-    try:
-        tools = Toolchain.installed()
-    except WorkerdNotInstalledError as exc:
-        if REQUIRED:
-            raise
-        pytest.skip(f"workerd tier not installed: {exc}")
+    tools = workerd_toolchain()
     root = tmp_path_factory.mktemp("probe-worker")
     config = root / "wrangler.json"
     config.write_text(json.dumps(probe_config(), indent=2))
