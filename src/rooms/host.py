@@ -164,9 +164,9 @@ class RoomHost(Generic[S]):
 
         Sockets that stayed silent past `hello_timeout_ms` are closed first, so that they never
         hold a place (checked here, on arrivals, as there is no timer on every platform)."""
-        started = time.perf_counter()
-        await self._apply(self.engine.silent_sockets(self._clock_ms()), started)
-        code = self.engine.refusal(identity.user_id, self._clock_ms())
+        started, now_ms = time.perf_counter(), self._clock_ms()
+        await self._apply(self.engine.silent_sockets(now_ms), started)
+        code = self.engine.refusal(identity.user_id, now_ms)
         if code is None:
             return None
         return error_reply(403, code, _REFUSALS[code])
