@@ -5,19 +5,9 @@ or missing token gets the same 401, never a hint). Room-wide reads come from D1;
 state comes from its object through the `RoomControl` port (a Durable Object stub on Cloudflare,
 the room actor locally). Every action that changes something is written to D1's ``audit`` table.
 
-Routes (all JSON, shapes below as pydantic models, errors in the common shape):
-
-    GET  /admin/rooms?limit=&cursor=          rooms by last activity, newest first (RoomList)
-    GET  /admin/rooms/{room}                  live inspection from the room's object (Inspection)
-    GET  /admin/rooms/{room}/segments?after=&limit=      archive segments (SegmentList)
-    GET  /admin/rooms/{room}/messages?first=&last=       archived messages (ArchivedMessages)
-    POST /admin/rooms/{room}/archive          archive now (ActionResult)
-    POST /admin/rooms/{room}/disconnect?user_id=   close a user's sockets with 4003
-    POST /admin/rooms/{room}/ban?user_id=&duration_s=   disconnect, and refuse the user's
-                                              upgrades (403 banned) for 60 s to 30 days
-    POST /admin/rooms/{room}/close            refuse new messages (error `room_closed`)
-    POST /admin/rooms/{room}/open             accept messages again
-    GET  /admin/audit?limit=                  the newest audit entries (AuditList)
+Every route, with request and response examples, is in docs/admin.md (a test checks those
+examples against the real server): the room list (the directory, `rooms.directory`), live
+inspection, messages, archive segments, the actions, and the audit log.
 """
 
 from __future__ import annotations
@@ -32,9 +22,19 @@ from pydantic import BaseModel
 
 from rooms.archive import ArchiveReader, Database
 from rooms.front import BAD_ROOM_NAME, ROOM_NAME, HttpReply, error_reply
-from rooms.protocol import Message
+from rooms.operator import RECENT_MESSAGES
+from rooms.store import SqlValue
 
 MAX_READ_RANGE = 1000
+# `sort` values of the room list and the directory columns they order by.
+SORT_COLUMNS = {
+    "last_activity": "last_activity_ms",
+    "name": "name",
+    "created": "created_ms",
+    "head": "head_seq",
+    "members": "member_count",
+    "sockets": "socket_count",
+}
 # Seqs a client may name; beyond 2**53 - 2 a number would reach JS as a BigInt.
 MAX_SEQ = 2**53 - 2
 _ROOM_ROUTE = re.compile(r"/admin/rooms/([^/]+)(?:/([a-z]+))?")
@@ -43,17 +43,23 @@ MAX_BAN_S = 30 * 24 * 3600
 
 
 class RoomSummary(BaseModel):
+    """A room's directory row: its figures as of `updated_ms` (rooms.directory)."""
+
     name: str
     created_ms: int
     last_activity_ms: int
     head_seq: int
     archived_seq: int
     member_count: int
+    socket_count: int
+    rows_retained: int
+    updated_ms: int
 
 
 class RoomList(BaseModel):
     rooms: list[RoomSummary]
-    next_cursor: str | None  # pass as `cursor` for the next page
+    total: int  # rooms matching `q`, on every page
+    next_cursor: str | None  # pass as `cursor` (same sort, order and q) for the next page
 
 
 class SocketInfo(BaseModel):
@@ -71,9 +77,14 @@ class MemberInfo(BaseModel):
 
 class Inspection(BaseModel):
     room: str
+    created_ms: int
+    last_activity_ms: int
     members: list[MemberInfo]
+    member_count: int
+    socket_count: int
     head_seq: int
     archived_seq: int
+    oldest_retained_seq: int
     rows_retained: int
     dedupe_entries: int
     storage_bytes: int
@@ -100,10 +111,13 @@ class SegmentList(BaseModel):
     segments: list[SegmentInfo]
 
 
-class ArchivedMessages(BaseModel):
+class MessageList(BaseModel):
     room: str
-    messages: list[dict[str, Any]]
-    missing: list[tuple[int, int]]
+    head_seq: int
+    first: int
+    last: int
+    messages: list[dict[str, Any]]  # with `body`, or `body_chars` when asked with bodies=0
+    missing: list[tuple[int, int]]  # seqs in [first, last] that neither storage could serve
 
 
 class ActionResult(BaseModel):
@@ -124,6 +138,7 @@ class AuditEntry(BaseModel):
 
 class AuditList(BaseModel):
     entries: list[AuditEntry]
+    next_cursor: str | None  # pass as `cursor` for older entries
 
 
 class RoomControl(Protocol):
@@ -201,7 +216,7 @@ class AdminApi:
         if sub == "segments":
             return await self._only(method, "GET") or await self.segments(room, query)
         if sub == "messages":
-            return await self._only(method, "GET") or await self.messages(room, query)
+            return await self._only(method, "GET") or await self.messages(room, query, now_ms)
         if sub in ROOM_ACTIONS:
             return await self._only(method, "POST") or await self.act(room, sub, query, now_ms)
         return error_reply(404, "not_found", "no such admin route")
@@ -214,28 +229,44 @@ class AdminApi:
 
     async def list_rooms(self, query: Mapping[str, str]) -> HttpReply:
         limit = _int(query, "limit", 50, 1, 500)
+        sort = query.get("sort", "last_activity")
+        column = SORT_COLUMNS.get(sort)
+        if column is None:
+            raise ValueError(f"`sort` must be one of {', '.join(SORT_COLUMNS)}")
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise ValueError("`order` must be asc or desc")
+        filters: list[str] = []
+        params: list[SqlValue] = []
+        name_filter = query.get("q", "")
+        if name_filter:
+            if not ROOM_NAME.fullmatch(name_filter):
+                raise ValueError("`q` is part of a room name: letters, digits, '.', '_', '-'")
+            filters.append("instr(lower(name), ?) > 0")
+            params.append(name_filter.lower())
+        counted = await self.db.all("SELECT COUNT(*) AS n FROM rooms" + _where(filters), *params)
+        total = int(counted[0]["n"] or 0) if counted else 0
         cursor = query.get("cursor")
         if cursor:
-            activity, _, name = cursor.partition(":")
-            if not (activity.isascii() and activity.isdigit() and name) or (
-                int(activity) > MAX_SEQ  # past what SQLite, D1 and JavaScript hold exactly
-            ):
-                raise ValueError("`cursor` is not one this API returned")
-            rows = await self.db.all(
-                "SELECT * FROM rooms WHERE (last_activity_ms, name) < (?, ?) "
-                "ORDER BY last_activity_ms DESC, name DESC LIMIT ?",
-                int(activity),
-                name,
-                limit + 1,
-            )
-        else:
-            rows = await self.db.all(
-                "SELECT * FROM rooms ORDER BY last_activity_ms DESC, name DESC LIMIT ?", limit + 1
-            )
+            params.extend(_parse_cursor(cursor, column))
+            keys = "name" if column == "name" else f"({column}, name)"
+            marks = "?" if column == "name" else "(?, ?)"
+            filters.append(f"{keys} {'<' if order == 'desc' else '>'} {marks}")
+        direction = order.upper()
+        tiebreak = "" if column == "name" else f", name {direction}"
+        rows = await self.db.all(
+            f"SELECT {', '.join(RoomSummary.model_fields)} FROM rooms{_where(filters)} "
+            f"ORDER BY {column} {direction}{tiebreak} LIMIT ?",
+            *params,
+            limit + 1,
+        )
         rooms = [RoomSummary.model_validate(dict(row)) for row in rows[:limit]]
         last = rooms[-1] if len(rows) > limit else None
-        next_cursor = f"{last.last_activity_ms}:{last.name}" if last else None
-        return _reply(RoomList(rooms=rooms, next_cursor=next_cursor))
+        next_cursor = None
+        if last is not None:
+            value = getattr(last, column)
+            next_cursor = last.name if column == "name" else f"{value}:{last.name}"
+        return _reply(RoomList(rooms=rooms, total=total, next_cursor=next_cursor))
 
     async def inspect(self, room: str) -> HttpReply:
         answer = await self.rooms.call(room, "inspect", {})
@@ -251,19 +282,29 @@ class AdminApi:
             SegmentList(room=room, segments=[SegmentInfo.model_validate(dict(row)) for row in rows])
         )
 
-    async def messages(self, room: str, query: Mapping[str, str]) -> HttpReply:
-        first = _int(query, "first", 1, 1, MAX_SEQ)
-        last = _int(query, "last", min(first + 99, MAX_SEQ), 1, MAX_SEQ)
-        if last < first or last - first + 1 > MAX_READ_RANGE:
-            raise ValueError(f"ask for 1 to {MAX_READ_RANGE} seqs with first <= last")
-        messages, missing = await self.reader.read(room, first, last)
-        return _reply(
-            ArchivedMessages(
-                room=room,
-                messages=[_message_dict(m) for m in messages],
-                missing=[(r.first, r.last) for r in missing],
-            )
-        )
+    async def messages(self, room: str, query: Mapping[str, str], now_ms: int) -> HttpReply:
+        params: dict[str, str] = {}
+        for name in ("first", "last"):
+            if name in query:
+                params[name] = str(_int(query, name, 1, 1, MAX_SEQ))
+        params["count"] = str(_int(query, "count", RECENT_MESSAGES, 1, MAX_READ_RANGE))
+        if "first" in params and "last" in params:
+            first, last = int(params["first"]), int(params["last"])
+            if last < first or last - first + 1 > MAX_READ_RANGE:
+                raise ValueError(f"ask for 1 to {MAX_READ_RANGE} seqs with first <= last")
+        bodies = query.get("bodies", "1")
+        if bodies not in ("0", "1"):
+            raise ValueError("`bodies` must be 0 or 1")
+        params["bodies"] = bodies
+        answer = await self.rooms.call(room, "messages", params)
+        if answer is None:
+            return error_reply(404, "room_not_found", "no such room")
+        listed = MessageList.model_validate(answer)
+        if bodies == "1" and listed.messages:  # who read which messages is on the record
+            seqs = f"{listed.first}-{listed.last}"
+            detail = {"first": listed.first, "last": listed.last, "count": len(listed.messages)}
+            await self._audit(now_ms, "read_messages", room, seqs, detail)
+        return _reply(listed)
 
     async def act(self, room: str, action: str, query: Mapping[str, str], now_ms: int) -> HttpReply:
         params: dict[str, str] = {}
@@ -278,22 +319,56 @@ class AdminApi:
         answer = await self.rooms.call(room, action, params)
         if answer is None:
             return error_reply(404, "room_not_found", "no such room")
+        await self._audit(now_ms, action, room, target, answer)
+        return _reply(ActionResult(room=room, action=action, result=answer))
+
+    async def _audit(
+        self, now_ms: int, action: str, room: str, target: str | None, detail: dict[str, Any]
+    ) -> None:
         await self.db.batch(
             [
                 (
                     "INSERT INTO audit (at_ms, actor, action, room, target, detail) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (now_ms, "admin", action, room, target, json.dumps(answer, sort_keys=True)),
+                    (now_ms, "admin", action, room, target, json.dumps(detail, sort_keys=True)),
                 )
             ]
         )
-        return _reply(ActionResult(room=room, action=action, result=answer))
 
     async def audit(self, query: Mapping[str, str]) -> HttpReply:
         limit = _int(query, "limit", 100, 1, 1000)
-        rows = await self.db.all("SELECT * FROM audit ORDER BY id DESC LIMIT ?", limit)
-        return _reply(AuditList(entries=[AuditEntry.model_validate(dict(r)) for r in rows]))
+        filters: list[str] = []
+        params: list[SqlValue] = []
+        room = query.get("room")
+        if room is not None:
+            if not ROOM_NAME.fullmatch(room):
+                raise ValueError(BAD_ROOM_NAME)
+            filters.append("room = ?")
+            params.append(room)
+        if "cursor" in query:
+            filters.append("id < ?")
+            params.append(_int(query, "cursor", 1, 1, MAX_SEQ))
+        rows = await self.db.all(
+            f"SELECT * FROM audit{_where(filters)} ORDER BY id DESC LIMIT ?", *params, limit + 1
+        )
+        entries = [AuditEntry.model_validate(dict(r)) for r in rows[:limit]]
+        next_cursor = str(entries[-1].id) if len(rows) > limit else None
+        return _reply(AuditList(entries=entries, next_cursor=next_cursor))
 
 
-def _message_dict(message: Message) -> dict[str, Any]:
-    return {f: getattr(message, f) for f in message.__struct_fields__}
+def _where(filters: list[str]) -> str:
+    return " WHERE " + " AND ".join(filters) if filters else ""
+
+
+def _parse_cursor(cursor: str, column: str) -> list[SqlValue]:
+    """The keyset a `next_cursor` of this sort names (``value:name``, or the name alone)."""
+    if column == "name":
+        if not ROOM_NAME.fullmatch(cursor):
+            raise ValueError("`cursor` is not one this API returned")
+        return [cursor]
+    value, _, name = cursor.partition(":")
+    if not (value.isascii() and value.isdigit() and ROOM_NAME.fullmatch(name)) or (
+        int(value) > MAX_SEQ  # past what SQLite, D1 and JavaScript hold exactly
+    ):
+        raise ValueError("`cursor` is not one this API returned")
+    return [int(value), name]

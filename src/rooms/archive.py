@@ -5,7 +5,8 @@ The steps, each safe to retry from the top after a failure anywhere:
 1. choose the range after the last archived seq and persist it as *pending* in the room's own
    SQL (a retry reuses it, so the key and the bytes are the same);
 2. put the segment to R2 under its deterministic key (an overwrite writes identical bytes);
-3. record it in D1 in one batch: ``INSERT OR IGNORE`` the segment row and upsert the room row;
+3. record it in D1: ``INSERT OR IGNORE`` the segment row (the host then refreshes the room's
+   row in the directory, `rooms.directory`);
 4. mark the range archived in the room's SQL, then prune old rows beyond the retention window.
 
 A crash between 2 and 3 repeats 2 and 3; between 3 and 4 repeats 2 and 3, whose insert is then
@@ -71,21 +72,13 @@ class ArchiveOutcome:
 
 
 class ArchiveIndex:
-    """The D1 side: segments and the room list."""
+    """The D1 side: the segments index (the room list is `rooms.directory`)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def record(
-        self,
-        room: str,
-        first: int,
-        last: int,
-        size: int,
-        key: str,
-        now_ms: int,
-        head: int,
-        members: int,
+        self, room: str, first: int, last: int, size: int, key: str, now_ms: int
     ) -> None:
         await self.db.batch(
             [
@@ -94,16 +87,6 @@ class ArchiveIndex:
                     "(room, first_seq, last_seq, count, bytes, key, created_ms) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (room, first, last, last - first + 1, size, key, now_ms),
-                ),
-                (
-                    "INSERT INTO rooms (name, created_ms, last_activity_ms, head_seq, "
-                    "archived_seq, member_count) VALUES (?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET "
-                    "last_activity_ms = MAX(last_activity_ms, excluded.last_activity_ms), "
-                    "head_seq = MAX(head_seq, excluded.head_seq), "
-                    "archived_seq = MAX(archived_seq, excluded.archived_seq), "
-                    "member_count = excluded.member_count",
-                    (room, now_ms, now_ms, head, last, members),
                 ),
             ]
         )
@@ -192,7 +175,7 @@ class Archiver:
             return None
         return 0 if waiting >= self.policy.threshold else self.policy.interval_ms
 
-    async def run(self, now_ms: int, members: int) -> ArchiveOutcome:
+    async def run(self, now_ms: int) -> ArchiveOutcome:
         """Archive everything waiting, segment by segment. Records failures; never raises."""
         done: list[SeqRange] = []
         for _ in range(20):  # bounded work per alarm; `more` asks for another run
@@ -201,7 +184,7 @@ class Archiver:
                 break
             first, last = chosen
             try:
-                await self._archive(first, last, now_ms, members)
+                await self._archive(first, last, now_ms)
             except Exception as exc:
                 failures = int(self.store.meta("archive_failures") or 0) + 1
                 self.store.set_meta("archive_failures", failures)
@@ -216,14 +199,12 @@ class Archiver:
         more = self.store.head > self.store.archived
         return ArchiveOutcome(done, pruned, more=more)
 
-    async def _archive(self, first: int, last: int, now_ms: int, members: int) -> None:
+    async def _archive(self, first: int, last: int, now_ms: int) -> None:
         messages = self.store.between(first, last)
         if [m.seq for m in messages] != list(range(first, last + 1)):
             raise SegmentError(f"rows {first}-{last} are incomplete; refusing to archive a gap")
         data = encode_segment(self.room, messages)
         key = segment_key(self.room, first, last)
         await self.bucket.put(key, data)
-        await self.index.record(
-            self.room, first, last, len(data), key, now_ms, head=self.store.head, members=members
-        )
+        await self.index.record(self.room, first, last, len(data), key, now_ms)
         self.store.mark_archived(last)

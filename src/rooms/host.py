@@ -26,11 +26,13 @@ from rooms.archive import (
     ObjectStore,
 )
 from rooms.auth import Identity
+from rooms.directory import RoomDirectory
 from rooms.effects import Broadcast, Close, Effect, Log, ReadArchive, SavePeer, Send, Stored
 from rooms.engine import RoomEngine
 from rooms.front import HttpReply, error_reply
 from rooms.limits import PLATFORM_MAX_TAG_BYTES, Limits
 from rooms.logs import log_line
+from rooms.operator import RoomOperator
 from rooms.peers import Peer, decode_attachment, encode_attachment, new_peer
 from rooms.protocol import CloseCode, ErrorCode, Message, SeqRange
 from rooms.store import RoomStore, Sql
@@ -68,6 +70,7 @@ class ArchiveBindings:
 
     def __init__(self, db: Database, bucket: ObjectStore, policy: ArchivePolicy) -> None:
         self.index = ArchiveIndex(db)
+        self.directory = RoomDirectory(db)
         self.bucket = bucket
         self.policy = policy
         self.reader = ArchiveReader(self.index, bucket)
@@ -216,67 +219,24 @@ class RoomHost(Generic[S]):
     # ----------------------------------------------------------------------- operators
 
     async def admin(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
-        """Run one admin action (see rooms.admin); returns its JSON-able result."""
-        if action == "inspect":
-            return self.inspect()
-        if action == "archive":
-            outcome = await self.alarm()
-            if outcome is None:
-                return {"archived": [], "error": "archiving is not configured"}
-            return {
-                "archived": [[r.first, r.last] for r in outcome.archived],
-                "pruned": outcome.pruned,
-                "error": outcome.error,
-            }
-        if action in ("disconnect", "ban"):
-            user_id = params.get("user_id", "")
-            result: dict[str, Any] = {"user_id": user_id}
-            if action == "ban":  # before the sockets go, so that none can come straight back
-                result["until_ms"] = self._clock_ms() + int(params["duration_s"]) * 1000
-                self.engine.ban(user_id, result["until_ms"])
-            conn_ids = [c for c, p in self.engine.peers.items() if p.user_id == user_id]
-            for conn_id in conn_ids:
-                await self._close(conn_id, CloseCode.KICKED, "disconnected by an operator")
-            return {**result, "sockets_closed": len(conn_ids)}
-        if action in ("close", "open"):
-            self.engine.set_closed(action == "close")
-            return {"closed": self.engine.closed}
-        raise ValueError(f"unknown admin action {action!r}")
+        """Run one admin action (see rooms.admin, rooms.operator); returns its JSON-able result."""
+        return await RoomOperator(self).run(action, params)
 
-    def inspect(self) -> dict[str, Any]:
-        store = self.engine.store
-        members: dict[str, dict[str, Any]] = {}
-        for peer in self.engine.peers.values():
-            if not peer.joined:
-                continue
-            entry = members.setdefault(
-                peer.user_id, {"user_id": peer.user_id, "name": peer.name, "sockets": []}
-            )
-            entry["sockets"].append(
-                {
-                    "conn_id": peer.conn_id,
-                    "joined_ms": peer.joined_ms,
-                    "last_message_ms": peer.last_message_ms,
-                    "messages_sent": peer.sent,
-                }
-            )
-        error = store.meta("last_archive_error")
-        return {
-            "room": self.room,
-            "members": sorted(members.values(), key=lambda m: str(m["user_id"])),
-            "head_seq": store.head,
-            "archived_seq": store.archived,
-            "rows_retained": store.retained_count(),
-            "dedupe_entries": store.dedupe_count(),
-            "storage_bytes": self._sql.size_bytes(),
-            "next_alarm_ms": self._alarm_at,
-            "wakes": store.counter("wakes"),
-            "rate_limit_rejections": store.counter("rate_limited"),
-            "slow_consumer_disconnects": store.counter("slow_consumer"),
-            "archive_failures": int(store.meta("archive_failures") or 0),
-            "last_archive_error": str(error) if error is not None else None,
-            "closed": self.engine.closed,
-        }
+    def now_ms(self) -> int:
+        return self._clock_ms()
+
+    def storage_bytes(self) -> int:
+        return self._sql.size_bytes()
+
+    @property
+    def next_alarm_ms(self) -> int | None:
+        return self._alarm_at
+
+    def emit(self, line: str) -> None:
+        self._log(line)
+
+    async def close_connection(self, conn_id: str, code: int, reason: str) -> None:
+        await self._close(conn_id, code, reason)
 
     async def alarm(self) -> ArchiveOutcome | None:
         """The object's alarm fired: archive what is waiting, then schedule the next run."""
@@ -286,7 +246,8 @@ class RoomHost(Generic[S]):
         store.set_meta("alarm_at", None)
         self._alarm_at = None
         now_ms = self._clock_ms()
-        outcome = await self.archiver.run(now_ms, members=len(self.engine.members()))
+        outcome = await self.archiver.run(now_ms)
+        await RoomOperator(self).refresh_directory()
         if outcome.error is not None:
             failures = int(store.meta("archive_failures") or 1)
             await self._set_alarm(now_ms + self.archiver.policy.retry_delay_ms(failures))
@@ -338,7 +299,7 @@ class RoomHost(Generic[S]):
     async def _apply(self, effects: list[Effect], started: float) -> None:
         """Carry out effects in order; one failing effect never stops the others."""
         archive_reads: list[ReadArchive] = []
-        stored = False
+        stored = first_message = False
         for effect in effects:
             match effect:
                 case Send(conn_id, text):
@@ -350,8 +311,9 @@ class RoomHost(Generic[S]):
                     self._save_peer(peer)
                 case Close(conn_id, code, reason):
                     await self._close(conn_id, code, reason)
-                case Stored():
+                case Stored(seq):
                     stored = True
+                    first_message = seq == 1
                 case ReadArchive():
                     archive_reads.append(effect)
                 case Log():
@@ -367,6 +329,8 @@ class RoomHost(Generic[S]):
             if self._retention is not None:
                 self._prune_without_archive(self._retention)
             await self._schedule_archive()
+            if first_message:  # a room is listed from its first message (rooms.directory)
+                await RoomOperator(self).refresh_directory()
         for request in archive_reads:
             await self._read_archive(request)
 

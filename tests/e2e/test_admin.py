@@ -65,31 +65,37 @@ async def test_admin_is_closed_when_no_token_is_configured(service: ServiceBase)
 
 
 async def test_force_archive_then_list_rooms_segments_and_read_back(service: ServiceBase) -> None:
-    """Archive on demand; the room list, segments and archived messages reflect it exactly.
-
-    On workerd D1 lives all session: this is the only test of its profile that archives.
-    """
-    alpha, beta = service.room("alpha"), service.room("beta")
+    """Archive on demand; the room list, segments and archived messages reflect it exactly."""
+    base = service.room("arch")
+    alpha, beta = f"{base}a", f"{base}b"
     await fill(service, alpha, 12)
     await fill(service, beta, 3)
     status, result = await call(service, "POST", f"/admin/rooms/{alpha}/archive")
     assert status == 200
     assert result["result"]["archived"] == [[1, 5], [6, 10], [11, 12]]
     await call(service, "POST", f"/admin/rooms/{beta}/archive")
-    status, page = await call(service, "GET", "/admin/rooms?limit=1")
+    status, page = await call(service, "GET", f"/admin/rooms?limit=1&q={base}")
     assert status == 200
     assert len(page["rooms"]) == 1
-    status, rest = await call(service, "GET", f"/admin/rooms?limit=5&cursor={page['next_cursor']}")
+    assert page["total"] == 2
+    status, rest = await call(
+        service, "GET", f"/admin/rooms?limit=5&q={base}&cursor={page['next_cursor']}"
+    )
     names = [r["name"] for r in page["rooms"] + rest["rooms"]]
     assert sorted(names) == [alpha, beta]
     assert rest["next_cursor"] is None
     summary = next(r for r in page["rooms"] + rest["rooms"] if r["name"] == alpha)
-    assert (summary["head_seq"], summary["archived_seq"]) == (12, 12)
+    # The archive run wrote the row: archived up to the head, 2 rows kept (STRICT).
+    assert (summary["head_seq"], summary["archived_seq"], summary["rows_retained"]) == (12, 12, 2)
     status, segs = await call(service, "GET", f"/admin/rooms/{alpha}/segments")
     assert [(s["first_seq"], s["last_seq"], s["count"]) for s in segs["segments"]] == [
         (1, 5, 5), (6, 10, 5), (11, 12, 2)]
     status, read = await call(service, "GET", f"/admin/rooms/{alpha}/messages?first=4&last=8")
     assert [m["body"] for m in read["messages"]] == ["b3", "b4", "b5", "b6", "b7"]
+    assert read["missing"] == []
+    # Across the archive (1..10) and the room's own rows (11, 12) in one read.
+    status, read = await call(service, "GET", f"/admin/rooms/{alpha}/messages?first=9&last=12")
+    assert [m["seq"] for m in read["messages"]] == [9, 10, 11, 12]
     assert read["missing"] == []
 
 

@@ -320,6 +320,10 @@ def test_admin_api_through_the_front_and_the_object(world: World) -> None:
         alice.publish(f"m{i}", f"body {i}")
     assert admin(world, "GET", "/admin/rooms", auth=None)[0] == 401
     assert admin(world, "GET", "/admin/rooms", auth="wrong")[0] == 401
+    # Listed from its first message, by the object itself (docs/admin.md#the-room-directory).
+    status, rooms = admin(world, "GET", "/admin/rooms")
+    assert [(r["name"], r["head_seq"], r["member_count"]) for r in rooms["rooms"]] == [
+        ("lobby", 1, 1)]
     bob = join(world, "bob")
     status, view = admin(world, "GET", "/admin/rooms/lobby")
     assert status == 200
@@ -344,5 +348,5 @@ def test_admin_api_through_the_front_and_the_object(world: World) -> None:
     assert [p["member"]["user_id"] for p in leaves] == ["bob"]
     assert admin(world, "GET", "/admin/rooms/nobody")[0] == 404
     status, audit = admin(world, "GET", "/admin/audit")
-    assert [e["action"] for e in audit["entries"]] == ["disconnect", "archive"]
-    assert [e["room"] for e in audit["entries"]] == ["lobby", "lobby"]
+    assert [e["action"] for e in audit["entries"]] == ["disconnect", "read_messages", "archive"]
+    assert [e["room"] for e in audit["entries"]] == ["lobby", "lobby", "lobby"]
