@@ -32,9 +32,11 @@ from rooms.admin import AdminApi
 from rooms.archive import ArchiveIndex, ArchiveReader
 from rooms.auth import token_policy_from, weak_admin_token, weak_jwt_secret
 from rooms.front import (
+    CHECK_PATH,
     ROOM_PATH,
     SUBPROTOCOL,
     AdminRequest,
+    CheckAdmission,
     ForwardUpgrade,
     FrontConfig,
     GuestTokenRequest,
@@ -98,6 +100,13 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         if isinstance(decision, ForwardUpgrade):
             fields.update(decision.log, room=decision.room, user_id=decision.identity.user_id)
             return await self._forward(request, headers, decision)
+        if isinstance(decision, CheckAdmission):
+            fields.update(room=decision.room, user_id=decision.identity.user_id)
+            reply = await self._check(decision)
+            code = error_code(reply)
+            if code is not None:
+                fields["code"] = code
+            return reply_response(reply)
         if isinstance(decision, AdminRequest):
             return await self._admin(request, path, url.query, headers, fields)
         if isinstance(decision, GuestTokenRequest):
@@ -171,6 +180,18 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             fields["code"] = code
         return reply_response(reply)
 
+    async def _check(self, check: CheckAdmission) -> HttpReply:
+        """Ask the room's object whether it would admit this identity now (its refusal as is)."""
+        url = f"https://rooms.internal/rooms/{check.room}/check"
+        headers = dict(forwarded_headers([], check.identity))
+        response = await self.env.ROOMS.getByName(check.room).fetch(url, headers=headers)
+        body = (await response.text()).encode()
+        return HttpReply(
+            response.status,
+            body,
+            (("content-type", "application/json"), ("cache-control", "no-store")),
+        )
+
     async def _forward(
         self, request: Any, client_headers: dict[str, str], upgrade: ForwardUpgrade
     ) -> Response:
@@ -240,6 +261,8 @@ def path_kind(path: str) -> str:
         return "health"
     if ROOM_PATH.fullmatch(path):
         return "room"
+    if CHECK_PATH.fullmatch(path):
+        return "room_check"
     if path.startswith("/rooms/"):
         return "rooms_other"
     return "other"

@@ -19,9 +19,11 @@ from aiohttp import WSMsgType, web
 
 from rooms.front import (
     AdminRequest,
+    CheckAdmission,
     ForwardUpgrade,
     GuestTokenRequest,
     HttpReply,
+    admitted_reply,
     error_reply,
     route,
 )
@@ -116,6 +118,10 @@ async def front(request: web.Request) -> web.StreamResponse:
     if isinstance(decision, ForwardUpgrade):
         del headers  # not kept alive for the socket's whole life (memory per idle connection)
         return await room_socket(request, decision)
+    if isinstance(decision, CheckAdmission):
+        reply = await check_admission(request.app[REGISTRY], decision)
+        log.info(http_log_line("check", reply.status, "/rooms/{room}/check"))
+        return _reply(reply)
     if isinstance(decision, AdminRequest):
         reply = (
             await request.app[ADMIN]
@@ -166,6 +172,15 @@ async def read_at_most(request: web.Request, limit: int) -> bytes:
             break
         body += chunk
     return bytes(body)
+
+
+async def check_admission(registry: RoomRegistry, check: CheckAdmission) -> HttpReply:
+    """What an upgrade would get now. A room that does not exist refuses nobody: it is not
+    created (nor woken) for the question."""
+    if not registry.exists(check.room):
+        return admitted_reply()
+    refused = await registry.get(check.room).refusal(check.identity)
+    return refused if refused is not None else admitted_reply()
 
 
 async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.StreamResponse:
@@ -227,7 +242,7 @@ async def static(request: web.Request) -> web.StreamResponse:
 def _path_kind(path: str) -> str:
     # Log the route, not the raw path: room names are fine, query strings (tokens) never.
     if path.startswith("/rooms/"):
-        return "/rooms/{room}/ws"
+        return "/rooms/{room}/check" if path.endswith("/check") else "/rooms/{room}/ws"
     return path if path == "/health" else "static"
 
 

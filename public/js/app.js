@@ -2,7 +2,7 @@
 // Every text from the network goes into the page with textContent, never as HTML.
 
 import { RoomConnection } from "./room.js";
-import { AuthError, adoptLinkToken, ensureIdentity, forgetIdentity, storedIdentity } from "./identity.js";
+import { AuthError, adoptLinkToken, ensureIdentity, forgetIdentity, lastName, storedIdentity } from "./identity.js";
 
 const ROOM_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 const TYPING_SEND_EVERY_MS = 3_000;
@@ -42,6 +42,7 @@ let members = new Map(); // user_id -> name
 const typers = new Map(); // user_id -> shown until (ms)
 let lastTypingSent = 0;
 let statusTimer = null;
+const PLACEHOLDER = "Message (Enter to send, Shift+Enter for a new line)";
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
@@ -73,7 +74,7 @@ function showJoin(room, error = "") {
   ui.chat.hidden = true;
   ui.join.hidden = false;
   ui.joinRoom.value = room ?? ui.joinRoom.value ?? "";
-  ui.joinName.value = storedIdentity()?.name ?? ui.joinName.value;
+  ui.joinName.value = storedIdentity()?.name ?? (ui.joinName.value || lastName());
   ui.joinError.textContent = error;
   (ui.joinRoom.value ? ui.joinName : ui.joinRoom).focus();
   document.title = "durable-rooms";
@@ -108,6 +109,7 @@ function join(room, name) {
   conn.addEventListener("presence", ({ detail }) => onPresence(detail));
   conn.addEventListener("signal", ({ detail }) => onSignal(detail));
   conn.addEventListener("notice", ({ detail }) => showNotice(detail));
+  conn.addEventListener("refused", ({ detail }) => showNotice({ ...detail, refused: true }));
   conn.open();
   renderOutbox();
   ui.body.focus();
@@ -163,14 +165,27 @@ const STATUS_TEXT = {
   connecting: "Connecting…",
   online: "Connected",
   stopped: "Disconnected",
+  refused: "Not admitted",
 };
 
 function renderStatus({ state, retryAt }) {
   clearInterval(statusTimer);
   ui.status.dataset.state = state;
-  ui.retry.hidden = !(state === "waiting" || state === "stopped");
-  ui.retry.textContent = state === "stopped" ? "Reconnect" : "Retry now";
+  ui.retry.hidden = !["waiting", "stopped", "refused"].includes(state);
+  ui.retry.textContent = { stopped: "Reconnect", refused: "Try again" }[state] ?? "Retry now";
   ui.composer.dataset.state = state;
+  // Nothing typed now could be sent: a stopped or refused page says so instead of queueing.
+  const closed = state === "stopped" || state === "refused";
+  ui.body.disabled = closed;
+  ui.composer.querySelector("button[type=submit]").disabled = closed;
+  ui.body.placeholder = closed ? "You are not in this room" : PLACEHOLDER;
+  ui.older.hidden = state === "refused"; // there is no history to load for who is not let in
+  if (state !== "online") {
+    members = new Map(); // not connected: nobody is shown as present (the welcome brings them)
+    typers.clear();
+    renderPeople();
+    renderTyping();
+  }
   if (state === "waiting") {
     const tick = () => {
       const seconds = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
@@ -181,22 +196,40 @@ function renderStatus({ state, retryAt }) {
   } else {
     ui.statusText.textContent = STATUS_TEXT[state] ?? state;
   }
-  if (state === "online") hideNotice("refused");
+  if (state === "online") {
+    hideNotice("refused");
+    hideNotice("policy");
+  }
   if (ui.older.dataset.state === "loading" && !conn?.historyRef) setOlder("idle"); // lost in a drop
   renderOutbox();
 }
 
 ui.retry.addEventListener("click", () => conn?.retryNow());
 
-function showNotice({ code, message }) {
-  const text = {
-    guest_tokens_disabled:
-      "This server hands out no guest tokens. Open the chat through a link that carries a token.",
-    rate_limited: "Too many sign-ins from your network. Retrying shortly…",
-    unreachable: "Can't reach the server. Retrying…",
-    room_closed: "The room is closed to new messages.",
-  }[code];
-  ui.notice.dataset.code = code;
+// Why the room refused this page, in words a person can act on (codes: docs/protocol.md).
+const REFUSAL_TEXT = {
+  room_full: "This room is full: it has as many people as it allows. Try again later.",
+  banned: "An operator has banned you from this room for a while.",
+  too_many_sockets: "You have this room open in too many tabs. Close some, then try again.",
+  token_invalid: "Your sign-in was not issued by this server (a token signed with another secret). Get a new link or token.",
+  token_expired: "Your sign-in has expired. Get a new link or token.",
+  token_claims: "Your sign-in token is missing what this server requires (user, expiry, audience or issuer).",
+  token_missing: "No sign-in token was sent.",
+  origin_not_allowed: "This server does not accept pages from this site.",
+  bad_room_name: "That is not a valid room name.",
+};
+
+function showNotice({ code, message, refused = false }) {
+  const text = refused
+    ? `${REFUSAL_TEXT[code] ?? `The server refused to open this room: ${message || code}.`} (${code})`
+    : {
+        guest_tokens_disabled:
+          "This server hands out no guest tokens. Open the chat through a link that carries a token.",
+        rate_limited: "Too many sign-ins from your network. Retrying shortly…",
+        unreachable: "Can't reach the server. Retrying…",
+        room_closed: "The room is closed to new messages.",
+      }[code];
+  ui.notice.dataset.code = refused ? "refused" : code;
   ui.noticeText.textContent = text ?? message ?? code;
   ui.notice.hidden = false;
   if (code === "guest_tokens_disabled" || code === "token_expired") forgetIdentity();
@@ -366,13 +399,14 @@ function renderOutbox() {
 
 // ---------------------------------------------------------------------- composing
 
+// The message itself ends the sender's typing on every other screen: no signal goes with it.
 function send() {
   const body = ui.body.value;
-  if (!body.trim() || !conn || conn.state === "stopped") return;
+  if (!body.trim() || !conn || conn.state === "stopped" || conn.state === "refused") return;
   conn.send(body);
+  conn.cancelSignal("typing"); // a "typing" still waiting for its turn would come after this
   ui.body.value = "";
-  if (lastTypingSent) conn.signal("typing", { typing: false });
-  lastTypingSent = 0;
+  lastTypingSent = 0; // typing the next one shows again (RoomConnection.signal paces them)
   scrollToBottom();
 }
 
@@ -389,11 +423,18 @@ ui.body.addEventListener("keydown", (event) => {
   }
 });
 
+// "Typing" goes out at most every few seconds while there is text, however fast one types and
+// sends; "stopped typing" only when the box is emptied without sending.
 ui.body.addEventListener("input", () => {
   const now = Date.now();
-  if (ui.body.value.trim() && now - lastTypingSent > TYPING_SEND_EVERY_MS) {
-    conn?.signal("typing", { typing: true });
-    lastTypingSent = now;
+  if (ui.body.value.trim()) {
+    if (now - lastTypingSent > TYPING_SEND_EVERY_MS) {
+      conn?.signal("typing", { typing: true });
+      lastTypingSent = now;
+    }
+  } else if (lastTypingSent) {
+    conn?.signal("typing", { typing: false });
+    lastTypingSent = 0;
   }
 });
 
@@ -410,7 +451,8 @@ function onPresence({ members: list, event, member }) {
 }
 
 function renderPeople() {
-  ui.peopleCount.textContent = `${members.size} here`;
+  const online = conn?.state === "online";
+  ui.peopleCount.textContent = online ? `${members.size} here` : "Not connected";
   const order = ([id, name]) => [id === me?.user_id ? 0 : 1, name.toLowerCase()];
   const sorted = [...members].sort((a, b) => {
     const [x, y] = [order(a), order(b)];

@@ -3,9 +3,12 @@
 // Tokens come from a token endpoint: `/auth/guest` by default (guest tokens, when the server
 // allows them), or a deployment's own backend named by <meta name="rooms-token-endpoint">,
 // which answers the same JSON. A token can also arrive in a link (#token=...), e.g. from
-// `./rooms token alice`. The identity is kept in localStorage so that a reload is the same user.
+// `./rooms token alice`. The identity is kept per tab (sessionStorage): a reload is the same
+// user, a second window is someone else (it asks for a name), as two people on one machine
+// would expect. Only the last name typed is shared between tabs, to fill in the join form.
 
 const KEY = "rooms.identity";
+const NAME_KEY = "rooms.name";
 const RENEW_BEFORE_MS = 5 * 60 * 1000; // renew a token this long before it expires
 
 export class AuthError extends Error {
@@ -23,19 +26,25 @@ function tokenEndpoint() {
 
 export function storedIdentity() {
   try {
-    return JSON.parse(localStorage.getItem(KEY));
+    return JSON.parse(sessionStorage.getItem(KEY));
   } catch {
     return null;
   }
 }
 
+// The name last used in any tab (a suggestion for the join form, never an identity).
+export function lastName() {
+  return localStorage.getItem(NAME_KEY) ?? "";
+}
+
 function save(identity) {
-  localStorage.setItem(KEY, JSON.stringify(identity));
+  sessionStorage.setItem(KEY, JSON.stringify(identity));
+  localStorage.setItem(NAME_KEY, identity.name);
   return identity;
 }
 
 export function forgetIdentity() {
-  localStorage.removeItem(KEY);
+  sessionStorage.removeItem(KEY);
 }
 
 // A token given in a link: its claims name the user (the server checks the signature).
@@ -79,13 +88,15 @@ async function fetchToken(name, oldToken) {
 }
 
 // A token for `name` with time left: the stored one, renewed (same user id), or a new one.
+// Another name than this tab's is another person: a new identity, never a rename.
 export async function ensureIdentity(name, { force = false } = {}) {
-  const current = storedIdentity();
+  let current = storedIdentity();
+  if (current && current.name !== name) current = null;
   if (current?.source === "link") {
     if (current.expires_ms > Date.now()) return current;
     throw new AuthError("token_expired", "The token in your link has expired: ask for a new link.");
   }
-  const fresh = current && current.name === name && current.expires_ms - Date.now() > RENEW_BEFORE_MS;
+  const fresh = current && current.expires_ms - Date.now() > RENEW_BEFORE_MS;
   if (fresh && !force) return current;
   if (current?.token) {
     try {

@@ -4,13 +4,29 @@
 // Own messages go out one at a time, each after the previous ack, so that a rate-limited or
 // lost publish can never be overtaken by a later one: the room stores them in the order typed.
 //
-// Events (CustomEvent.detail): state {state, retryAt}, welcome {welcome, reset}, message,
-// history {messages, done, missing}, pending, presence, signal, notice {code, message}.
+// The page never trips the room's limits by itself: one publish in flight at a time, a pause
+// that grows while the room answers `rate_limited`, and signals (typing) at most one a second,
+// paused for a while when the room refuses one.
+//
+// When an upgrade fails, browsers do not say why: the connection asks the room's pre-check
+// (`GET /rooms/{room}/check`, docs/protocol.md#connecting) for the HTTP error the upgrade got,
+// and stops retrying when retrying cannot help (a full room, a ban, a token this server did not
+// sign), renewing a guest token once first.
+//
+// Events (CustomEvent.detail): state {state, retryAt} (state: connecting | online | waiting |
+// stopped | refused), welcome {welcome, reset}, message, history {messages, done, missing},
+// pending, presence, signal, notice {code, message}, refused {status, code, message}.
 
 const PING = '{"type":"ping"}'; // answered by the platform without waking the room
 const PING_EVERY_MS = 20_000;
 const SILENT_AFTER_MS = 45_000; // nothing heard for this long: the connection is dead
-const RATE_LIMITED_RETRY_MS = 1_000;
+const RATE_LIMITED_RETRY_MS = 1_000; // the first pause after `rate_limited`; doubles up to:
+const RATE_LIMITED_MAX_MS = 8_000;
+const SIGNAL_EVERY_MS = 1_000; // at most one signal a second (the room allows 10)
+const SIGNAL_PAUSE_MS = 5_000; // after the room refused a signal
+// Refusals that retrying cannot cure: stop and say why (a person may still retry by hand).
+const RETRYABLE_STATUS = new Set([404, 408, 425, 429, 500, 502, 503, 504]);
+const TOKEN_CODES = new Set(["token_missing", "token_invalid", "token_expired", "token_claims"]);
 const HISTORY_PAGE = 50;
 
 // Exponential backoff with "equal jitter": half the ceiling plus a random half, so retries
@@ -44,12 +60,18 @@ export class RoomConnection extends EventTarget {
     this.heartbeat = null;
     this.lastHeard = 0;
     this.renewToken = false;
-    this.refused = false;
+    this.renewed = false; // the token was renewed after a refusal (once per refusal)
+    this.token = null; // the token of the latest attempt
+    this.refusal = null; // {status, code, message} while refused
     this.storageKey = `rooms.pending.${room}`;
     // In the order typed: id -> {id, body, state: queued|sending|sent|failed, error}
     this.pending = new Map();
     this.inflight = null; // the id of the publish awaiting its ack
     this.pausedUntil = 0; // after a rate_limited answer
+    this.slowdowns = 0; // rate_limited answers since the last ack
+    this.signalAt = 0; // when the next signal may go out
+    this.signals = new Map(); // kind -> data: the latest signal of each kind waiting for its turn
+    this.signalTimer = null;
     for (const { id, body } of JSON.parse(sessionStorage.getItem(this.storageKey) ?? "[]")) {
       this.pending.set(id, { id, body, state: "queued" });
     }
@@ -67,12 +89,13 @@ export class RoomConnection extends EventTarget {
   // ------------------------------------------------------------------ connection lifecycle
 
   async open() {
-    if (["connecting", "online", "stopped"].includes(this.state)) return;
+    if (["connecting", "online", "stopped", "refused"].includes(this.state)) return;
     clearTimeout(this.timer);
     this.setState("connecting");
     let token;
     try {
       token = await this.getToken(this.renewToken);
+      this.token = token;
       this.renewToken = false;
     } catch (error) {
       this.emit("notice", { code: error.code, message: error.message });
@@ -131,22 +154,57 @@ export class RoomConnection extends EventTarget {
       this.stop();
       return;
     }
+    if (this.refusal) {
+      this.refuse(this.refusal); // the room said why in an error frame before closing
+      return;
+    }
     if (code === 1008) {
       this.emit("notice", { code: "policy", message: "The room closed the connection after too many refused frames." });
     }
     if (!opened && this.state === "connecting") {
-      // The upgrade failed, and browsers don't say why: tell a refusal from an outage.
-      const up = await fetch("/health", { cache: "no-store" }).then((r) => r.ok, () => false);
-      if (up && !this.refused) {
-        this.refused = true; // until the next welcome: renew the token once, say it once
+      // The upgrade failed, and browsers don't say why: ask the room's pre-check.
+      const verdict = await this.precheck();
+      if (this.state !== "connecting") return; // left meanwhile
+      if (verdict && TOKEN_CODES.has(verdict.code) && !this.renewed) {
+        this.renewed = true; // a new token might do: once, at once
         this.renewToken = true;
-        this.emit("notice", {
-          code: "refused",
-          message: "The server refused to open this room (expired sign-in or a full room). Retrying…",
-        });
+        this.state = "idle";
+        this.open();
+        return;
+      }
+      if (verdict && !RETRYABLE_STATUS.has(verdict.status)) {
+        this.refuse(verdict);
+        return;
       }
     }
     if (this.state !== "stopped") this.retryLater();
+  }
+
+  // What the room answers an upgrade with this token now: {status, code, message}, or null when
+  // it would be admitted or cannot be asked (an outage: retrying is right).
+  async precheck() {
+    const url = `/rooms/${encodeURIComponent(this.room)}/check`;
+    try {
+      const response = await fetch(url, {
+        headers: { authorization: `Bearer ${this.token}` },
+        cache: "no-store",
+        credentials: "omit",
+      });
+      if (response.ok) return null;
+      const answer = await response.json().catch(() => null);
+      const error = answer?.error ?? {};
+      return { status: response.status, code: error.code ?? `http_${response.status}`, message: error.message ?? "" };
+    } catch {
+      return null;
+    }
+  }
+
+  // Retrying cannot help: stop, say why, until asked to try again.
+  refuse(refusal) {
+    clearTimeout(this.timer);
+    this.refusal = refusal;
+    this.emit("refused", refusal);
+    this.setState("refused");
   }
 
   retryLater(atLeastMs = 0) {
@@ -158,8 +216,10 @@ export class RoomConnection extends EventTarget {
   }
 
   retryNow() {
-    if (this.state === "waiting" || this.state === "stopped") {
+    if (["waiting", "stopped", "refused"].includes(this.state)) {
       this.state = "idle";
+      this.refusal = null;
+      this.renewed = false;
       this.open();
     }
   }
@@ -204,7 +264,8 @@ export class RoomConnection extends EventTarget {
   welcome(frame) {
     this.user = { user_id: frame.user_id };
     this.attempt = 0;
-    this.refused = false;
+    this.renewed = false;
+    this.refusal = null;
     const { resume } = frame;
     let reset = this.head === null;
     if (!reset && resume.reason === "since_ahead") {
@@ -241,6 +302,7 @@ export class RoomConnection extends EventTarget {
 
   ack(frame) {
     if (frame.id === this.inflight) this.inflight = null;
+    this.slowdowns = 0;
     const item = this.pending.get(frame.id);
     if (item && frame.seq <= this.head) {
       this.pending.delete(frame.id); // a retransmit of a message we already have
@@ -268,8 +330,9 @@ export class RoomConnection extends EventTarget {
       if (frame.code === "rate_limited") {
         item.state = "queued"; // not processed: it goes again, first, a little later
         item.error = "rate_limited";
-        this.pausedUntil = Date.now() + RATE_LIMITED_RETRY_MS;
-        setTimeout(() => this.pump(), RATE_LIMITED_RETRY_MS);
+        const pause = Math.min(RATE_LIMITED_MAX_MS, RATE_LIMITED_RETRY_MS * 2 ** this.slowdowns++);
+        this.pausedUntil = Date.now() + pause;
+        setTimeout(() => this.pump(), pause);
       } else {
         item.state = "failed";
         item.error = frame.code;
@@ -283,7 +346,15 @@ export class RoomConnection extends EventTarget {
       if (frame.code === "rate_limited") setTimeout(() => this.loadOlder(), RATE_LIMITED_RETRY_MS);
       return;
     }
-    if (frame.code === "rate_limited") return; // a typing signal: not worth a word
+    if (frame.code === "rate_limited") {
+      this.signalAt = Date.now() + SIGNAL_PAUSE_MS; // a typing signal: hold the next ones back
+      return;
+    }
+    if (frame.code === "room_full") {
+      // A hello into a room that filled up after the upgrade; the room closes the socket next.
+      this.refusal = { status: 403, code: frame.code, message: frame.message };
+      return;
+    }
     this.emit("notice", { code: frame.code, message: frame.message });
   }
 
@@ -341,7 +412,35 @@ export class RoomConnection extends EventTarget {
     this.ws.send(JSON.stringify(request));
   }
 
+  // Signals are state ("typing" or not): one that comes too soon after the last waits, and a
+  // newer one of the same kind replaces it, so a burst of them costs one frame a second.
   signal(kind, data) {
-    if (this.state === "online") this.ws.send(JSON.stringify({ type: "signal", kind, data }));
+    if (this.state !== "online") return;
+    this.signals.set(kind, data);
+    this.flushSignals();
+  }
+
+  cancelSignal(kind) {
+    this.signals.delete(kind);
+  }
+
+  flushSignals() {
+    clearTimeout(this.signalTimer);
+    if (this.state !== "online") {
+      this.signals.clear();
+      return;
+    }
+    const wait = this.signalAt - Date.now();
+    if (wait > 0) {
+      if (this.signals.size > 0) this.signalTimer = setTimeout(() => this.flushSignals(), wait);
+      return;
+    }
+    const [first] = this.signals;
+    if (!first) return;
+    const [kind, data] = first;
+    this.signals.delete(kind);
+    this.signalAt = Date.now() + SIGNAL_EVERY_MS;
+    this.ws.send(JSON.stringify({ type: "signal", kind, data }));
+    if (this.signals.size > 0) this.signalTimer = setTimeout(() => this.flushSignals(), SIGNAL_EVERY_MS);
   }
 }

@@ -40,10 +40,12 @@ from objects.web import (
 from rooms.archive import ArchivePolicy
 from rooms.auth import Identity
 from rooms.front import (
+    CHECK_PATH,
     ROOM_NAME,
     ROOM_PATH,
     SUBPROTOCOL,
     HttpReply,
+    admitted_reply,
     error_reply,
     identity_from_forwarded,
     json_reply,
@@ -126,6 +128,9 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             admin = ADMIN_PATH.fullmatch(urlsplit(request.url).path)
             if admin is not None:
                 return await self._admin(admin.group(1), admin.group(2), request)
+            check = CHECK_PATH.fullmatch(urlsplit(request.url).path)
+            if check is not None:
+                return reply_response(await self._check(check.group(1), request))
             checked = await self._admit(request)
             if isinstance(checked, HttpReply):
                 return reply_response(checked)
@@ -181,6 +186,20 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             return refused
         subprotocol = SUBPROTOCOL in offered_subprotocols(headers)
         return Admission(host, identity, since, subprotocol)
+
+    async def _check(self, room: str, request: Any) -> HttpReply:
+        """The front's pre-check of an upgrade: this room's refusal, or admitted. An object
+        that never served a room refuses nobody, and stores nothing for the question."""
+        identity = identity_from_forwarded(lower_headers(request))
+        if identity is None:
+            return error_reply(400, "identity_missing", "the request carries no verified identity")
+        stored = self._stored
+        if stored is None:
+            return admitted_reply()
+        if stored != room:
+            raise RoomMismatchError("object serves another room")
+        refused = await self._awake().refusal(identity)
+        return refused if refused is not None else admitted_reply()
 
     # ----------------------------------------------------------------------- host lifecycle
 

@@ -19,6 +19,10 @@ from rooms.auth import DEFAULT_TOKEN_POLICY, AuthError, Identity, TokenPolicy, v
 ROOM_NAME = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._-]{1,64}")
 BAD_ROOM_NAME = "room names are 1-64 chars of [A-Za-z0-9._-], other than . and .."
 ROOM_PATH = re.compile(r"/rooms/([^/]*)/ws")
+# The pre-check of an upgrade (docs/protocol.md#connecting): browsers never learn why an upgrade
+# failed, so a page asks here for the HTTP error the upgrade got.
+CHECK_PATH = re.compile(r"/rooms/([^/]*)/check")
+ADMITTED = b'{"admitted":true}'
 GUEST_PATH = "/auth/guest"
 # ALLOWED_ORIGINS="*" alone: pages of any origin may open rooms and get guest tokens.
 ANY_ORIGIN = "*"
@@ -58,6 +62,15 @@ class ForwardUpgrade:
     log: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class CheckAdmission:
+    """Ask the room whether it would admit ``identity`` now; the answer is its refusal (the
+    upgrade's HTTP error) or 200 ``{"admitted": true}`` (`admitted_reply`)."""
+
+    room: str
+    identity: Identity
+
+
 class NotHandled:
     """The path is not the front's: serve static assets (or 404)."""
 
@@ -86,6 +99,11 @@ def error_reply(status: int, code: str, message: str) -> HttpReply:
 
 def json_reply(status: int, value: object) -> HttpReply:
     return HttpReply(status, json.dumps(value).encode())
+
+
+def admitted_reply() -> HttpReply:
+    headers = (("content-type", "application/json"), ("cache-control", "no-store"))
+    return HttpReply(200, ADMITTED, headers)
 
 
 def parse_since(raw: str | None) -> int | None:
@@ -132,7 +150,7 @@ def route(
     headers: Mapping[str, str],
     config: FrontConfig,
     own_origin: str | None = None,
-) -> HttpReply | ForwardUpgrade | AdminRequest | GuestTokenRequest | NotHandled:
+) -> HttpReply | ForwardUpgrade | CheckAdmission | AdminRequest | GuestTokenRequest | NotHandled:
     """Decide what a request gets. ``headers`` keys must be lower-case; ``own_origin`` is the
     ``scheme://host[:port]`` the request was sent to (None: unknown, so no page is our own)."""
     if path.startswith("/admin/"):
@@ -149,6 +167,9 @@ def route(
         if method not in ("GET", "HEAD"):
             return error_reply(405, "method_not_allowed", "use GET")
         return json_reply(200, {"status": "ok"})
+    check = CHECK_PATH.fullmatch(path)
+    if check is not None:
+        return _route_check(method, check.group(1), headers, config, own_origin)
     match = ROOM_PATH.fullmatch(path)
     if match is None:
         if path.startswith("/rooms/"):
@@ -185,6 +206,31 @@ def _route_upgrade(
         return error_reply(401, exc.code, exc.message)
     subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
     return ForwardUpgrade(room=room, identity=identity, since=since, subprotocol=subprotocol)
+
+
+def _route_check(
+    method: str,
+    room: str,
+    headers: Mapping[str, str],
+    config: FrontConfig,
+    own_origin: str | None,
+) -> HttpReply | CheckAdmission:
+    """The upgrade's checks, in its order, for ``GET /rooms/{room}/check`` with the token in
+    ``Authorization: Bearer`` (never in the URL: it would land in logs and histories)."""
+    if not ROOM_NAME.fullmatch(room):
+        return error_reply(400, "bad_room_name", BAD_ROOM_NAME)
+    if method != "GET":
+        return error_reply(405, "method_not_allowed", "use GET")
+    if not origin_allowed(headers.get("origin"), own_origin, config.allowed_origins):
+        return error_reply(403, "origin_not_allowed", "this Origin may not open rooms")
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        token = ""
+    try:
+        identity = verify_token(token.strip(), config.jwt_secret, config.tokens)
+    except AuthError as exc:
+        return error_reply(401, exc.code, exc.message)
+    return CheckAdmission(room=room, identity=identity)
 
 
 def _token_from_subprotocols(offered: Iterable[str]) -> str | None:
