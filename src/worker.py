@@ -99,6 +99,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             return reply_response(decision)
         if isinstance(decision, ForwardUpgrade):
             fields.update(decision.log, room=decision.room, user_id=decision.identity.user_id)
+            fields["request_id"] = decision.request_id
             return await self._forward(request, headers, decision)
         if isinstance(decision, CheckAdmission):
             fields.update(room=decision.room, user_id=decision.identity.user_id)
@@ -240,7 +241,7 @@ def upgrade_headers(
         # The offer may hold the token (new WebSocket(url, ["rooms.v1", token])); the room only
         # needs to know that ours was offered.
         kept.append(("sec-websocket-protocol", SUBPROTOCOL))
-    return forwarded_headers(kept, upgrade.identity)
+    return forwarded_headers(kept, upgrade.identity, upgrade.request_id)
 
 
 def strip_token(url: str) -> str:

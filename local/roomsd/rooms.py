@@ -138,9 +138,11 @@ class LocalRoom:
             self.last_event = time.monotonic()
             self._after_event()
 
-    async def connect(self, ws: LocalSocket, identity: Identity, since: int | None) -> None:
+    async def connect(
+        self, ws: LocalSocket, identity: Identity, since: int | None, request_id: str | None = None
+    ) -> None:
         async with self._event() as host:
-            await host.connect(ws, identity, since)
+            await host.connect(ws, identity, since, request_id=request_id)
 
     async def message(self, ws: LocalSocket, data: str | bytes) -> None:
         async with self._event() as host:

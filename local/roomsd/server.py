@@ -187,6 +187,17 @@ async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.Stre
     settings = request.app[SETTINGS]
     room = request.app[REGISTRY].get(upgrade.room)
     refused = await room.refusal(upgrade.identity)
+    # The front's line for this upgrade; the room's `connect` line carries the same request id.
+    log.info(
+        http_log_line(
+            "upgrade",
+            refused.status if refused is not None else 101,
+            "/rooms/{room}/ws",
+            room=upgrade.room,
+            user_id=upgrade.identity.user_id,
+            request_id=upgrade.request_id,
+        )
+    )
     if refused is not None:
         return _reply(refused)
     ws = web.WebSocketResponse(
@@ -203,7 +214,7 @@ async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.Stre
     await ws.prepare(request)
     sock = LocalSocket(request, ws, settings.limits.max_backlog_bytes)
     try:
-        await room.connect(sock, upgrade.identity, upgrade.since)
+        await room.connect(sock, upgrade.identity, upgrade.since, upgrade.request_id)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 if msg.data == PING_TEXT:  # setWebSocketAutoResponse: the room stays asleep

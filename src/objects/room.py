@@ -51,6 +51,7 @@ from rooms.front import (
     json_reply,
     offered_subprotocols,
     parse_since,
+    request_id_from_forwarded,
 )
 from rooms.guest import parse_switch
 from rooms.host import ArchiveBindings, RoomHost
@@ -75,6 +76,7 @@ class Admission:
     identity: Identity
     since: int | None
     subprotocol: bool  # whether the client offered ours
+    request_id: str | None  # the front's, for the room's `connect` log line
 
 
 class RoomMismatchError(Exception):
@@ -135,7 +137,9 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             if isinstance(checked, HttpReply):
                 return reply_response(checked)
             client, server = ffi.websocket_pair()
-            await checked.host.connect(server, checked.identity, checked.since)
+            await checked.host.connect(
+                server, checked.identity, checked.since, request_id=checked.request_id
+            )
             # Echo our subprotocol only if the client offered it (the front narrowed the offer).
             echo = {"sec-websocket-protocol": SUBPROTOCOL} if checked.subprotocol else None
             return Response(None, status=101, headers=echo, web_socket=client)
@@ -185,7 +189,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         if refused is not None:
             return refused
         subprotocol = SUBPROTOCOL in offered_subprotocols(headers)
-        return Admission(host, identity, since, subprotocol)
+        return Admission(host, identity, since, subprotocol, request_id_from_forwarded(headers))
 
     async def _check(self, room: str, request: Any) -> HttpReply:
         """The front's pre-check of an upgrade: this room's refusal, or admitted. An object

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
@@ -32,6 +33,20 @@ USER_ID_HEADER = "x-rooms-user-id"
 USER_NAME_HEADER = "x-rooms-user-name"
 USER_GUEST_HEADER = "x-rooms-user-guest"
 IDENTITY_HEADERS = (USER_ID_HEADER, USER_NAME_HEADER, USER_GUEST_HEADER)
+# The upgrade's request id: in the front's log line and the room's `connect` line, so the two
+# can be joined (the room's later lines for that socket carry its `conn_id`).
+REQUEST_ID_HEADER = "x-rooms-request-id"
+REQUEST_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def new_request_id() -> str:
+    # Drawn per request, never at import time: Workers forbid top-level entropy.
+    return secrets.token_hex(8)
+
+
+def request_id_from_forwarded(headers: Mapping[str, str]) -> str | None:
+    value = headers.get(REQUEST_ID_HEADER, "")
+    return value if REQUEST_ID.fullmatch(value) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +75,7 @@ class ForwardUpgrade:
     since: int | None
     subprotocol: str | None  # to echo in the 101 when the client offered ours
     log: dict[str, str] = field(default_factory=dict)
+    request_id: str = field(default_factory=new_request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +259,7 @@ def _token_from_subprotocols(offered: Iterable[str]) -> str | None:
 
 
 def forwarded_headers(
-    client_headers: Iterable[tuple[str, str]], identity: Identity
+    client_headers: Iterable[tuple[str, str]], identity: Identity, request_id: str | None = None
 ) -> list[tuple[str, str]]:
     """The headers to forward to the room: client identity copies dropped, ours added."""
     kept = [(k, v) for k, v in client_headers if k.lower() not in IDENTITY_HEADERS]
@@ -253,6 +269,7 @@ def forwarded_headers(
         (USER_ID_HEADER, _header_safe(identity.user_id)),
         (USER_NAME_HEADER, _header_safe(identity.name)),
         *([(USER_GUEST_HEADER, "1")] if identity.guest else []),
+        *([(REQUEST_ID_HEADER, request_id)] if request_id else []),
     ]
 
 

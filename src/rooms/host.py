@@ -10,6 +10,7 @@ and the local runtime both drive this class; only their `Sockets` implementation
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import secrets
 import time
@@ -102,6 +103,12 @@ def _unreachable(text: str) -> None:
     """The sender of a connection a send already failed on: nothing more goes to it."""
 
 
+def _with_request_id(effect: Effect, request_id: str) -> Effect:
+    if isinstance(effect, Log) and effect.event == "connect":
+        return dataclasses.replace(effect, extra={**effect.extra, "request_id": request_id})
+    return effect
+
+
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
@@ -174,8 +181,11 @@ class RoomHost(Generic[S]):
             return None
         return error_reply(403, code, _REFUSALS[code])
 
-    async def connect(self, ws: S, identity: Identity, since: int | None) -> str:
-        """Accept ``ws`` into the room; returns its connection id."""
+    async def connect(
+        self, ws: S, identity: Identity, since: int | None, request_id: str | None = None
+    ) -> str:
+        """Accept ``ws`` into the room; returns its connection id. ``request_id`` (the front's
+        for this upgrade) goes in the `connect` log line, tying it to the front's line."""
         started = time.perf_counter()
         now_ms = self._clock_ms()
         # Drawn here, never at import time: Workers forbid top-level entropy.
@@ -187,7 +197,10 @@ class RoomHost(Generic[S]):
         self.sockets.accept(ws, [conn_tag(conn_id), user_tag(identity.user_id)])
         self.sockets.set_attachment(ws, encode_attachment(peer))
         self._by_conn[conn_id] = ws
-        await self._apply(self.engine.connect(peer, since, now_ms), started)
+        effects = self.engine.connect(peer, since, now_ms)
+        if request_id is not None:
+            effects = [_with_request_id(e, request_id) for e in effects]
+        await self._apply(effects, started)
         return conn_id
 
     async def message(self, ws: S, data: str | bytes) -> None:

@@ -277,6 +277,11 @@ def test_each_request_logs_one_json_line_without_the_token(world: World, expect:
     assert requests[1]["user_id"] == "alice"
     assert requests[2]["code"] == "token_invalid"
     assert all(isinstance(r["duration_ms"], float) for r in requests)
+    # The upgrade's request id joins the front's line to the room's `connect` line.
+    (connect,) = [r for r in log_records(output) if r["event"] == "connect"]
+    assert len(requests[1]["request_id"]) == 16
+    assert (connect["request_id"], connect["user_id"]) == (requests[1]["request_id"], "alice")
+    assert "request_id" not in requests[2]  # refused at the front: no upgrade to tie
 
 
 def test_guest_tokens_are_off_unless_the_var_turns_them_on(world_factory: WorldFactory) -> None:
