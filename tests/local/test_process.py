@@ -258,8 +258,9 @@ async def test_secrets_and_data_are_this_users_alone(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     """A new .dev.vars is 0600 (a last line without newline is not joined); data is 0600/0700."""
-    dev_vars = tmp_path / ".dev.vars"
-    await asyncio.to_thread(mint_with, dev_vars)
+    dev_vars, port = tmp_path / ".dev.vars", free_port()  # created by the server's first run
+    processes.append(start(dev_vars, tmp_path / "first", port, tmp_path / "first.log"))
+    await wait_ready(port)
     assert dev_vars.stat().st_mode & 0o777 == 0o600
     unterminated = tmp_path / "unterminated.vars"
     unterminated.write_text(f'JWT_SECRET="{SECRET}"')  # no newline at the end
