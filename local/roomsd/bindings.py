@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rooms.store import SqlValue
+from roomsd.output_gate import release_output
 from roomsd.r2 import FileBucket
 
 log = logging.getLogger("rooms")
@@ -58,6 +59,7 @@ class LocalR2:
         if self.faults.r2_put_failures > 0:
             self.faults.r2_put_failures -= 1
             raise InjectedFaultError("r2 put")
+        release_output()  # a segment leaves the room: what it was chosen by is committed first
         self.bucket.put(key, data)
         if self.faults.crash_after_r2_put:
             log.info('{"event":"fault_crash_after_r2_put"}')
@@ -83,6 +85,7 @@ class LocalD1:
         if self.faults.d1_write_failures > 0:
             self.faults.d1_write_failures -= 1
             raise InjectedFaultError("d1 write")
+        release_output()  # the index names what rooms committed, never what they may lose
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for query, params in statements:

@@ -76,6 +76,12 @@ class Settings:
     tokens: TokenPolicy = DEFAULT_TOKEN_POLICY  # TOKEN_MAX_LIFETIME_S, TOKEN_AUDIENCE, _ISSUER
     # A line per published message costs more than storing it (a write to stderr each).
     log_messages: bool = False
+    # The writes of one event-loop iteration share a commit (roomsd.output_gate). The
+    # environment's ROOMS_COMMIT_EACH_MESSAGE=1 commits every message alone instead: for
+    # benchmarks that compare the two (BENCHMARKS.md).
+    group_commit: bool = field(
+        default_factory=lambda: os.environ.get("ROOMS_COMMIT_EACH_MESSAGE", "") != "1"
+    )
 
     @property
     def front(self) -> FrontConfig:

@@ -22,10 +22,14 @@ from typing import Any
 
 from rooms.archive import ArchiveOutcome
 from rooms.auth import Identity
+from rooms.effects import Log
 from rooms.front import HttpReply
 from rooms.host import ArchiveBindings, RoomHost
 from rooms.limits import Limits
+from rooms.logs import log_line
+from rooms.protocol import CloseCode
 from roomsd.bindings import AlarmScheduler, RoomAlarm
+from roomsd.output_gate import output_gate
 from roomsd.sockets import LocalSocket, LocalSockets
 from roomsd.sqlite import SqliteSql
 
@@ -56,6 +60,9 @@ class RoomServices:
     log_messages: bool = False
     archive: ArchiveBindings | None = None
     alarms: AlarmScheduler | None = None
+    # Commit the writes of one event-loop iteration together, before any output leaves
+    # (roomsd.output_gate); False: one commit per message, for comparison.
+    group_commit: bool = True
 
 
 class LocalRoom:
@@ -70,6 +77,7 @@ class LocalRoom:
         self.wakes = 0
         self._emit = services.emit
         self._log_messages = services.log_messages
+        self._group_commit = services.group_commit
         self._sql: SqliteSql | None = None
         self._host: RoomHost[LocalSocket] | None = None
         # This room's previous connection, still being closed off the loop: a new one opened
@@ -91,7 +99,8 @@ class LocalRoom:
         self.last_event = time.monotonic()
         if self._host is None:
             if self._sql is None:
-                self._sql = SqliteSql(self.db_path)
+                gate = output_gate() if self._group_commit else None
+                self._sql = SqliteSql(self.db_path, gate, on_lost=self._lost_batch)
             self._host = RoomHost(
                 self.name,
                 self._sql,
@@ -161,7 +170,20 @@ class LocalRoom:
 
     async def admin(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
         async with self._event() as host:
-            return await host.admin(action, params)
+            result = await host.admin(action, params)
+        if self._sql is not None:
+            self._sql.settle()  # the answer may show what the action wrote: committed first
+        return result
+
+    def _lost_batch(self, error: Exception) -> None:
+        """A group commit failed: none of its messages was acked or delivered, but this room's
+        memory (its head, its sockets' queued frames) already shows them. Restart the room
+        from its file, as workerd resets an object whose storage write failed, and cut its
+        sockets without their queued frames: clients reconnect and resume with ``since``."""
+        self._emit(log_line(self.name, Log("commit_failed", code=type(error).__name__)))
+        self._host = None
+        for sock in self.sockets.all():
+            sock.abort(CloseCode.INTERNAL_ERROR, "internal error")
 
     def hibernate(self) -> None:
         """Drop the in-memory instance; sockets stay open, storage stays on disk."""
@@ -176,6 +198,8 @@ class LocalRoom:
         """Hibernate and hand over the database connection, detached, for the caller to close."""
         self.hibernate()
         sql, self._sql = self._sql, None
+        if sql is not None:
+            sql.settle()  # on the loop, before the close in a worker thread
         return sql
 
     def _after_event(self) -> None:

@@ -311,6 +311,7 @@ def make_app(settings: Settings) -> web.Application:
             settings.log_messages,
             archive,
             alarms,
+            group_commit=settings.group_commit,
         ),
     )
     registry_box.append(registry)

@@ -11,7 +11,9 @@ resumes by seq when it returns).
 Sending is cheap per recipient because broadcasts dominate: a text is framed once (the frame
 bytes are shared by every recipient of the same broadcast), and each socket's queued frames are
 written with one transport write per event-loop iteration, by one flush callback for all sockets
-rather than a task wake-up per socket and message. A socket's writer task only waits out a full
+rather than a task wake-up per socket and message. Before any frame is written, the output gate
+commits the writes made ahead of it (`roomsd.output_gate`): a frame never shows a message that
+is not committed. A socket's writer task only waits out a full
 transport buffer (a client reading slowly) and sends the close frame after the queued frames.
 """
 
@@ -31,6 +33,7 @@ from rooms.limits import (
     PLATFORM_MAX_TAGS,
 )
 from rooms.protocol import CloseCode
+from roomsd.output_gate import OutputGate, output_gate
 
 
 class PlatformLimitError(Exception):
@@ -70,8 +73,9 @@ def text_frame(text: str) -> bytes:
 class _Flusher:
     """Writes out every socket that queued frames, once per event-loop iteration."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, gate: OutputGate) -> None:
         self._loop = loop
+        self.gate = gate
         self._pending: list[LocalSocket] = []
 
     def add(self, sock: LocalSocket) -> None:
@@ -80,6 +84,7 @@ class _Flusher:
         self._pending.append(sock)
 
     def _flush(self) -> None:
+        self.gate.release()  # every frame below may carry a message written this iteration
         pending, self._pending = self._pending, []
         for sock in pending:
             sock._flush()
@@ -94,7 +99,7 @@ def _flusher() -> _Flusher:
     loop = asyncio.get_running_loop()
     flusher = _FLUSHERS.get(loop)
     if flusher is None:
-        flusher = _FLUSHERS[loop] = _Flusher(loop)
+        flusher = _FLUSHERS[loop] = _Flusher(loop, output_gate())
     return flusher
 
 
@@ -218,6 +223,9 @@ class LocalSocket:
         transport = self.request.transport
         if transport is None or transport.is_closing() or self.ws.closed:
             raise ConnectionError("connection closed")
+        gate = self._flusher.gate
+        if gate.holding:  # the writer task's path: the flusher may not have run yet
+            gate.release()
         queue = self._queue
         frames: list[bytes] = []
         size = 0

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from rooms.store import SqlValue
+from roomsd.output_gate import OutputGate
 
 T = TypeVar("T")
 
 
 class SqliteSql:
-    """A room's database. Statements outside `transaction` commit on their own."""
+    """A room's database. Statements outside `transaction` commit on their own.
 
-    def __init__(self, path: Path | str) -> None:
+    With an `OutputGate` (the server's rooms), transactions are grouped: the first one of an
+    event-loop iteration opens a batch that stays open, each `transaction` inside it is a
+    savepoint, and the gate commits the batch before any output leaves the process
+    (`roomsd.output_gate`). Without one (tools, tests of the core), every `transaction` commits.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        gate: OutputGate | None = None,
+        on_lost: Callable[[Exception], None] | None = None,
+    ) -> None:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, like the DO's implicit commits.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -23,6 +36,11 @@ class SqliteSql:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
+        self._gate = gate
+        self._batch_open = False
+        # Called when a batch could not be committed: its writes are gone, though the room's
+        # memory (its head, its queued frames) still shows them.
+        self.on_lost = on_lost
 
     def execute(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
         for param in params:
@@ -33,6 +51,8 @@ class SqliteSql:
     def transaction(self, fn: Callable[[], T]) -> T:
         if self._depth:
             return fn()
+        if self._gate is not None:
+            return self._in_batch(fn, self._gate)
         self._db.execute("BEGIN IMMEDIATE")
         self._depth += 1
         try:
@@ -42,8 +62,58 @@ class SqliteSql:
             raise
         finally:
             self._depth -= 1
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            if self._db.in_transaction:  # a failed COMMIT can leave the transaction open
+                self._db.execute("ROLLBACK")
+            raise
         return result
+
+    def _in_batch(self, fn: Callable[[], T], gate: OutputGate) -> T:
+        db = self._db
+        if not self._batch_open:
+            db.execute("BEGIN IMMEDIATE")
+            self._batch_open = True
+            gate.hold(self)
+        db.execute("SAVEPOINT write")
+        self._depth += 1
+        try:
+            result = fn()
+        except BaseException:
+            if db.in_transaction:  # only this write goes; the batch's earlier ones stay
+                db.execute("ROLLBACK TO write")
+                db.execute("RELEASE write")
+            else:  # SQLite rolled the whole batch back itself (disk full, I/O error)
+                self._lose_batch(RuntimeError("batch rolled back"))
+            raise
+        finally:
+            self._depth -= 1
+        db.execute("RELEASE write")
+        return result
+
+    @property
+    def uncommitted(self) -> bool:
+        """Writes are waiting for the gate to commit them."""
+        return self._batch_open
+
+    def settle(self) -> None:
+        """Commit the open batch, if any. A failed commit rolls back and calls `on_lost`."""
+        if not self._batch_open:
+            return
+        self._batch_open = False
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:  # a failed COMMIT can leave the transaction open
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            self._lose_batch(exc)
+
+    def _lose_batch(self, error: Exception) -> None:
+        self._batch_open = False
+        if self.on_lost is not None:
+            self.on_lost(error)
 
     def size_bytes(self) -> int:
         page_count = self._db.execute("PRAGMA page_count").fetchone()[0]
@@ -51,4 +121,5 @@ class SqliteSql:
         return int(page_count) * int(page_size)
 
     def close(self) -> None:
+        self.settle()  # closing would roll an open batch back
         self._db.close()
