@@ -53,8 +53,9 @@ def main(h):
 """
 
 
-def publish_cost(harness: PyodideHarness, members: int, messages: int,
-                 hibernate: bool) -> dict[str, float]:
+def publish_cost(
+    harness: PyodideHarness, members: int, messages: int, hibernate: bool
+) -> dict[str, float]:
     world = new_world(harness)
     clients = [world.connect("bench", token(f"user{i}", f"User {i}")) for i in range(members)]
     world.set_hibernate_every_event(hibernate)
@@ -117,16 +118,24 @@ def main() -> None:
     print(f"Pyodide {figures['pyodide']} (Python {figures['python']}) on Node {figures['node']}")
     print(f"  boot (snapshot {info['snapshot']})                {figures['boot_s']:8.2f} s")
     print(f"  import src/worker.py, deps already imported   {figures['import_worker_ms']:8.1f} ms")
-    print(f"  import src/worker.py incl. SDK/pydantic/...   "
-          f"{figures['import_worker_with_deps_ms']:8.1f} ms")
-    print(f"  re-import src/ modules (median of {args.reimports})        "
-          f"{figures['reimport_worker_median_ms']:8.1f} ms")
-    print(f"  publish to a {args.members}-member room, awake         "
-          f"{figures['publish_awake_cpu_ms']:8.3f} ms CPU/msg "
-          f"({figures['publish_awake_handler_ms']:.3f} ms wall, {awake['events']} messages)")
-    print(f"  publish to a {args.members}-member room, rebuilt each  "
-          f"{figures['publish_rebuilt_cpu_ms']:8.3f} ms CPU/msg "
-          f"({figures['publish_rebuilt_handler_ms']:.3f} ms wall, {rebuilt['events']} messages)")
+    print(
+        f"  import src/worker.py incl. SDK/pydantic/...   "
+        f"{figures['import_worker_with_deps_ms']:8.1f} ms"
+    )
+    print(
+        f"  re-import src/ modules (median of {args.reimports})        "
+        f"{figures['reimport_worker_median_ms']:8.1f} ms"
+    )
+    print(
+        f"  publish to a {args.members}-member room, awake         "
+        f"{figures['publish_awake_cpu_ms']:8.3f} ms CPU/msg "
+        f"({figures['publish_awake_handler_ms']:.3f} ms wall, {awake['events']} messages)"
+    )
+    print(
+        f"  publish to a {args.members}-member room, rebuilt each  "
+        f"{figures['publish_rebuilt_cpu_ms']:8.3f} ms CPU/msg "
+        f"({figures['publish_rebuilt_handler_ms']:.3f} ms wall, {rebuilt['events']} messages)"
+    )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 

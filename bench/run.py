@@ -39,16 +39,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import targets
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 PYTHON = sys.executable
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'local'}"}
 SECRET = "bench-secret-that-is-long-enough-for-hs256-0123456789"
+ADMIN_TOKEN = "bench-admin-token-that-is-long-enough-0123456789"
 # Generous limits so that the rate limiter never shapes a benchmark; everything else default.
 ROOM_LIMITS = {"messages_per_second": 1_000_000, "burst": 1_000_000}
 SERVERS = ("rooms", "websockets", "node")
-EXPERIMENTS = ("rooms-uvloop",)
+# rooms-uvloop: the runtime on uvloop; rooms-each: with one commit per message instead of the
+# group commit (ROOMS_COMMIT_EACH_MESSAGE=1), for issue 10's comparison (bench/targets.py).
+EXPERIMENTS = ("rooms-uvloop", "rooms-each")
+ROOMS_KINDS = ("rooms", *EXPERIMENTS)
+# As in issue 10 (and bench/workerd_bench.py): the server on one core, the generator on the
+# other, so that neither takes the other's CPU. Off on a machine with one core or no taskset.
+PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+SERVER_CORE, GENERATOR_CORE = "1", "0"
 UVLOOP_ROOMS = (
     "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
     "from roomsd.cli import main; sys.exit(main(sys.argv[1:]))"
@@ -113,17 +123,25 @@ class Server:
         return self.proc.pid
 
 
-def start_server(kind: str, workdir: Path, data_dir: Path | None = None) -> Server:
+def start_server(
+    kind: str,
+    workdir: Path,
+    data_dir: Path | None = None,
+    hibernate_after_s: float = HIBERNATE_AFTER_S,
+) -> Server:
     port = free_port()
     log = workdir / f"{kind}-{port}.log"
-    if kind in ("rooms", "rooms-uvloop"):
+    env = {k: v for k, v in ENV.items() if k not in ("ROOM_LIMITS", "JWT_SECRET")}
+    if kind in ROOMS_KINDS:
         data_dir = data_dir or workdir / f"data-{port}"
         dev_vars = workdir / "dev.vars"
         dev_vars.write_text(
-            f"JWT_SECRET={SECRET}\nADMIN_TOKEN=bench-admin\nROOM_LIMITS={json.dumps(ROOM_LIMITS)}\n"
+            f"JWT_SECRET={SECRET}\nADMIN_TOKEN={ADMIN_TOKEN}\nROOM_LIMITS={json.dumps(ROOM_LIMITS)}\n"
         )
         # rooms-uvloop (an experiment, not a default): the same runtime on uvloop's event loop.
-        launcher = ["-m", "roomsd"] if kind == "rooms" else ["-c", UVLOOP_ROOMS]
+        launcher = ["-c", UVLOOP_ROOMS] if kind == "rooms-uvloop" else ["-m", "roomsd"]
+        if kind == "rooms-each":
+            env["ROOMS_COMMIT_EACH_MESSAGE"] = "1"
         cmd = [
             PYTHON,
             *launcher,
@@ -135,7 +153,7 @@ def start_server(kind: str, workdir: Path, data_dir: Path | None = None) -> Serv
             "--data-dir",
             str(data_dir),
             "--hibernate-after",
-            str(HIBERNATE_AFTER_S),
+            str(hibernate_after_s),
         ]
     elif kind == "websockets":
         cmd = [PYTHON, str(BENCH / "baselines" / "ws_broadcast.py"), "--port", str(port)]
@@ -143,7 +161,8 @@ def start_server(kind: str, workdir: Path, data_dir: Path | None = None) -> Serv
         cmd = ["node", str(BENCH / "baselines" / "node" / "server.js"), "--port", str(port)]
     else:
         raise ValueError(kind)
-    env = {k: v for k, v in ENV.items() if k not in ("ROOM_LIMITS", "JWT_SECRET")}
+    if PIN:
+        cmd = ["taskset", "-c", SERVER_CORE, *cmd]
     started = time.monotonic()
     with log.open("ab") as sink:
         proc = subprocess.Popen(cmd, env=env, stdout=sink, stderr=sink, cwd=ROOT)
@@ -178,8 +197,13 @@ def stop_server(server: Server) -> None:
 
 
 @contextlib.contextmanager
-def running(kind: str, workdir: Path, data_dir: Path | None = None) -> Iterator[Server]:
-    server = start_server(kind, workdir, data_dir)
+def running(
+    kind: str,
+    workdir: Path,
+    data_dir: Path | None = None,
+    hibernate_after_s: float = HIBERNATE_AFTER_S,
+) -> Iterator[Server]:
+    server = start_server(kind, workdir, data_dir, hibernate_after_s)
     try:
         yield server
     finally:
@@ -262,6 +286,8 @@ def loadtest(server: Server, scenario: str, name: str, args: list[str], runs_dir
         *(["--uvloop"] if UVLOOP else []),
         *args,
     ]
+    if PIN:
+        cmd = ["taskset", "-c", GENERATOR_CORE, *cmd]
     cpu_before = proc_cpu_s(server.pid)
     busy_before = machine_busy_s()
     started = time.monotonic()
@@ -589,7 +615,7 @@ def run_workerd(
 
     variables = {
         "JWT_SECRET": SECRET,
-        "ADMIN_TOKEN": "bench-admin",
+        "ADMIN_TOKEN": ADMIN_TOKEN,
         "ROOM_LIMITS": json.dumps(ROOM_LIMITS),
     }
     farm = wb.WorkerdFarm(workdir, variables)
@@ -780,8 +806,14 @@ def markdown(summary: dict[str, Any]) -> str:
         f"({env['cpu_model']}), {env['memory_gb']} GiB, Python {env['python']}, Node "
         f"{env['node']}; load average at start {load}."
         f" Reproduce with `{summary['command']}`.",
+        *([""] if summary.get("issue10") else []),
+        *targets.markdown(summary.get("issue10") or {}),
+    ]
+    if not summary["runs"]:
+        return "\n".join(lines) + "\n"
+    lines += [
         "",
-        "### Targets",
+        "### Round 1's targets (closed-loop saturation, hibernated idle, restart)",
         "",
         "| target | measured | met |",
         "|---|---|---|",
@@ -906,7 +938,15 @@ def update_benchmarks_md(text: str, begin: str = BEGIN, end: str = END) -> None:
 # --------------------------------------------------------------------------- main
 
 
-ALL = ("fanout-1x100", "fanout-100x10", "idle", "connect-storm", "reconnect-resume", "workerd")
+ALL = (
+    *targets.TARGET_SCENARIOS,
+    "fanout-1x100",
+    "fanout-100x10",
+    "idle",
+    "connect-storm",
+    "reconnect-resume",
+    "workerd",
+)
 WORKERD_PARTS = ("fanout-1x100", "fanout-100x10", "storm-100x10", "storm-1x100")
 
 
@@ -986,11 +1026,22 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     all_runs: list[Run] = []
+    issue10: dict[str, Any] = {}
     restart = None
     workerd = None
     profiles = None
     with tempfile.TemporaryDirectory(prefix="rooms-bench-") as tmp:
         workdir = Path(tmp)
+        issue10 = targets.run_targets(
+            [n for n in only if n in targets.TARGET_SCENARIOS],
+            servers,
+            scale.duration,
+            workdir,
+            runs_dir,
+            running,
+            loadtest,
+            log,
+        )
         for name in only:
             if name in FANOUTS:
                 all_runs += run_fanout(name, servers, scale, workdir, runs_dir, log)
@@ -1022,12 +1073,20 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "environment": environment(),
         "runs": rows,
+        "issue10": issue10,
         "restart": restart,
         "profiles": profiles,
         "workerd": workerd,
         "wall_s": round(time.monotonic() - began, 1),
     }
     failed = [r for r in rows if not r["order_ok"] and r["scenario"] != "connect-storm"]
+    failed += [
+        {"scenario": f"{name} {kind}"}
+        for name, section in issue10.items()
+        if name in targets.LADDERS
+        for kind, data in section.items()
+        if kind != "half" and not data["order_ok"]
+    ]
     if workerd is not None:
         # Its own files and its own block of BENCHMARKS.md, so `--only workerd` leaves the
         # local runtime's tables alone.
@@ -1055,7 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in workerd.items()
             if isinstance(v, dict) and not v.get("order_ok", True)
         ]
-        if not rows:
+        if not rows and not issue10:
             return 1 if failed else 0
     summary["analysis"] = analyse(rows, restart)
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")

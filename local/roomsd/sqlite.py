@@ -72,16 +72,24 @@ class SqliteSql:
 
     def _in_batch(self, fn: Callable[[], T], gate: OutputGate) -> T:
         db = self._db
-        if not self._batch_open:
+        # The batch's first write needs no savepoint: if it fails, the batch holds nothing else
+        # and is rolled back whole. Later ones get one, so that a failure undoes only itself.
+        first = not self._batch_open
+        if first:
             db.execute("BEGIN IMMEDIATE")
             self._batch_open = True
             gate.hold(self)
-        db.execute("SAVEPOINT write")
+        else:
+            db.execute("SAVEPOINT write")
         self._depth += 1
         try:
             result = fn()
         except BaseException:
-            if db.in_transaction:  # only this write goes; the batch's earlier ones stay
+            if first:
+                self._batch_open = False
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            elif db.in_transaction:  # only this write goes; the batch's earlier ones stay
                 db.execute("ROLLBACK TO write")
                 db.execute("RELEASE write")
             else:  # SQLite rolled the whole batch back itself (disk full, I/O error)
@@ -89,7 +97,8 @@ class SqliteSql:
             raise
         finally:
             self._depth -= 1
-        db.execute("RELEASE write")
+        if not first:
+            db.execute("RELEASE write")
         return result
 
     @property
