@@ -51,6 +51,15 @@ def _number(text: str) -> float:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except empty ones (their help says what happens instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, "", False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(prog: str = "rooms loadtest") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -68,7 +77,7 @@ def build_parser(prog: str = "rooms loadtest") -> argparse.ArgumentParser:
             "Exit status: 0 when the order check passed, 1 when it failed or the run broke "
             "down, 2 for bad arguments."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("scenario", choices=SCENARIOS, help="what to run")
 
@@ -235,7 +244,6 @@ def main(argv: list[str] | None = None, prog: str = "rooms loadtest") -> int:
     if args.uvloop and not uvloop_available():
         parser.error("--uvloop needs uvloop: `uv sync --group bench` (or pip install it)")
 
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / (args.name or f"{cfg.scenario}-{run_id}")
     display = Display(args.progress, cfg.scenario, cfg.total_clients)
     display.start()
@@ -257,12 +265,17 @@ def main(argv: list[str] | None = None, prog: str = "rooms loadtest") -> int:
         return 1
     display.stop()
 
-    write_json(result, stem.with_suffix(".json"))
     summary = markdown(result)
-    stem.with_suffix(".md").write_text(summary)
-    written = [stem.with_suffix(".json"), stem.with_suffix(".md")]
-    if args.plot:
-        written += plot(result, stem)
     print(summary)
+    try:  # only now: a run that broke down leaves no result behind
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(result, stem.with_suffix(".json"))
+        stem.with_suffix(".md").write_text(summary)
+        written = [stem.with_suffix(".json"), stem.with_suffix(".md")]
+        if args.plot:
+            written += plot(result, stem)
+    except OSError as exc:
+        print(f"{prog}: cannot write the results to {args.out}: {exc}", file=sys.stderr)
+        return 1
     print("wrote " + ", ".join(str(p) for p in written))
     return 0 if result["ok"] else 1

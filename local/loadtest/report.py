@@ -66,7 +66,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"| published / acked | {publish['sent']:,} / {publish['acked']:,} "
             f"({_num(publish['acked_per_s'])}/s) |",
-            f"| deliveries | {delivery['deliveries']:,} of {delivery['expected']:,} expected; "
+            f"| deliveries | {_deliveries(delivery)}; "
             f"**{_num(delivery['per_s'])}/s** in the sending window |",
             "| latency p50 / p90 / p99 / p99.9 / max (ms) | "
             + " / ".join(_ms(lat[k]) for k in ("p50", "p90", "p99", "p99.9", "max"))
@@ -112,14 +112,49 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _deliveries(delivery: dict[str, Any]) -> str:
+    """Live deliveries and, after reconnects, those replayed with `since`: together they make
+    up what was expected (each stored message once per client of its room)."""
+    live, replayed, expected = delivery["deliveries"], delivery["replayed"], delivery["expected"]
+    if not replayed:
+        return f"{live:,} of {expected:,} expected"
+    return (
+        f"{live:,} live + {replayed:,} replayed after reconnects = {live + replayed:,} "
+        f"of {expected:,} expected"
+    )
+
+
+def _plain_log_axis(axis: Any) -> None:
+    """Log-scale ticks at 1, 2, 5 x 10^n written as plain numbers (no "6x10^0")."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot(result: dict[str, Any], stem: Path) -> list[Path]:
     """Latency over time and the latency distribution as PNGs (needs matplotlib)."""
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    for suffix, fig in figures(result):
+        path = stem.with_name(f"{stem.name}-{suffix}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def figures(result: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The plots as matplotlib figures, each with its file-name suffix."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written: list[Path] = []
+    made: list[tuple[str, Any]] = []
     rows = [r for r in result["timeline"] if r["count"]]
     title = f"{result['scenario']} {result['run_id']}"
     if rows:
@@ -128,19 +163,26 @@ def plot(result: dict[str, Any], stem: Path) -> list[Path]:
         for key in ("p50", "p99", "max"):
             ax.plot(t, [r[key] for r in rows], label=key, marker=".")
         ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
         ax.set_xlabel("seconds since start")
         ax.set_ylabel("publish-to-delivery latency (ms)")
         ax.set_title(f"latency over time: {title}")
         ax.grid(True, which="both", alpha=0.3)
         ax2 = ax.twinx()
-        ax2.bar(t, [r["count"] for r in rows], alpha=0.15, color="grey", label="deliveries")
+        ax2.bar(
+            t,
+            [r["count"] for r in rows],
+            alpha=0.15,
+            color="grey",
+            label="deliveries per second (bars, right axis)",
+        )
         ax2.set_ylabel("deliveries per second")
-        ax.legend(loc="upper left")
-        path = stem.with_name(stem.name + "-latency-time.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        ax.set_zorder(ax2.get_zorder() + 1)  # the lines over the bars
+        ax.patch.set_visible(False)
+        lines, labels = ax.get_legend_handles_labels()
+        bars, bar_labels = ax2.get_legend_handles_labels()
+        ax.legend(lines + bars, labels + bar_labels, loc="upper left", fontsize="small")
+        made.append(("latency-time", fig))
     dist = result["latency_histogram"]
     if dist:
         fig, ax = plt.subplots(figsize=(8, 4))
@@ -153,6 +195,7 @@ def plot(result: dict[str, Any], stem: Path) -> list[Path]:
             cumulative.append(acc / total)
         ax.plot(values, cumulative, drawstyle="steps-post")
         ax.set_xscale("log")
+        _plain_log_axis(ax.xaxis)
         ax.set_xlabel("publish-to-delivery latency (ms)")
         ax.set_ylabel("fraction of deliveries at or below")
         ax.set_title(f"latency distribution (CDF): {title}")
@@ -162,9 +205,5 @@ def plot(result: dict[str, Any], stem: Path) -> list[Path]:
                 ax.axvline(lat[key], linestyle="--", alpha=0.5)
                 ax.annotate(key, (lat[key], 0.05), rotation=90)
         ax.grid(True, which="both", alpha=0.3)
-        path = stem.with_name(stem.name + "-latency-dist.png")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
-    return written
+        made.append(("latency-dist", fig))
+    return made

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from loadtest.config import Config
 from loadtest.stats import Histogram, Timeline, merge_counters
@@ -260,6 +261,7 @@ async def run(
     tokens = await asyncio.to_thread(
         source.resolve, all_user_ids(cfg) if source.kind == "command" else []
     )
+    await reachable(cfg)
     shares = plan(cfg, tokens)
     secret = source.secret
     chans: list[Channel] = []
@@ -305,6 +307,29 @@ async def run(
     result["started_at"] = started_at
     result["generator"]["event_loop"] = "uvloop" if use_uvloop else "asyncio"
     return result
+
+
+async def reachable(cfg: Config) -> None:
+    """Fail at once, before any client, when nothing listens at the target: every client would
+    otherwise wait out its own connect and the report would count publishes that never left."""
+    parts = urlsplit(cfg.url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    try:
+        async with asyncio.timeout(cfg.connect_timeout):
+            _, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        raise RunError(
+            f"nothing answered at {cfg.url} within --connect-timeout {cfg.connect_timeout:g} s: "
+            "check --url"
+        ) from None
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+        hint = "start the server (`make serve`) or check --url"
+        raise RunError(f"nothing answers at {cfg.url} ({reason}): {hint}") from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def _coordinate(
@@ -365,6 +390,12 @@ async def _coordinate(
         await broadcast({"cmd": "connect"})
         ready = await gather("ready", connect_bound)
         connect_wall = time.monotonic() - connect_started
+        if cfg.scenario != "connect-storm" and not any(r["connected"] for r in ready):
+            codes: Counter[str] = Counter()
+            for r in ready:
+                merge_counters(codes, r.get("errors", {}))
+            listed = ", ".join(f"{code} {n}" for code, n in codes.most_common()) or "no code"
+            raise RunError(f"no client could connect ({listed}): nothing was published")
         if sampler:
             sampler.mark("connected")
         duration_ns = 0 if cfg.scenario == "connect-storm" else int(cfg.duration * 1e9)

@@ -650,6 +650,7 @@ class Worker:
                 {
                     "ev": "ready",
                     "connected": self.stats.connects_ok,
+                    "errors": dict(self.stats.errors),
                     "failed": self.stats.connects_failed,
                     "connect_s": time.monotonic() - connect_started,
                 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from loadtest import cli
 from roomsd.cli import main as rooms_main
+from roomsd.config import PROJECT_ROOT
 from tests.local.test_process import ENV
 
 
@@ -109,3 +111,42 @@ def test_a_failing_token_command_is_reported(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "--token-command failed (exit 3): nope" in done.stderr
+
+
+def test_nothing_listening_fails_at_once_and_publishes_nothing(tmp_path: Path) -> None:
+    """Refused before any client starts: exit 1, one line saying what to do, no result files
+    (which would count publishes that never left)."""
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]  # a port that was free a moment ago: nothing listens
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "loadtest", "fanout", "--secret", "s" * 32),
+            *("--url", f"ws://127.0.0.1:{port}", "--out", str(out), "--progress", "none"),
+        ],
+        env=ENV, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 1
+    assert f"nothing answers at ws://127.0.0.1:{port} (Connection refused)" in done.stderr
+    assert "make serve" in done.stderr
+    assert "published" not in done.stdout
+    assert not out.exists()
+
+
+def test_help_shows_each_default_once(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "(default: )" not in out
+    assert "(default: None)" not in out
+    assert "room names are <prefix><n> (default: lt-<run id>-) --server-pid" in out
+    assert "output file stem (default: <scenario>-<run id>) --plot" in out
+
+
+def test_the_default_output_folder_is_git_ignored() -> None:
+    default = cli.build_parser().parse_args(["fanout"]).out
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", "-q", str(default / "fanout-1.json")],
+        cwd=PROJECT_ROOT, check=False, timeout=30,
+    )
+    assert ignored.returncode == 0

@@ -15,7 +15,7 @@ import pytest
 from loadtest.config import Config
 from loadtest.progress import Display
 from loadtest.report import markdown, write_json
-from loadtest.runner import run
+from loadtest.runner import RunError, run
 from loadtest.tokens import TokenSource
 from tests.conftest import timeout
 from tests.local.conftest import SECRET, RunningServer
@@ -75,6 +75,24 @@ async def test_reconnect_resume_misses_nothing_and_repeats_nothing(
     assert result["reconnect"]["reconnects"] == result["reconnect"]["drops"]
     assert result["order"]["ok"], result["order"]
     assert result["delivery"]["replayed"] > 0  # missed messages came back with `since`
+    # Live deliveries plus replayed ones are every stored message once per client, and the
+    # summary says so instead of "N of M expected" with N short of M.
+    delivery = result["delivery"]
+    assert delivery["deliveries"] + delivery["replayed"] == delivery["expected"]
+    assert (
+        f"{delivery['deliveries']:,} live + {delivery['replayed']:,} replayed after reconnects = "
+        f"{delivery['expected']:,} of {delivery['expected']:,} expected"
+    ) in markdown(result)
+
+
+async def test_a_run_where_no_client_connects_stops_before_publishing(
+    server: RunningServer,
+) -> None:
+    cfg = config(server)
+    wrong = TokenSource(secret="not-the-secret-of-this-server-but-long-enough")
+    display = Display("none", cfg.scenario, cfg.total_clients)
+    with pytest.raises(RunError, match=r"no client could connect \(http_401_token_invalid 6\)"):
+        await asyncio.wait_for(run(cfg, wrong, display), timeout(60))
 
 
 async def test_idle_holds_then_probes_the_sleeping_rooms(server: RunningServer) -> None:
@@ -135,9 +153,17 @@ async def test_the_cli_in_two_processes_writes_its_json_and_summary(
 
 
 async def test_plots_are_written(server: RunningServer, tmp_path: Path) -> None:
-    from loadtest.report import plot  # matplotlib is in the loadtest group: never skipped
+    from loadtest.report import figures, plot  # matplotlib is in the loadtest group: never skipped
 
     result = await run_quietly(config(server, rooms=1, clients=2, senders=1, duration=0.5))
     written = plot(result, tmp_path / "run")
     assert [p.name for p in written] == ["run-latency-time.png", "run-latency-dist.png"]
     assert all(p.stat().st_size > 1000 for p in written)
+    for _, fig in figures(result):  # what the PNGs show: a legend for every mark, plain ticks
+        fig.canvas.draw()
+        labels = [t.get_text() for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+                  for t in axis.get_ticklabels()]
+        assert not any("times" in label or "\u00d7" in label for label in labels), labels
+    over_time = figures(result)[0][1]
+    legend = [t.get_text() for t in over_time.axes[0].get_legend().get_texts()]
+    assert legend == ["p50", "p99", "max", "deliveries per second (bars, right axis)"]
