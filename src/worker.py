@@ -17,6 +17,7 @@ from workers import Response, WorkerEntrypoint
 
 from objects import ffi
 from objects.bindings import D1Database, R2Bucket
+from objects.metrics import write_front_rejection
 from objects.room import Room  # noqa: F401  (§1.1: workerd exports DO classes of the main module)
 from objects.web import (
     INTERNAL_ERROR,
@@ -78,6 +79,12 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             fields["code"] = "internal"
             response = reply_response(INTERNAL_ERROR)
         fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        code = fields.get("code")
+        if isinstance(code, str) and code != "not_found":  # refusals, by code (docs/admin.md)
+            try:
+                write_front_rejection(self.env, code)
+            except Exception as exc:  # figures are never worth a failed request
+                log_failure("metrics", exc, path=kind)
         emit(http_log_line("request", response.status, kind, **fields))
         return response
 

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
-from rooms.auth import mint_token, weak_admin_token, weak_jwt_secret
+from rooms.auth import MIN_ADMIN_TOKEN_CHARS, mint_token, weak_admin_token, weak_jwt_secret
 from roomsd import logredact
 from roomsd.bindings import Faults
 from roomsd.config import (
@@ -257,8 +257,11 @@ def serve(args: argparse.Namespace) -> int:
     ensure_dev_secret(args.dev_vars, "ADMIN_TOKEN")
     values = vars_from(args.dev_vars)
     admin_token = values.get("ADMIN_TOKEN")
-    problem = weak_jwt_secret(values["JWT_SECRET"]) or (
-        weak_admin_token(admin_token) if admin_token else None
+    metrics_token = values.get("METRICS_TOKEN")
+    problem = (
+        weak_jwt_secret(values["JWT_SECRET"])
+        or (weak_admin_token(admin_token) if admin_token else None)
+        or (weak_metrics_token(metrics_token) if metrics_token else None)
     )
     if problem is not None:
         raise ConfigError(f"{problem} (in {args.dev_vars} or the environment)")
@@ -270,6 +273,7 @@ def serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         jwt_secret=values["JWT_SECRET"],
         admin_token=values.get("ADMIN_TOKEN"),
+        metrics_token=metrics_token or None,
         archive=archive_policy_from(values.get("ARCHIVE_POLICY")),
         faults=Faults.from_names(args.fault),
         allowed_origins=origins_from(values.get("ALLOWED_ORIGINS")),
@@ -308,3 +312,10 @@ def serve(args: argparse.Namespace) -> int:
     gc.freeze()
     web.run_app(app, sock=sock, print=None, access_log=None)
     return 0
+
+
+def weak_metrics_token(token: str) -> str | None:
+    """As for ADMIN_TOKEN: a scraper's token is a credential too."""
+    if len(token) < MIN_ADMIN_TOKEN_CHARS:
+        return f"METRICS_TOKEN must be at least {MIN_ADMIN_TOKEN_CHARS} characters"
+    return None

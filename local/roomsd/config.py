@@ -66,6 +66,7 @@ class Settings:
     migrations_dir: Path = PROJECT_ROOT / "migrations"
     jwt_secret: str = ""
     admin_token: str | None = None
+    metrics_token: str | None = None  # GET /metrics also takes this one (docs/admin.md#metrics)
     allowed_origins: frozenset[str] = frozenset()
     limits: Limits = field(default_factory=Limits)
     hibernation: HibernationPolicy = field(default_factory=HibernationPolicy)
@@ -99,6 +100,7 @@ def vars_from(dev_vars: Path) -> dict[str, str]:
     keys = (
         "JWT_SECRET",
         "ADMIN_TOKEN",
+        "METRICS_TOKEN",
         "ALLOWED_ORIGINS",
         "ROOM_LIMITS",
         "ARCHIVE_POLICY",

@@ -16,7 +16,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,11 @@ from rooms.archive import ArchiveOutcome
 from rooms.auth import Identity
 from rooms.effects import Log
 from rooms.front import HttpReply
-from rooms.host import ArchiveBindings, RoomHost
+from rooms.host import ABNORMAL_CLOSURE, ArchiveBindings, RoomHost
 from rooms.limits import Limits
 from rooms.logs import log_line
 from rooms.protocol import CloseCode
+from rooms.telemetry import Telemetry
 from roomsd.bindings import AlarmScheduler, RoomAlarm
 from roomsd.output_gate import output_gate
 from roomsd.sockets import LocalSocket, LocalSockets
@@ -63,6 +64,7 @@ class RoomServices:
     # Commit the writes of one event-loop iteration together, before any output leaves
     # (roomsd.output_gate); False: one commit per message, for comparison.
     group_commit: bool = True
+    telemetry: Telemetry = field(default_factory=Telemetry)  # shared: GET /metrics reads it
 
 
 class LocalRoom:
@@ -78,6 +80,7 @@ class LocalRoom:
         self._emit = services.emit
         self._log_messages = services.log_messages
         self._group_commit = services.group_commit
+        self.telemetry = services.telemetry
         self._sql: SqliteSql | None = None
         self._host: RoomHost[LocalSocket] | None = None
         # This room's previous connection, still being closed off the loop: a new one opened
@@ -101,6 +104,7 @@ class LocalRoom:
             if self._sql is None:
                 gate = output_gate() if self._group_commit else None
                 self._sql = SqliteSql(self.db_path, gate, on_lost=self._lost_batch)
+                self._sql.on_commit = self.telemetry.commit_time.observe
             self._host = RoomHost(
                 self.name,
                 self._sql,
@@ -110,6 +114,7 @@ class LocalRoom:
                 log_messages=self._log_messages,
                 archive=self.archive,
                 alarms=RoomAlarm(self.alarms, self.name) if self.alarms else None,
+                telemetry=self.telemetry,
             )
             self.wakes += 1
         return self._host
@@ -161,7 +166,8 @@ class LocalRoom:
         async with self._event() as host:
             if ws.cut_for_backlog:
                 host.engine.store.count("slow_consumer")
-            await host.closed(ws)
+                self.telemetry.slow_consumer_cuts += 1
+            await host.closed(ws, ws.ws.close_code or ABNORMAL_CLOSURE)
             self.sockets.forget(ws)
 
     async def alarm(self) -> ArchiveOutcome | None:

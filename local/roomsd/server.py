@@ -32,10 +32,12 @@ from rooms.host import ArchiveBindings
 from rooms.limits import PLATFORM_MAX_MESSAGE_BYTES
 from rooms.logs import http_log_line
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
+from rooms.telemetry import Telemetry, reply_error_code
 from roomsd import http_errors
 from roomsd.bindings import AlarmScheduler, LocalD1, LocalR2
 from roomsd.config import Settings
 from roomsd.d1 import open_d1
+from roomsd.metrics import MetricsEndpoint
 from roomsd.os_resources import release_free_memory
 from roomsd.r2 import FileBucket
 from roomsd.rooms import RoomRegistry, RoomServices, close_databases
@@ -85,6 +87,15 @@ class LazyAdmin:
 
 ADMIN: web.AppKey[LazyAdmin] = web.AppKey("admin", LazyAdmin)
 GUEST: web.AppKey[GuestIssuer] = web.AppKey("guest", GuestIssuer)
+TELEMETRY: web.AppKey[Telemetry] = web.AppKey("telemetry", Telemetry)
+METRICS: web.AppKey[MetricsEndpoint] = web.AppKey("metrics", MetricsEndpoint)
+
+
+def rejected(telemetry: Telemetry, reply: HttpReply) -> None:
+    """Count an error reply by its code (docs/admin.md#metrics)."""
+    code = reply_error_code(reply)
+    if code is not None:
+        telemetry.rejected(code)
 
 
 def room_log(line: str) -> None:
@@ -98,6 +109,9 @@ def _reply(reply: HttpReply) -> web.Response:
 
 
 async def front(request: web.Request) -> web.StreamResponse:
+    if request.path == "/metrics":
+        authorization = request.headers.get("Authorization", "")
+        return _reply(request.app[METRICS].handle(request.method, authorization))
     settings = request.app[SETTINGS]
     started = time.perf_counter()
     headers = {k.lower(): v for k, v in request.headers.items()}
@@ -106,6 +120,7 @@ async def front(request: web.Request) -> web.StreamResponse:
         request.method, request.path, request.query, headers, settings.front, own_origin
     )
     if isinstance(decision, HttpReply):
+        rejected(request.app[TELEMETRY], decision)
         log.info(
             http_log_line(
                 "http",
@@ -187,6 +202,8 @@ async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.Stre
     settings = request.app[SETTINGS]
     room = request.app[REGISTRY].get(upgrade.room)
     refused = await room.refusal(upgrade.identity)
+    if refused is not None:
+        rejected(request.app[TELEMETRY], refused)
     # The front's line for this upgrade; the room's `connect` line carries the same request id.
     log.info(
         http_log_line(
@@ -315,6 +332,7 @@ def make_app(settings: Settings) -> web.Application:
         ),
     )
     registry_box.append(registry)
+    telemetry = registry.services.telemetry
     app = web.Application()
     app[SETTINGS] = settings
     app[REGISTRY] = registry
@@ -322,6 +340,10 @@ def make_app(settings: Settings) -> web.Application:
     app[ALARMS] = alarms
     app[ADMIN] = LazyAdmin(bindings.d1, archive, registry, settings.admin_token)
     app[GUEST] = GuestIssuer()
+    app[TELEMETRY] = telemetry
+    app[METRICS] = MetricsEndpoint(
+        telemetry, registry, settings.admin_token, settings.metrics_token
+    )
     app.cleanup_ctx.append(_sweeper)
     app.on_shutdown.append(_shutdown_sockets)
 

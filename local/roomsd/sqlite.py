@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -41,6 +42,7 @@ class SqliteSql:
         # Called when a batch could not be committed: its writes are gone, though the room's
         # memory (its head, its queued frames) still shows them.
         self.on_lost = on_lost
+        self.on_commit: Callable[[float], None] | None = None
 
     def execute(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
         for param in params:
@@ -111,8 +113,11 @@ class SqliteSql:
         if not self._batch_open:
             return
         self._batch_open = False
+        started = time.perf_counter()
         try:
             self._db.execute("COMMIT")
+            if self.on_commit is not None:  # the commit time, for GET /metrics
+                self.on_commit(time.perf_counter() - started)
         except sqlite3.Error as exc:
             if self._db.in_transaction:  # a failed COMMIT can leave the transaction open
                 with contextlib.suppress(sqlite3.Error):

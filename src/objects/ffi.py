@@ -36,6 +36,11 @@ def js_array(items: Sequence[str]) -> JsObject:
     return to_js(list(items))
 
 
+def js_object(value: dict[str, Any]) -> JsObject:
+    """A plain JS object (not a Map) from a dict of JSON-like values."""
+    return to_js(value, dict_converter=js.Object.fromEntries)
+
+
 def websocket_pair() -> tuple[JsObject, JsObject]:
     """A new (client, server) pair; the server end is what the Durable Object accepts (§3.1)."""
     client, server = js.WebSocketPair.new().object_values()

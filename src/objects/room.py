@@ -28,6 +28,7 @@ from workers import DurableObject, Response
 from objects import ffi
 from objects.bindings import D1Database, DurableObjectAlarms, R2Bucket
 from objects.ffi import JsObject
+from objects.metrics import sink_from_env
 from objects.platform import DurableObjectSql, HibernatableSockets
 from objects.web import (
     INTERNAL_ERROR,
@@ -57,6 +58,7 @@ from rooms.guest import parse_switch
 from rooms.host import ArchiveBindings, RoomHost
 from rooms.limits import Limits, settings_from_json
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
+from rooms.telemetry import Telemetry
 
 # The room's name, so that an object woken by a socket event (no URL to read it from) knows it.
 NAME_SCHEMA = """CREATE TABLE IF NOT EXISTS room_name (
@@ -121,6 +123,9 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         # await, so the store's tables exist in time (§4.6) and a failure while rebuilding from
         # storage and sockets is caught and logged by that handler instead of failing __init__.
         self._host: RoomHost[JsObject] | None = None
+        # Operator figures, written to Analytics Engine when METRICS is bound (objects.metrics).
+        self._telemetry = Telemetry()
+        self._metrics = sink_from_env(self.env, self._telemetry)
 
     # ----------------------------------------------------------------------- workerd handlers
 
@@ -142,6 +147,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             )
             # Echo our subprotocol only if the client offered it (the front narrowed the offer).
             echo = {"sec-websocket-protocol": SUBPROTOCOL} if checked.subprotocol else None
+            self._write_metrics()
             return Response(None, status=101, headers=echo, web_socket=client)
         except Exception as exc:
             self._failed("fetch", exc, server)
@@ -150,13 +156,15 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
     async def webSocketMessage(self, ws: JsObject, message: str | JsObject) -> None:
         try:
             await self._awake().message(ws, ffi.frame_data(message))
+            self._write_metrics()
         except Exception as exc:
             self._failed("webSocketMessage", exc, ws)
 
     async def webSocketClose(self, ws: JsObject, code: int, reason: str, wasClean: bool) -> None:
         try:
-            await self._awake().closed(ws)
+            await self._awake().closed(ws, code)
             self._sockets.answer_close(ws, code)
+            self._write_metrics()
         except Exception as exc:
             self._failed("webSocketClose", exc)
 
@@ -223,6 +231,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             archive=self._archive,
             alarms=alarms,
             retention=self._policy,
+            telemetry=self._telemetry,
         )
 
     def _archive_bindings(self) -> ArchiveBindings | None:
@@ -243,6 +252,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             return  # never named: nothing was ever stored, so nothing is waiting
         try:
             await self._awake().alarm()
+            self._write_metrics(force=True)
         except Exception as exc:
             self._failed("alarm", exc)
             await self._retry_alarm()
@@ -284,6 +294,16 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         if self._host is None:  # rebuilt after a failure, or a never-named object
             self._host = self._new_host(self._name or UNNAMED)
         return self._host
+
+    def _write_metrics(self, *, force: bool = False) -> None:
+        """What this object counted, to Analytics Engine (objects.metrics). A failure here is
+        logged and never reaches the event that was handled."""
+        if self._metrics is None:
+            return
+        try:
+            self._metrics.after_event(self._name or UNNAMED, force=force)
+        except Exception as exc:
+            log_failure("metrics", exc, room=self._name or UNNAMED)
 
     def _failed(self, handler: str, exc: Exception, ws: JsObject | None = None) -> None:
         """Log an unexpected exception; never let it (or its message) reach a client."""

@@ -37,6 +37,7 @@ from rooms.operator import RoomOperator
 from rooms.peers import Peer, decode_attachment, encode_attachment, new_peer
 from rooms.protocol import CloseCode, ErrorCode, Message, SeqRange
 from rooms.store import RoomStore, Sql
+from rooms.telemetry import Telemetry, TimedSql, utf8_len
 
 S = TypeVar("S")
 
@@ -82,6 +83,8 @@ _REFUSALS = {
     ErrorCode.TOO_MANY_SOCKETS: "this user has too many sockets in this room",
     ErrorCode.BANNED: "an operator has banned this user from this room for now",
 }
+# A close without a code (RFC 6455 7.1.5: the connection ended without a close frame).
+ABNORMAL_CLOSURE = 1006
 # Without an archive, a room prunes itself every this many messages (a DELETE each time).
 PRUNE_EVERY = 100
 
@@ -129,8 +132,12 @@ class RoomHost(Generic[S]):
         archive: ArchiveBindings | None = None,
         alarms: Alarms | None = None,
         retention: ArchivePolicy | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.room = room
+        # Operator counters (rooms.telemetry): a private one when no platform reads them.
+        self.telemetry = telemetry = telemetry if telemetry is not None else Telemetry()
+        telemetry.rooms_woken += 1
         self.archive = archive
         # Without an archive nothing is archived, so nothing would ever be pruned: the room then
         # keeps the newest `retain_messages` rows and `dedupe_window_ms` of dedupe keys, pruned
@@ -156,7 +163,7 @@ class RoomHost(Generic[S]):
                 continue  # closing or foreign sockets never count as members
             peers.append(peer)
             self._by_conn[peer.conn_id] = ws
-        self._sql = sql
+        self._sql = sql = TimedSql(sql, telemetry.write_time)
         store = RoomStore(sql)
         store.count("wakes")
         # The alarm time as last set: kept in memory so a publish reads no SQL to check it.
@@ -197,6 +204,7 @@ class RoomHost(Generic[S]):
         self.sockets.accept(ws, [conn_tag(conn_id), user_tag(identity.user_id)])
         self.sockets.set_attachment(ws, encode_attachment(peer))
         self._by_conn[conn_id] = ws
+        self.telemetry.connections_opened += 1
         effects = self.engine.connect(peer, since, now_ms)
         if request_id is not None:
             effects = [_with_request_id(e, request_id) for e in effects]
@@ -212,10 +220,12 @@ class RoomHost(Generic[S]):
             self._by_conn[peer.conn_id] = ws
             self._senders.pop(peer.conn_id, None)
             self.engine.peers.setdefault(peer.conn_id, peer)
+        self.telemetry.bytes_in += utf8_len(data)
         await self._apply(self.engine.receive(peer.conn_id, data, self._clock_ms()), started)
 
-    async def closed(self, ws: S) -> None:
-        """The socket closed or failed (a close event, an error, or a vanished peer)."""
+    async def closed(self, ws: S, code: int = ABNORMAL_CLOSURE) -> None:
+        """The socket closed or failed (a close event with its ``code``, an error, or a
+        vanished peer)."""
         started = time.perf_counter()
         peer = decode_attachment(self.sockets.attachment(ws))
         if peer is None:
@@ -225,6 +235,7 @@ class RoomHost(Generic[S]):
         if peer.closed:  # we closed it and announced the leave already
             self.engine.peers.pop(peer.conn_id, None)
             return
+        self.telemetry.closed(code)
         await self._apply(self.engine.disconnect(peer, self._clock_ms()), started)
 
     # ----------------------------------------------------------------------- effects
@@ -259,7 +270,11 @@ class RoomHost(Generic[S]):
         store.set_meta("alarm_at", None)
         self._alarm_at = None
         now_ms = self._clock_ms()
+        self._observe_archive_lag(now_ms)
         outcome = await self.archiver.run(now_ms)
+        self.telemetry.archive_runs += 1
+        if outcome.error is not None:
+            self.telemetry.archive_failures += 1
         await RoomOperator(self).refresh_directory()
         if outcome.error is not None:
             failures = int(store.meta("archive_failures") or 1)
@@ -276,6 +291,12 @@ class RoomHost(Generic[S]):
             )
         self._log(log_line(self.room, event))
         return outcome
+
+    def _observe_archive_lag(self, now_ms: int) -> None:
+        store = self.engine.store
+        oldest_waiting = store.get(store.archived + 1)
+        if oldest_waiting is not None:
+            self.telemetry.archive_lag.observe(max(0, now_ms - oldest_waiting.sent_ms) / 1000)
 
     async def _schedule_archive(self) -> None:
         if self.archiver is None or self.alarms is None:
@@ -313,11 +334,16 @@ class RoomHost(Generic[S]):
         """Carry out effects in order; one failing effect never stops the others."""
         archive_reads: list[ReadArchive] = []
         stored = first_message = False
+        telemetry = self.telemetry
         for effect in effects:
             match effect:
                 case Send(conn_id, text):
+                    telemetry.deliveries += 1
+                    telemetry.bytes_out += utf8_len(text)
                     self._send(conn_id, text)
                 case Broadcast(conn_ids, text):
+                    telemetry.deliveries += len(conn_ids)
+                    telemetry.bytes_out += utf8_len(text) * len(conn_ids)
                     for conn_id in conn_ids:
                         self._send(conn_id, text)
                 case SavePeer(peer):
@@ -330,6 +356,10 @@ class RoomHost(Generic[S]):
                 case ReadArchive():
                     archive_reads.append(effect)
                 case Log():
+                    if effect.event == "publish":
+                        telemetry.messages_published += 1
+                    elif effect.event == "rejected" and effect.code is not None:
+                        telemetry.rejected(effect.code)
                     if effect.code == "rate_limited":
                         self.engine.store.count("rate_limited")
                     if effect.per_message and not self._log_messages:
@@ -339,6 +369,7 @@ class RoomHost(Generic[S]):
         while self._unreachable:  # leaves the member list and the broadcast set at once
             await self._close(self._unreachable.pop(), CloseCode.GOING_AWAY, "unreachable")
         if stored:
+            telemetry.publish_latency.observe(time.perf_counter() - started)
             if self._retention is not None:
                 self._prune_without_archive(self._retention)
             await self._schedule_archive()
@@ -399,6 +430,7 @@ class RoomHost(Generic[S]):
         if ws is None or peer is None:
             return
         peer.closed = True
+        self.telemetry.closed(code)
         with contextlib.suppress(Exception):  # the socket may already be gone
             self.sockets.set_attachment(ws, encode_attachment(peer))
         try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from rooms.telemetry import ROOM_POINT_DOUBLES
 from tests.e2e.conftest import STRICT, ServiceBase, eventually, recv_until
 from tests.workerd_service import ADMIN_TOKEN, Profile
 
@@ -67,6 +68,12 @@ def matches(example: Any, actual: Any, where: str = "") -> list[str]:
         return [p for i, (e, a) in enumerate(zip(example, actual, strict=True))
                 for p in matches(e, a, f"{where}[{i}]")]
     return [] if example == actual else [f"{where}: {example!r} != {actual!r}"]
+
+
+def test_the_analytics_engine_layout_in_the_document_is_the_code_s() -> None:
+    documented = re.findall(r"^\| double(\d+) \| (\w+) \|$", DOC.read_text(), re.M)
+    assert [(int(n), name) for n, name in documented] == [
+        (i, name) for i, name in enumerate(ROOM_POINT_DOUBLES, start=1)]
 
 
 def test_the_document_has_examples_of_every_route() -> None:

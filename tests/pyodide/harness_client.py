@@ -266,6 +266,11 @@ class World:
             item["data"] = base64.b64decode(item.pop("base64"))
         return objects
 
+    def analytics_points(self) -> list[dict[str, Any]] | None:
+        """The Analytics Engine data points written since the last call (None: no binding)."""
+        points: list[dict[str, Any]] | None = self.call("analytics.points")
+        return points
+
     def stats(self, *, reset: bool = False) -> dict[str, Any]:
         stats: dict[str, Any] = self.call("stats", reset=reset)
         return stats

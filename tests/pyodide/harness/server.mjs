@@ -332,6 +332,10 @@ const ops = {
     return {};
   },
   "r2.puts": async (args) => worldOf(args).r2.puts,
+  "analytics.points": async (args) => {
+    const dataset = worldOf(args).analytics;
+    return dataset ? dataset.points.splice(0) : null;
+  },
   "d1.failBatches": async (args) => {
     worldOf(args).d1.failBatches = args.count ?? 1;
     return {};

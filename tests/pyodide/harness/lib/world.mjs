@@ -24,6 +24,7 @@ import { ExecutionContext, Request, Response } from "./http.mjs";
 import { PY_INSTANCE } from "./python.mjs";
 import { R2Bucket } from "./r2.mjs";
 import { Generation, endpointOf, facadeFor } from "./websocket.mjs";
+import { AnalyticsEngineDataset } from "./analytics.mjs";
 
 const EVENT_TIMEOUT_MS = 30_000;
 // CPU time of the main thread (Pyodide and the fakes), without V8's helper threads (Node 23.9+).
@@ -200,6 +201,11 @@ export class World {
       const r2 = new R2Bucket();
       env[bucket.binding] = r2;
       this.r2 ??= r2;
+    }
+    for (const dataset of wrangler.analytics_engine_datasets ?? []) {
+      const ae = new AnalyticsEngineDataset();
+      env[dataset.binding] = ae;
+      this.analytics ??= ae;
     }
     if (wrangler.assets?.binding) {
       env[wrangler.assets.binding] = new Fetcher(path.resolve(path.dirname(this.runtime.paths.wrangler), wrangler.assets.directory));
