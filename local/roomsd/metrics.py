@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -26,6 +26,33 @@ from rooms.telemetry import Histogram, Telemetry
 
 if TYPE_CHECKING:
     from roomsd.rooms import RoomRegistry
+
+
+def live_figures(t: Telemetry, registry: RoomRegistry) -> dict[str, Any]:
+    """The `live` part of `GET /admin/overview`: the same figures as `/metrics`, as JSON."""
+    rooms = list(registry.rooms.values())
+    awake = sum(1 for room in rooms if room.awake)
+    sockets = [sock for room in rooms for sock in room.sockets.all()]
+    return {
+        "connections": len(sockets),
+        "users": len({sock.tags[1] for sock in sockets if len(sock.tags) > 1}),
+        "rooms_awake": awake,
+        "rooms_asleep": len(rooms) - awake,
+        "connections_opened": t.connections_opened,
+        "connections_closed": {str(code): n for code, n in sorted(t.connections_closed.items())},
+        "rooms_woken": t.rooms_woken,
+        "messages_published": t.messages_published,
+        "deliveries": t.deliveries,
+        "bytes_in": t.bytes_in,
+        "bytes_out": t.bytes_out,
+        "rejections": dict(sorted(t.rejections.items())),
+        "rate_limited": t.rate_limited,
+        "slow_consumer_cuts": t.slow_consumer_cuts,
+        "archive_runs": t.archive_runs,
+        "archive_failures": t.archive_failures,
+        "publish_latency_count": t.publish_latency.count,
+        "publish_latency_sum_s": t.publish_latency.sum,
+    }
 
 
 class RoomsCollector(Collector):

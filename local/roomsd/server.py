@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
@@ -37,7 +37,7 @@ from roomsd import http_errors
 from roomsd.bindings import AlarmScheduler, LocalD1, LocalR2
 from roomsd.config import Settings
 from roomsd.d1 import open_d1
-from roomsd.metrics import MetricsEndpoint
+from roomsd.metrics import MetricsEndpoint, live_figures
 from roomsd.os_resources import release_free_memory
 from roomsd.r2 import FileBucket
 from roomsd.rooms import RoomRegistry, RoomServices, close_databases
@@ -71,17 +71,22 @@ class LazyAdmin:
     restart ~50 ms (of ~0.6 s) for an endpoint operators rarely call."""
 
     def __init__(
-        self, d1: LocalD1, archive: ArchiveBindings, rooms: RoomRegistry, token: str | None
+        self,
+        d1: LocalD1,
+        archive: ArchiveBindings,
+        rooms: RoomRegistry,
+        token: str | None,
+        live: Callable[[], dict[str, Any]],
     ):
-        self._args = (d1, archive, rooms, token)
+        self._args = (d1, archive, rooms, token, live)
         self._api: AdminApi | None = None
 
     def get(self) -> AdminApi:
         if self._api is None:
             from rooms.admin import AdminApi
 
-            d1, archive, rooms, token = self._args
-            self._api = AdminApi(d1, archive.reader, rooms, token)
+            d1, archive, rooms, token, live = self._args
+            self._api = AdminApi(d1, archive.reader, rooms, token, live)
         return self._api
 
 
@@ -338,7 +343,13 @@ def make_app(settings: Settings) -> web.Application:
     app[REGISTRY] = registry
     app[BINDINGS] = bindings
     app[ALARMS] = alarms
-    app[ADMIN] = LazyAdmin(bindings.d1, archive, registry, settings.admin_token)
+    app[ADMIN] = LazyAdmin(
+        bindings.d1,
+        archive,
+        registry,
+        settings.admin_token,
+        lambda: live_figures(telemetry, registry),
+    )
     app[GUEST] = GuestIssuer()
     app[TELEMETRY] = telemetry
     app[METRICS] = MetricsEndpoint(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -136,6 +136,24 @@ class AuditEntry(BaseModel):
     detail: str | None
 
 
+class DirectoryTotals(BaseModel):
+    rooms: int
+    members: int
+    sockets: int
+    messages: int  # the sum of the rooms' heads
+    unarchived: int  # messages not archived yet, summed over the rooms
+
+
+class Overview(BaseModel):
+    """The service at a glance: the directory's totals (as of each room's `updated_ms`), and
+    the runtime's live counters where it has them (the local runtime; null on Cloudflare, whose
+    figures are in Analytics Engine)."""
+
+    now_ms: int
+    directory: DirectoryTotals
+    live: dict[str, Any] | None
+
+
 class AuditList(BaseModel):
     entries: list[AuditEntry]
     next_cursor: str | None  # pass as `cursor` for older entries
@@ -176,12 +194,18 @@ class AdminApi:
     """Answers /admin/* requests."""
 
     def __init__(
-        self, db: Database, reader: ArchiveReader, rooms: RoomControl, admin_token: str | None
+        self,
+        db: Database,
+        reader: ArchiveReader,
+        rooms: RoomControl,
+        admin_token: str | None,
+        live: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.db = db
         self.reader = reader
         self.rooms = rooms
         self.admin_token = admin_token
+        self.live = live
 
     async def handle(
         self,
@@ -205,6 +229,8 @@ class AdminApi:
             return await self._only(method, "GET") or await self.list_rooms(query)
         if path == "/admin/audit":
             return await self._only(method, "GET") or await self.audit(query)
+        if path == "/admin/overview":
+            return await self._only(method, "GET") or await self.overview(now_ms)
         match = _ROOM_ROUTE.fullmatch(path)
         if match is None:
             return error_reply(404, "not_found", "no such admin route")
@@ -267,6 +293,16 @@ class AdminApi:
             value = getattr(last, column)
             next_cursor = last.name if column == "name" else f"{value}:{last.name}"
         return _reply(RoomList(rooms=rooms, total=total, next_cursor=next_cursor))
+
+    async def overview(self, now_ms: int) -> HttpReply:
+        rows = await self.db.all(
+            "SELECT COUNT(*) AS rooms, COALESCE(SUM(member_count), 0) AS members, "
+            "COALESCE(SUM(socket_count), 0) AS sockets, COALESCE(SUM(head_seq), 0) AS messages, "
+            "COALESCE(SUM(head_seq - archived_seq), 0) AS unarchived FROM rooms"
+        )
+        totals = DirectoryTotals.model_validate(dict(rows[0]))
+        live = self.live() if self.live is not None else None
+        return _reply(Overview(now_ms=now_ms, directory=totals, live=live))
 
     async def inspect(self, room: str) -> HttpReply:
         answer = await self.rooms.call(room, "inspect", {})

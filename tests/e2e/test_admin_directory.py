@@ -160,3 +160,26 @@ async def test_the_audit_log_filters_by_room_and_pages(service: ServiceBase) -> 
     for bad in ("room=a%20b", "cursor=x", "cursor=0"):
         reply = await service.http("GET", f"/admin/audit?{bad}", AUTH)
         assert (reply.status, reply.json()["error"]["code"]) == (400, "bad_request"), bad
+
+
+async def test_the_overview_sums_the_directory_and_has_live_figures_where_the_runtime_does(
+    service: ServiceBase,
+) -> None:
+    """Totals over the directory on every runtime; live counters locally, null on Cloudflare
+    (Analytics Engine holds them there)."""
+    _, before = await call(service, "GET", "/admin/overview")
+    room = service.room("overview")
+    await fill(service, room, 3)
+    await call(service, "GET", f"/admin/rooms/{room}")  # its row now says head 3
+    status, after = await call(service, "GET", "/admin/overview")
+    assert status == 200
+    grew = {k: after["directory"][k] - before["directory"][k] for k in before["directory"]}
+    assert (grew["rooms"], grew["messages"], grew["unarchived"]) == (1, 3, 3)
+    assert after["now_ms"] >= before["now_ms"]
+    if service.runtime == "workerd":
+        assert after["live"] is None
+    else:
+        assert after["live"]["messages_published"] - before["live"]["messages_published"] == 3
+        assert after["live"]["connections"] == 0
+    status, body = await call(service, "POST", "/admin/overview")
+    assert (status, body["error"]["code"]) == (405, "method_not_allowed")
