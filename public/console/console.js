@@ -146,6 +146,12 @@ function confirmAction(title, text, extra = []) {
 // ------------------------------------------------------------------ views
 
 const views = { overview, rooms, room, audit };
+// docs/protocol.md's close codes, for people reading the overview.
+const CLOSE_CODES = {
+  1000: "closed by the client", 1001: "going away", 1006: "ended without a close frame",
+  1008: "policy violation (repeated abuse)", 1009: "frame too large", 1011: "server error",
+  4003: "disconnected by an operator", 4008: "slow consumer (stopped reading)",
+};
 let previous = null; // the last overview's live counters, for rates
 
 async function overview(view, seq) {
@@ -161,6 +167,7 @@ async function overview(view, seq) {
   ];
   const liveCards = [];
   let rejections = [];
+  let closes = [];
   if (live) {
     let rates = { messages: null, deliveries: null, bytes: null };
     if (previous && data.now_ms > previous.now_ms) {
@@ -185,6 +192,7 @@ async function overview(view, seq) {
       stat("Archive runs", num(live.archive_runs), `${num(live.archive_failures)} failed`, live.archive_failures > 0),
     );
     rejections = Object.entries(live.rejections).sort((a, b) => b[1] - a[1]);
+    closes = Object.entries(live.connections_closed).sort((a, b) => b[1] - a[1]);
   }
   view.replaceChildren(...[
     h("h1", {}, "Overview"),
@@ -195,7 +203,12 @@ async function overview(view, seq) {
         h("h2", {}, "Rejections by code"),
         table(["Code", h("th", { class: "num" }, "Count")],
           rejections.map(([code, n]) => h("tr", {}, h("td", {}, code), h("td", { class: "num" }, num(n)))),
-          "No rejections.")]
+          "No rejections."),
+        h("h2", {}, "Connections closed, by close code"),
+        table(["Code", "Meaning", h("th", { class: "num" }, "Count")],
+          closes.map(([code, n]) => h("tr", { "data-code": code }, h("td", {}, code), h("td", {}, CLOSE_CODES[code] ?? ""),
+            h("td", { class: "num" }, num(n)))),
+          "No connection closed yet.")]
       : h("p", { class: "note", id: "live" },
         "Live figures (connections, messages/s, rejections) are in Workers Analytics Engine on Cloudflare: see docs/admin.md, \"Metrics on Cloudflare\"."),
   ].flat());
@@ -377,6 +390,10 @@ async function room(view, seq, name) {
       h("button", { type: "button", class: "quiet", "data-action": "archive", onclick: () => act("archive", `Archive ${name} now`, "Write everything not yet archived to R2 and D1 now.") }, "Archive now…")),
     h("h2", {}, `Members (${num(info.member_count)})`),
     table(["User", "Socket", "Joined", "Last message", h("th", { class: "num" }, "Sent"), ""], members.flat(), "Nobody is here."),
+    h("h2", {}, "Bans"),
+    h("div", { id: "bans" }, table(["User", "Refused until"],
+      info.bans.map((b) => h("tr", { "data-user": b.user_id }, h("td", {}, b.user_id), h("td", {}, when(b.until_ms, true)))),
+      "Nobody is banned.")),
     h("h2", {}, "Recent messages"),
     h("div", { class: "toolbar" }, h("span", { class: "note grow" }, "Bodies are hidden until asked for; each read of them is audited."), showBodies),
     messageBox,
@@ -453,10 +470,10 @@ async function render({ keepFocus } = {}) {
     link.classList.toggle("current", link.dataset.view === (name === "room" ? "rooms" : name));
   }
   const view = $("view");
-  view.dataset.view = name;
   view.setAttribute("aria-busy", "true");
   try {
     await views[name](view, seq, arg);
+    if (seq === renderSeq) view.dataset.view = name; // what is on screen now
     if (keepFocus) {
       const el = $(keepFocus);
       if (el) { el.focus(); el.setSelectionRange?.(el.value.length, el.value.length); }

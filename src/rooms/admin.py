@@ -75,6 +75,11 @@ class MemberInfo(BaseModel):
     sockets: list[SocketInfo]
 
 
+class BanInfo(BaseModel):
+    user_id: str
+    until_ms: int
+
+
 class Inspection(BaseModel):
     room: str
     created_ms: int
@@ -95,6 +100,7 @@ class Inspection(BaseModel):
     archive_failures: int
     last_archive_error: str | None
     closed: bool
+    bans: list[BanInfo]
 
 
 class SegmentInfo(BaseModel):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from rooms.directory import DirectoryEntry
 from rooms.effects import Log
+from rooms.engine import BAN_PREFIX
 from rooms.logs import log_line
 from rooms.protocol import CloseCode, Message, SeqRange
 
@@ -83,6 +84,12 @@ class RoomOperator:
             )
         row = self.directory_entry()
         error = store.meta("last_archive_error")
+        now_ms = host.now_ms()
+        bans = [
+            {"user_id": user_id, "until_ms": int(until)}
+            for user_id, until in sorted(store.metas(BAN_PREFIX).items())
+            if until is not None and int(until) > now_ms
+        ]
         return {
             "room": host.room,
             "created_ms": row.created_ms,
@@ -103,6 +110,7 @@ class RoomOperator:
             "archive_failures": int(store.meta("archive_failures") or 0),
             "last_archive_error": str(error) if error is not None else None,
             "closed": host.engine.closed,
+            "bans": bans,  # the timed bans still running
         }
 
     async def messages(self, params: Mapping[str, str]) -> dict[str, Any]:

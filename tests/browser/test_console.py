@@ -60,7 +60,7 @@ async def test_sign_in_states_and_the_live_overview(
     await sign_in(page, server.base)
     await expect(page.locator("#totals")).to_contain_text("Rooms listed")
     await page.click("#nav a[data-view=rooms]")
-    await expect(page.locator(".empty")).to_have_text(
+    await expect(page.locator("main[data-view=rooms] .empty")).to_have_text(
         "No rooms yet: a room is listed from its first message.")
     await page.screenshot(path=str(artifact_path("console-empty.png")))
     assert ADMIN not in page.url
@@ -84,6 +84,8 @@ async def test_sign_in_states_and_the_live_overview(
         await expect(live.locator("[data-stat='Messages/s'] .sub")).to_have_text("5 since start")
         await expect(page.locator("#totals [data-stat='Rooms listed'] .value")).to_have_text("1")
         await expect(page.locator("main")).to_contain_text("bad_json")
+        await bob.close()
+        await expect(page.locator("tr[data-code='1000']")).to_contain_text("closed by the client")
         # Rates come from two successive refreshes (every 2 s).
         await expect(live.locator("[data-stat='Messages/s'] .value")).not_to_have_text("…")
         await page.screenshot(path=str(artifact_path("console-overview.png")), full_page=True)
@@ -138,7 +140,8 @@ async def test_the_rooms_table_sorts_filters_and_pages_ten_thousand_rooms(
     await expect(count).to_have_text("1\N{EN DASH}50 of 10,000")
     await page.screenshot(path=str(artifact_path("console-rooms.png")))
     await page.fill("#room-filter", "nothing-like-this")
-    await expect(page.locator(".empty")).to_have_text('No room name contains "nothing-like-this".')
+    await expect(page.locator("main[data-view=rooms] .empty")).to_have_text(
+        'No room name contains "nothing-like-this".')
 
 
 async def test_a_room_page_shows_members_messages_segments_and_runs_every_action(
@@ -203,6 +206,7 @@ async def test_a_room_page_shows_members_messages_segments_and_runs_every_action
         await bob.wait_closed()
         assert bob.close_code == CloseCode.KICKED
     await expect(page.locator("main")).to_contain_text("Nobody is here.")
+    await expect(page.locator("#bans tr[data-user=bob]")).to_be_visible()
     await confirm(page, "button[data-action=archive]")
     segments = page.locator("h2:text('Archive segments') + .table-wrap tbody tr")
     await expect(segments).to_have_count(1)

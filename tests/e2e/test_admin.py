@@ -211,6 +211,8 @@ async def test_a_timed_ban_disconnects_and_refuses_the_user_and_is_audited(
             await recv_until(dave, "welcome")
         await carol.send(json.dumps({"type": "publish", "id": "c", "body": "still here"}))
         assert (await recv_until(carol, "ack"))["seq"] == 1
+    _, view = await call(service, "GET", f"/admin/rooms/{room}")
+    assert view["bans"] == [{"user_id": "mallory", "until_ms": banned["result"]["until_ms"]}]
     for bad in ("user_id=mallory&duration_s=5", "user_id=mallory&duration_s=99999999", "x=1"):
         status, error = await call(service, "POST", f"/admin/rooms/{room}/ban?{bad}")
         assert (status, error["error"]["code"]) == (400, "bad_request")
