@@ -72,9 +72,9 @@ MUTANTS = (
     ),
     Mutant(
         "closing-counts-as-open",
-        "HibernatableSockets.is_open counts CLOSING sockets as open",
-        ((("objects/platform.py", "return bool(ws.readyState == ffi.WS_OPEN)",
-           "return bool(ws.readyState in (ffi.WS_OPEN, ffi.WS_CLOSING))"),),),
+        "HibernatableSockets counts CLOSING sockets as open (`counts_as_open`)",
+        ((("objects/platform.py", "return bool(ready_state == ffi.WS_OPEN)",
+           "return bool(ready_state in (ffi.WS_OPEN, ffi.WS_CLOSING))"),),),
     ),
     Mutant(
         "cached-database-size",

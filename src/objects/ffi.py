@@ -11,6 +11,7 @@ The SDK converts arguments only for env bindings and `ctx.storage`; `ctx.*` hibe
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -39,6 +40,34 @@ def js_array(items: Sequence[str]) -> JsObject:
 def js_object(value: dict[str, Any]) -> JsObject:
     """A plain JS object (not a Map) from a dict of JSON-like values."""
     return to_js(value, dict_converter=js.Object.fromEntries)
+
+
+@functools.cache
+def websocket_method(name: str) -> JsObject:
+    """``WebSocket.prototype[name]`` as a plain JS function of (socket, *args).
+
+    ``ws.send(text)`` from Python is two crossings: a method lookup on the socket (which makes a
+    proxy of the bound method) and the call. This function is looked up once per object and then
+    called on any socket in one crossing, and a JS Array's ``map`` can call it on every socket
+    without entering Python at all (`HibernatableSockets.listing`). workerd's WebSocket methods
+    live on its prototype (docs/cloudflare.md §3.10). Made once per isolate, on first use.
+    """
+    return js.Function.prototype.call.bind(getattr(js.WebSocket.prototype, name))
+
+
+@functools.cache
+def websocket_getter(name: str) -> JsObject:
+    """The getter of ``WebSocket.prototype[name]`` as a JS function of (socket), like
+    `websocket_method` (``readyState`` is an accessor on the prototype, §3.10)."""
+    descriptor = js.Object.getOwnPropertyDescriptor(js.WebSocket.prototype, name)
+    return js.Function.prototype.call.bind(descriptor.get)
+
+
+def mapped(items: JsObject, fn: JsObject) -> list[Any]:
+    """``items.map(fn)`` (a JS Array, a JS function of one item) as a Python list, converted in
+    one crossing; JS null arrives as None."""
+    values = items.map(fn).to_py()
+    return [None if value is jsnull else value for value in values]
 
 
 def websocket_pair() -> tuple[JsObject, JsObject]:

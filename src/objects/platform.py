@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -19,6 +20,11 @@ T = TypeVar("T")
 # workerd's WebSocket.close() takes 1000-4999 except codes that never go on the wire (RFC 6455
 # section 7.4.1): 1005 and 1006 reach webSocketClose for a close without status or connection.
 _UNSENDABLE_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})
+
+
+def counts_as_open(ready_state: int) -> bool:
+    """Whether a socket in this state is a member: CLOSING ones are listed too (§3.5)."""
+    return bool(ready_state == ffi.WS_OPEN)
 
 
 class DurableObjectSql:
@@ -35,6 +41,9 @@ class DurableObjectSql:
     def __init__(self, storage: JsObject) -> None:
         self._storage = ffi.unwrapped(storage)
         self._sql = self._storage.sql
+        # Bound once: a method looked up on a JS object is a crossing of its own on every call.
+        self._exec = self._sql.exec
+        self._transaction_sync = self._storage.transactionSync
         # transactionSync calls one long-lived JS function, which runs whatever is pending.
         self._pending: Callable[[], Any] | None = None
         self._result: Any = None
@@ -45,7 +54,7 @@ class DurableObjectSql:
             # §4.2: Cloudflare binds a bool as the text 'true'. Refuse it, as SqliteSql does.
             if isinstance(param, bool):
                 raise TypeError("bind int(flag), not bool: Cloudflare stores bools as text")
-        cursor = self._sql.exec(query, *[ffi.sql_binding(param) for param in params])
+        cursor = self._exec(query, *[ffi.sql_binding(param) for param in params])
         # §4.3: consume the cursor now (no await may come between), and raw() keeps column order.
         return [ffi.row_values(row) for row in cursor.raw()]
 
@@ -60,7 +69,7 @@ class DurableObjectSql:
         # round trip through JS (where a tuple would become a PyProxy).
         outer, self._pending = self._pending, fn
         try:
-            self._storage.transactionSync(self._run_pending)
+            self._transaction_sync(self._run_pending)
             result: T = self._result
             return result
         finally:
@@ -73,10 +82,19 @@ class DurableObjectSql:
 
 
 class HibernatableSockets:
-    """The `Sockets` port over the Hibernation API; sockets are raw JS WebSockets (§3)."""
+    """The `Sockets` port over the Hibernation API; sockets are raw JS WebSockets (§3).
+
+    Socket methods are called through the prototype's functions, looked up once (§3.10,
+    `ffi.websocket_method`): a broadcast is one crossing per recipient and no lookup, and a
+    room waking up reads every socket's attachment and state in three crossings, not 2n + 1.
+    """
 
     def __init__(self, ctx: Any) -> None:
         self._ctx = ctx
+        self._send = ffi.websocket_method("send")
+        self._deserialize = ffi.websocket_method("deserializeAttachment")
+        self._serialize = ffi.websocket_method("serializeAttachment")
+        self._ready_state = ffi.websocket_getter("readyState")
 
     def accept(self, ws: JsObject, tags: list[str]) -> None:
         # §3.1, §3.2: acceptWebSocket is a raw JS call, so the tags must be a JS Array, and the
@@ -87,39 +105,44 @@ class HibernatableSockets:
         # §3.5: a JS Array; it may include CLOSING sockets, which RoomHost filters by is_open.
         return list(self._ctx.getWebSockets())
 
+    def listing(self) -> list[tuple[JsObject, str | None, bool]]:
+        """Every socket with its attachment and whether it is open, as `all`, `attachment` and
+        `is_open` would give them, in three crossings: the map runs in JS (§3.10)."""
+        sockets = self._ctx.getWebSockets()
+        attachments = ffi.mapped(sockets, self._deserialize)
+        states = ffi.mapped(sockets, self._ready_state)
+        return [
+            (ws, value if isinstance(value, str) else None, counts_as_open(state))
+            for ws, value, state in zip(sockets.to_py(depth=1), attachments, states, strict=True)
+        ]
+
     def is_open(self, ws: JsObject) -> bool:
-        return bool(ws.readyState == ffi.WS_OPEN)
+        return counts_as_open(ws.readyState)
 
     def attachment(self, ws: JsObject) -> str | None:
-        value = ws.deserializeAttachment()  # None (or jsnull) when nothing is attached
+        value = self._deserialize(ws)  # None (or jsnull) when nothing is attached
         return value if isinstance(value, str) else None
 
     def set_attachment(self, ws: JsObject, value: str) -> None:
         # §3.3: a dict would be a PyProxy and fail structured clone; a JSON str always clones.
         if not isinstance(value, str):
             raise TypeError("attachments are JSON strings")
-        ws.serializeAttachment(value)
+        self._serialize(ws, value)
 
     def send(self, ws: JsObject, text: str) -> None:
         # §3.7: bytes would not fail but go out as the text "b'...'"; every frame we send is text.
         if not isinstance(text, str):
             raise TypeError("rooms send text frames only")
-        ws.send(text)
+        self._send(ws, text)
 
     def sender(self, ws: JsObject) -> Callable[[str], None]:
-        """`send` to ``ws`` with its bound method looked up once (the host keeps one per socket).
+        """`send` to ``ws`` as one call (the host keeps one per socket and calls it per frame).
 
-        A method lookup on a JS object is an FFI crossing of its own: 20 us per ``ws.send(text)``
-        against 10 us with the bound method kept (BENCHMARKS.md, "On real workerd").
+        A partial of the prototype's ``send``: no Python frame of ours per delivery and no
+        lookup on the socket. The host only ever sends the str frames the engine encoded
+        (`Send.text`, `Broadcast.text`); `send` keeps the check for any other caller.
         """
-        bound = ws.send
-
-        def send(text: str) -> None:
-            if not isinstance(text, str):  # as in `send`
-                raise TypeError("rooms send text frames only")
-            bound(text)
-
-        return send
+        return functools.partial(self._send, ws)
 
     def close(self, ws: JsObject, code: int, reason: str) -> None:
         ws.close(code, reason)

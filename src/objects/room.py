@@ -17,8 +17,10 @@ The front Worker is the only caller of `fetch` (objects are reachable only throu
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -56,7 +58,7 @@ from rooms.front import (
 )
 from rooms.guest import parse_switch
 from rooms.host import ArchiveBindings, RoomHost
-from rooms.limits import Limits, settings_from_json
+from rooms.limits import Limits, SettingsModel, settings_from_json
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
 from rooms.telemetry import Telemetry
 
@@ -103,12 +105,10 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         self._room_limits = (
             self.limits
             if self.limits is not None
-            else settings_from_json(Limits, _var(self.env, "ROOM_LIMITS"), "ROOM_LIMITS")
+            else _settings(Limits, _var(self.env, "ROOM_LIMITS"), "ROOM_LIMITS")
         )
         # ARCHIVE_POLICY also sets what a room without D1/R2 keeps (its retention window).
-        self._policy = settings_from_json(
-            ArchivePolicy, _var(self.env, "ARCHIVE_POLICY"), "ARCHIVE_POLICY"
-        )
+        self._policy = _settings(ArchivePolicy, _var(self.env, "ARCHIVE_POLICY"), "ARCHIVE_POLICY")
         self._archive = self._archive_bindings()
         # One log line per published message only when asked for, as `rooms serve --log-messages`
         # locally: each line is a console.log that the platform collects (and bills); under
@@ -153,12 +153,29 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             self._failed("fetch", exc, server)
             return reply_response(INTERNAL_ERROR)
 
-    async def webSocketMessage(self, ws: JsObject, message: str | JsObject) -> None:
+    def webSocketMessage(self, ws: JsObject, message: str | JsObject) -> Awaitable[None] | None:
+        """A plain `def`: nearly every frame needs no await, and an `async def` costs every
+        event a task on Pyodide's event loop (§1.9). Only a frame that has to wait (the archive
+        alarm to set, the archive to read) hands workerd a coroutine to await."""
         try:
-            await self._awake().message(ws, ffi.frame_data(message))
-            self._write_metrics()
+            pending = self._awake().message_now(ws, ffi.frame_data(message))
+            if pending is None:
+                self._write_metrics()
+                return None
         except Exception as exc:
             self._failed("webSocketMessage", exc, ws)
+            return None
+        return self._finish("webSocketMessage", pending, ws)
+
+    async def _finish(
+        self, handler: str, pending: Callable[[], Awaitable[None]], ws: JsObject
+    ) -> None:
+        """The part of an event that had to wait, with the handler's own error handling."""
+        try:
+            await pending()
+            self._write_metrics()
+        except Exception as exc:
+            self._failed(handler, exc, ws)
 
     async def webSocketClose(self, ws: JsObject, code: int, reason: str, wasClean: bool) -> None:
         try:
@@ -317,6 +334,14 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         # yet or already closed; the failure logged above is what matters.
         with contextlib.suppress(Exception):
             self._sockets.close(ws, CloseCode.INTERNAL_ERROR, "internal error")
+
+
+@functools.lru_cache(maxsize=16)
+def _settings(model: type[SettingsModel], raw: str | None, name: str) -> SettingsModel:
+    """`settings_from_json`, once per isolate for each text: every object of the isolate, and
+    every wake of each, reads the same vars (the models are frozen, so one copy is shared).
+    A bad value raises every time: failures are not cached."""
+    return settings_from_json(model, raw, name)
 
 
 def _var(env: Any, name: str) -> str | None:

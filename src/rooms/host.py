@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 from rooms.archive import (
@@ -59,6 +60,8 @@ class Sockets(Protocol[S]):
 # broadcast looks the method up once per socket, not once per frame (BENCHMARKS.md, "On real
 # workerd"); without it, the host calls ``send(ws, text)``.
 Sender = Callable[[str], None]
+# What an event handed back because it has to wait (RoomHost.message_now): call and await it.
+Pending = Callable[[], Awaitable[None]] | None
 
 
 class Alarms(Protocol):
@@ -100,6 +103,34 @@ def user_tag(user_id: str) -> str:
     if len(tag.encode()) <= PLATFORM_MAX_TAG_BYTES:
         return tag
     return "u#" + hashlib.sha256(user_id.encode()).hexdigest()
+
+
+def _listing(sockets: Sockets[S]) -> list[tuple[S, str | None, bool]]:
+    """Every socket with its attachment and whether it is open.
+
+    A platform's Sockets may offer this as ``listing()``, in fewer calls than one `attachment`
+    and one `is_open` per socket (on Cloudflare three crossings in all, BENCHMARKS.md)."""
+    listing: Callable[[], list[tuple[S, str | None, bool]]] | None = getattr(
+        sockets, "listing", None
+    )
+    if listing is not None:
+        return listing()
+    return [(ws, sockets.attachment(ws), sockets.is_open(ws)) for ws in sockets.all()]
+
+
+def _in_order(steps: list[Pending]) -> Pending:
+    """One pending step that awaits ``steps`` (None ones skipped) in order; None if none."""
+    todo = [step for step in steps if step is not None]
+    if not todo:
+        return None
+    if len(todo) == 1:
+        return todo[0]
+
+    async def run() -> None:
+        for step in todo:
+            await step()
+
+    return run
 
 
 def _unreachable(text: str) -> None:
@@ -157,9 +188,9 @@ class RoomHost(Generic[S]):
             platform_sender if platform_sender is not None else self._port_sender
         )
         peers: list[Peer] = []
-        for ws in sockets.all():
-            peer = decode_attachment(sockets.attachment(ws))
-            if peer is None or peer.closed or not sockets.is_open(ws):
+        for ws, attachment, is_open in _listing(sockets):
+            peer = decode_attachment(attachment)
+            if peer is None or peer.closed or not is_open:
                 continue  # closing or foreign sockets never count as members
             peers.append(peer)
             self._by_conn[peer.conn_id] = ws
@@ -212,16 +243,29 @@ class RoomHost(Generic[S]):
         return conn_id
 
     async def message(self, ws: S, data: str | bytes) -> None:
+        """A frame arrived on ``ws``."""
+        pending = self.message_now(ws, data)
+        if pending is not None:
+            await pending()
+
+    def message_now(self, ws: S, data: str | bytes) -> Pending:
+        """`message`, with the part that has to wait handed back instead of awaited.
+
+        Everything but setting the archive alarm and reading the archive happens before this
+        returns, so nearly every frame (a publish into a room whose alarm is set) returns None:
+        a platform that pays for entering a coroutine per event (Cloudflare's Python Workers,
+        BENCHMARKS.md) runs those synchronously and awaits the rest only when there is some.
+        """
         started = time.perf_counter()
         peer = decode_attachment(self.sockets.attachment(ws))
         if peer is None or peer.closed:
-            return
+            return None
         if peer.conn_id not in self._by_conn:  # accepted by another host instance
             self._by_conn[peer.conn_id] = ws
             self._senders.pop(peer.conn_id, None)
             self.engine.peers.setdefault(peer.conn_id, peer)
         self.telemetry.bytes_in += utf8_len(data)
-        await self._apply(self.engine.receive(peer.conn_id, data, self._clock_ms()), started)
+        return self._apply_now(self.engine.receive(peer.conn_id, data, self._clock_ms()), started)
 
     async def closed(self, ws: S, code: int = ABNORMAL_CLOSURE) -> None:
         """The socket closed or failed (a close event with its ``code``, an error, or a
@@ -298,19 +342,22 @@ class RoomHost(Generic[S]):
         if oldest_waiting is not None:
             self.telemetry.archive_lag.observe(max(0, now_ms - oldest_waiting.sent_ms) / 1000)
 
-    async def _schedule_archive(self) -> None:
+    def _archive_alarm_due(self) -> int | None:
+        """When the alarm must be set for what was stored to be archived, or None when the
+        alarm already set comes soon enough (read from memory: no SQL, no await)."""
         if self.archiver is None or self.alarms is None:
-            return
+            return None
         due = self.archiver.due_in_ms()
         if due is None:
-            return
+            return None
         now_ms = self._clock_ms()
         at_ms = now_ms + due
         current = self._alarm_at
         # A stored time already past means that alarm was used up without reaching `alarm()`
         # (a failed handler, retries exhausted, deleteAll): treat it as unset.
         if current is None or current <= now_ms or current > at_ms:
-            await self._set_alarm(at_ms)
+            return at_ms
+        return None
 
     def _prune_without_archive(self, retention: ArchivePolicy) -> None:
         store = self.engine.store
@@ -332,7 +379,15 @@ class RoomHost(Generic[S]):
 
     async def _apply(self, effects: list[Effect], started: float) -> None:
         """Carry out effects in order; one failing effect never stops the others."""
+        pending = self._apply_now(effects, started)
+        if pending is not None:
+            await pending()
+
+    def _apply_now(self, effects: list[Effect], started: float) -> Pending:
+        """`_apply` up to its first await: what has to wait (setting the alarm, reading the
+        archive, in that order) is handed back, None when nothing does."""
         archive_reads: list[ReadArchive] = []
+        waiting: list[Pending] = []
         stored = first_message = False
         telemetry = self.telemetry
         for effect in effects:
@@ -349,7 +404,7 @@ class RoomHost(Generic[S]):
                 case SavePeer(peer):
                     self._save_peer(peer)
                 case Close(conn_id, code, reason):
-                    await self._close(conn_id, code, reason)
+                    waiting.append(self._close_now(conn_id, code, reason))
                 case Stored(seq):
                     stored = True
                     first_message = seq == 1
@@ -367,16 +422,19 @@ class RoomHost(Generic[S]):
                     elapsed_ms = (time.perf_counter() - started) * 1000
                     self._log(log_line(self.room, effect, elapsed_ms))
         while self._unreachable:  # leaves the member list and the broadcast set at once
-            await self._close(self._unreachable.pop(), CloseCode.GOING_AWAY, "unreachable")
+            conn_id = self._unreachable.pop()
+            waiting.append(self._close_now(conn_id, CloseCode.GOING_AWAY, "unreachable"))
         if stored:
             telemetry.publish_latency.observe(time.perf_counter() - started)
             if self._retention is not None:
                 self._prune_without_archive(self._retention)
-            await self._schedule_archive()
+            alarm_at = self._archive_alarm_due()
+            if alarm_at is not None:
+                waiting.append(functools.partial(self._set_alarm, alarm_at))
             if first_message:  # a room is listed from its first message (rooms.directory)
-                await RoomOperator(self).refresh_directory()
-        for request in archive_reads:
-            await self._read_archive(request)
+                waiting.append(RoomOperator(self).refresh_directory)
+        waiting += [functools.partial(self._read_archive, request) for request in archive_reads]
+        return _in_order(waiting)
 
     async def _read_archive(self, request: ReadArchive) -> None:
         started = time.perf_counter()
@@ -424,11 +482,16 @@ class RoomHost(Generic[S]):
 
     async def _close(self, conn_id: str, code: int, reason: str) -> None:
         """Close a socket and announce the leave now: its close event may never reach us."""
+        pending = self._close_now(conn_id, code, reason)
+        if pending is not None:
+            await pending()
+
+    def _close_now(self, conn_id: str, code: int, reason: str) -> Pending:
         ws = self._by_conn.pop(conn_id, None)
         self._senders.pop(conn_id, None)
         peer = self.engine.peers.get(conn_id)
         if ws is None or peer is None:
-            return
+            return None
         peer.closed = True
         self.telemetry.closed(code)
         with contextlib.suppress(Exception):  # the socket may already be gone
@@ -437,4 +500,4 @@ class RoomHost(Generic[S]):
             self.sockets.close(ws, code, reason)
         except Exception as exc:
             self._log(log_line(self.room, Log("close_failed", conn_id, code=type(exc).__name__)))
-        await self._apply(self.engine.disconnect(peer, self._clock_ms()), time.perf_counter())
+        return self._apply_now(self.engine.disconnect(peer, self._clock_ms()), time.perf_counter())

@@ -92,7 +92,7 @@ def test_an_alarm_that_fails_unexpectedly_schedules_its_own_retry(
 def test_a_socket_closed_after_a_failure_is_no_member_while_its_client_answers(
     world: World, expect: Expect
 ) -> None:
-    """Mutant: CLOSING sockets counted as open (`HibernatableSockets.is_open`).
+    """Mutant: CLOSING sockets counted as open (`platform.counts_as_open`).
 
     A handler that fails closes its socket with 1011 without marking the attachment. Until the
     client's answer arrives, getWebSockets() still lists that socket as CLOSING (as workerd does),

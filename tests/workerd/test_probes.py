@@ -275,6 +275,28 @@ async def test_get_websockets_lists_closing_sockets_until_their_close_event(
     await a.close()
 
 
+async def test_websocket_methods_called_through_the_prototype(
+    probe_worker: ProbeWorker, connect: Connect
+) -> None:
+    """§3.10: `WebSocket.prototype.send`, `deserializeAttachment` and the `readyState` getter,
+    bound to `Function.prototype.call`, work on any socket, one at a time or in a JS map."""
+    obj = probe_worker.name("prototype")
+    a = await connect(probe_worker.ws_url(obj, "a"))
+    b = await connect(probe_worker.ws_url(obj, "b"))
+    await command(b, op="echo", text="b is active")
+    await a.send(json.dumps({"op": "prototype_calls", "text": "hi"}))
+    frames = [json.loads(await asyncio.wait_for(a.recv(), timeout(10))) for _ in range(2)]
+    assert frames[0] == {"by_prototype": "hi"}  # sent to every open socket, a included
+    report = frames[1]
+    assert report["mapped"] == report["direct"]
+    assert [state for _, state in report["mapped"]] == [1, 1]
+    assert all('"tags"' in attachment for attachment, _ in report["mapped"])
+    assert report["readyState_own_property"] == "NoneType"  # an accessor of the prototype
+    assert json.loads(await asyncio.wait_for(b.recv(), timeout(10))) == {"by_prototype": "hi"}
+    await a.close()
+    await b.close()
+
+
 async def test_auto_response_answers_without_an_event(
     probe_worker: ProbeWorker, connect: Connect
 ) -> None:

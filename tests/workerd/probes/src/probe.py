@@ -269,6 +269,32 @@ class Probe(DurableObject):  # type: ignore[misc]
             self.ctx.abort("probe abort")
         elif op == "echo":
             ws.send(json.dumps({"echo": command.get("text")}))
+        elif op == "prototype_calls":
+            # §3.10: the prototype's methods as plain functions of (socket, ...), called from
+            # Python on any socket or by a JS Array's map, against the same read per socket.
+            call = js.Function.prototype.call
+            proto = js.WebSocket.prototype
+            send = call.bind(proto.send)
+            deserialize = call.bind(proto.deserializeAttachment)
+            ready_state = call.bind(js.Object.getOwnPropertyDescriptor(proto, "readyState").get)
+            sockets = self.ctx.getWebSockets()
+            report = {
+                "mapped": [
+                    list(pair)
+                    for pair in zip(
+                        sockets.map(deserialize).to_py(), sockets.map(ready_state).to_py(),
+                        strict=True,
+                    )
+                ],
+                "direct": [[s.deserializeAttachment(), s.readyState] for s in sockets],
+                "readyState_own_property": kind(
+                    js.Object.getOwnPropertyDescriptor(ws, "readyState")
+                ),
+            }
+            for other in sockets:
+                if other.readyState == 1:
+                    send(other, json.dumps({"by_prototype": command.get("text")}))
+            ws.send(json.dumps(report))
 
     async def webSocketClose(  # noqa: N802
         self, ws: Any, code: Any, reason: Any, wasClean: Any  # noqa: N803
