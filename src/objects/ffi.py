@@ -46,10 +46,9 @@ def js_object(value: dict[str, Any]) -> JsObject:
 def websocket_method(name: str) -> JsObject:
     """``WebSocket.prototype[name]`` as a plain JS function of (socket, *args).
 
-    ``ws.send(text)`` from Python is two crossings: a method lookup on the socket (which makes a
-    proxy of the bound method) and the call. This function is looked up once per object and then
-    called on any socket in one crossing, and a JS Array's ``map`` can call it on every socket
-    without entering Python at all (`HibernatableSockets.listing`). workerd's WebSocket methods
+    A JS Array's ``map`` calls it on every socket without entering Python at all
+    (`HibernatableSockets.listing`). Called from Python one socket at a time it costs more than
+    the socket's own method (BENCHMARKS.md), so it is for maps only. workerd's WebSocket methods
     live on its prototype (docs/cloudflare.md §3.10). Made once per isolate, on first use.
     """
     return js.Function.prototype.call.bind(getattr(js.WebSocket.prototype, name))
