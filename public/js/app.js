@@ -8,9 +8,14 @@ const ROOM_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 const TYPING_SEND_EVERY_MS = 3_000;
 const TYPING_SHOWN_MS = 5_000;
 const GROUP_WITHIN_MS = 5 * 60 * 1000;
+const DEFAULT_MAX_BODY_CHARS = 4000; // until the welcome says the room's (docs/protocol.md)
+const COUNT_FROM = 0.9; // the character counter shows from this share of the limit
+// http(s) URLs in message text; trailing punctuation is trimmed off separately.
+const URL_IN_TEXT = /\bhttps?:\/\/[^\s<>"]+/gi;
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
+  joinPage: $("#join-page"),
   join: $("#join"),
   joinRoom: $("#join-room"),
   joinName: $("#join-name"),
@@ -34,6 +39,8 @@ const ui = {
   typing: $("#typing"),
   composer: $("#composer"),
   body: $("#body"),
+  counter: $("#counter"),
+  send: $("#composer button[type=submit]"),
 };
 
 let conn = null;
@@ -42,16 +49,70 @@ let members = new Map(); // user_id -> name
 const typers = new Map(); // user_id -> shown until (ms)
 let lastTypingSent = 0;
 let statusTimer = null;
+let unread = 0; // messages from others that arrived while the tab was hidden
 const PLACEHOLDER = "Message (Enter to send, Shift+Enter for a new line)";
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+const dayFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "full" });
+const countFormat = new Intl.NumberFormat();
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
   return node;
+}
+
+// Text written by people: its direction comes from its own first strong character, so Hebrew
+// or Arabic reads right to left with its punctuation in place, inside a left-to-right page.
+function userText(tag, className, text) {
+  const node = el(tag, className, text);
+  node.dir = "auto";
+  return node;
+}
+
+// A message body: text nodes, and anchors for http(s) URLs (checked by the URL parser, opened
+// in a new tab with no access back to this page and no referrer). Never parsed as HTML.
+function bodyNode(text) {
+  const p = userText("p", "body");
+  let done = 0;
+  for (const match of text.matchAll(URL_IN_TEXT)) {
+    const raw = trimUrl(match[0]);
+    let url;
+    try {
+      url = new URL(raw);
+    } catch {
+      continue;
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") continue;
+    if (match.index > done) p.append(text.slice(done, match.index));
+    const a = el("a", "", raw);
+    a.href = url.href;
+    a.rel = "noopener noreferrer";
+    a.target = "_blank";
+    p.append(a);
+    done = match.index + raw.length;
+  }
+  if (done < text.length) p.append(text.slice(done));
+  return p;
+}
+
+// "See https://example.com/x." links the URL, not the full stop; a closing parenthesis stays
+// when the URL opened one (https://en.wikipedia.org/wiki/Rust_(language)).
+function trimUrl(raw) {
+  let url = raw;
+  for (;;) {
+    const last = url.at(-1);
+    if (".,;:!?'*".includes(last)) url = url.slice(0, -1);
+    else if (last === ")" && url.split("(").length < url.split(")").length) url = url.slice(0, -1);
+    else return url;
+  }
+}
+
+function renderTitle() {
+  const base = conn ? `#${conn.room} · durable-rooms` : "durable-rooms";
+  document.title = unread > 0 ? `(${unread}) ${base}` : base;
 }
 
 // ---------------------------------------------------------------------- the room link
@@ -72,19 +133,19 @@ function showJoin(room, error = "") {
   conn?.leave();
   conn = null;
   ui.chat.hidden = true;
-  ui.join.hidden = false;
+  ui.joinPage.hidden = false;
   ui.joinRoom.value = room ?? ui.joinRoom.value ?? "";
   ui.joinName.value = storedIdentity()?.name ?? (ui.joinName.value || lastName());
   ui.joinError.textContent = error;
   (ui.joinRoom.value ? ui.joinName : ui.joinRoom).focus();
-  document.title = "durable-rooms";
+  unread = 0;
+  renderTitle();
 }
 
 function join(room, name) {
   conn?.leave();
   history.replaceState(null, "", roomLink(room));
-  document.title = `#${room} · durable-rooms`;
-  ui.join.hidden = true;
+  ui.joinPage.hidden = true;
   ui.chat.hidden = false;
   ui.title.textContent = `#${room}`;
   ui.log.replaceChildren();
@@ -110,8 +171,11 @@ function join(room, name) {
   conn.addEventListener("signal", ({ detail }) => onSignal(detail));
   conn.addEventListener("notice", ({ detail }) => showNotice(detail));
   conn.addEventListener("refused", ({ detail }) => showNotice({ ...detail, refused: true }));
+  unread = 0;
+  renderTitle();
   conn.open();
   renderOutbox();
+  renderCounter();
   ui.body.focus();
 }
 
@@ -155,7 +219,10 @@ window.addEventListener("hashchange", () => {
 });
 window.addEventListener("online", () => conn?.retryNow());
 document.addEventListener("visibilitychange", () => {
-  if (document.visibilityState === "visible") conn?.retryNow();
+  if (document.visibilityState !== "visible") return;
+  conn?.retryNow();
+  unread = 0;
+  renderTitle();
 });
 
 // ---------------------------------------------------------------------- connection state
@@ -177,7 +244,7 @@ function renderStatus({ state, retryAt }) {
   // Nothing typed now could be sent: a stopped or refused page says so instead of queueing.
   const closed = state === "stopped" || state === "refused";
   ui.body.disabled = closed;
-  ui.composer.querySelector("button[type=submit]").disabled = closed;
+  renderCounter();
   ui.body.placeholder = closed ? "You are not in this room" : PLACEHOLDER;
   ui.older.hidden = state === "refused"; // there is no history to load for who is not let in
   if (state !== "online") {
@@ -201,6 +268,7 @@ function renderStatus({ state, retryAt }) {
     hideNotice("policy");
   }
   if (ui.older.dataset.state === "loading" && !conn?.historyRef) setOlder("idle"); // lost in a drop
+  ui.older.disabled = state !== "online" || ui.older.dataset.state !== "idle";
   renderOutbox();
 }
 
@@ -271,13 +339,47 @@ function messageItem(m) {
   li.dataset.user = m.user_id;
   li.dataset.sent = m.sent_ms;
   const meta = el("div", "meta");
-  meta.append(el("span", "who", mine ? `${m.name} (you)` : m.name));
+  const who = el("span", "who");
+  who.append(userText("bdi", "", m.name), ...(mine ? [" (you)"] : []));
+  meta.append(who);
   const time = el("time", "", timeFormat.format(m.sent_ms));
   time.dateTime = new Date(m.sent_ms).toISOString();
   time.title = dateFormat.format(m.sent_ms);
   meta.append(time);
-  li.append(meta, el("p", "body", m.body));
+  li.append(meta, bodyNode(m.body));
   return li;
+}
+
+// The local date, YYYY-MM-DD: a key and a <time datetime>.
+function dayOf(ms) {
+  const d = new Date(ms);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+}
+
+function daySeparator(ms) {
+  const now = new Date();
+  const yesterday = new Date(now.getFullYear(), now.getMonth(), now.getDate() - 1);
+  const day = dayOf(ms);
+  const label =
+    day === dayOf(now.getTime()) ? "Today" : day === dayOf(yesterday.getTime()) ? "Yesterday" : dayFormat.format(ms);
+  const li = el("li", "day");
+  const time = el("time", "", label);
+  time.dateTime = day;
+  li.append(time);
+  li.dataset.day = day;
+  return li;
+}
+
+// A separator before the first message of each day (local time), wherever messages were added.
+function placeDaySeparators() {
+  for (const old of ui.log.querySelectorAll("li.day")) old.remove();
+  let previous = null;
+  for (const li of [...ui.log.querySelectorAll("li.msg")]) {
+    const day = dayOf(Number(li.dataset.sent));
+    if (day !== previous) li.before(daySeparator(Number(li.dataset.sent)));
+    previous = day;
+  }
 }
 
 // Consecutive messages from one sender within a few minutes share one header.
@@ -291,14 +393,24 @@ function regroup(li) {
   li.classList.toggle("cont", Boolean(same));
 }
 
+function lastMessage() {
+  let li = ui.log.lastElementChild;
+  while (li && !li.classList.contains("msg")) li = li.previousElementSibling;
+  return li;
+}
+
 function appendMessages(messages) {
   const follow = nearBottom() || messages.some((m) => m.user_id === me?.user_id);
   for (const m of messages) {
+    const last = lastMessage();
+    if (!last || dayOf(Number(last.dataset.sent)) !== dayOf(m.sent_ms)) ui.log.append(daySeparator(m.sent_ms));
     const li = messageItem(m);
     ui.log.append(li);
     regroup(li);
     typers.delete(m.user_id);
+    if (document.visibilityState === "hidden" && m.user_id !== me?.user_id) unread += 1;
   }
+  renderTitle();
   renderTyping();
   if (follow) scrollToBottom();
   else ui.jump.hidden = false;
@@ -311,6 +423,7 @@ function prependHistory({ messages, done, missing }) {
   const gaps = missing.reduce((n, [a, b]) => n + (b - a + 1), 0);
   if (gaps > 0) items.unshift(el("li", "gap", `${gaps} older message${gaps > 1 ? "s" : ""} could not be loaded.`));
   ui.log.prepend(...items);
+  placeDaySeparators();
   items.forEach(regroup);
   regroup(first);
   if (stickToBottom) {
@@ -325,7 +438,7 @@ function prependHistory({ messages, done, missing }) {
 
 function setOlder(state) {
   ui.older.dataset.state = state;
-  ui.older.disabled = state !== "idle";
+  ui.older.disabled = state !== "idle" || conn?.state !== "online";
   ui.older.textContent = {
     idle: "Load older messages",
     loading: "Loading…",
@@ -354,7 +467,7 @@ ui.jump.addEventListener("click", scrollToBottom);
 // ---------------------------------------------------------------------- the outbox
 
 const PENDING_TEXT = {
-  queued: "Sending…",
+  queued: "Waiting to send…", // behind an earlier message: they go one at a time
   sending: "Sending…",
   sent: "Sending…",
   retrying: "Slowing down, retrying…",
@@ -376,7 +489,7 @@ function renderOutbox() {
     const li = el("li", "msg mine pending");
     li.dataset.id = item.id;
     li.dataset.state = state;
-    li.append(el("p", "body", item.body));
+    li.append(bodyNode(item.body));
     const line = el("div", "pending-state");
     if (state === "failed") {
       line.append(el("span", "", FAILURE_TEXT[item.error] ?? `Not sent (${item.error}).`));
@@ -399,14 +512,42 @@ function renderOutbox() {
 
 // ---------------------------------------------------------------------- composing
 
+function maxBodyChars() {
+  return conn?.maxBodyChars || DEFAULT_MAX_BODY_CHARS;
+}
+
+// Code points, as the room counts them (an emoji is one, not two UTF-16 units).
+function charCount(text) {
+  let n = 0;
+  for (const _ of text) n += 1;
+  return n;
+}
+
+// Near the limit a counter shows; over it the message is refused here, never cut short.
+function renderCounter() {
+  const n = charCount(ui.body.value);
+  const limit = maxBodyChars();
+  const over = n > limit;
+  ui.counter.hidden = n < limit * COUNT_FROM;
+  ui.counter.classList.toggle("over", over);
+  ui.counter.textContent = over
+    ? `${countFormat.format(n - limit)} too many characters (at most ${countFormat.format(limit)})`
+    : `${countFormat.format(n)} / ${countFormat.format(limit)}`;
+  const closed = conn?.state === "stopped" || conn?.state === "refused";
+  ui.send.disabled = closed || over;
+  ui.body.setAttribute("aria-invalid", String(over));
+}
+
 // The message itself ends the sender's typing on every other screen: no signal goes with it.
 function send() {
   const body = ui.body.value;
   if (!body.trim() || !conn || conn.state === "stopped" || conn.state === "refused") return;
+  if (charCount(body) > maxBodyChars()) return; // the counter says why
   conn.send(body);
   conn.cancelSignal("typing"); // a "typing" still waiting for its turn would come after this
   ui.body.value = "";
   lastTypingSent = 0; // typing the next one shows again (RoomConnection.signal paces them)
+  renderCounter();
   scrollToBottom();
 }
 
@@ -426,6 +567,7 @@ ui.body.addEventListener("keydown", (event) => {
 // "Typing" goes out at most every few seconds while there is text, however fast one types and
 // sends; "stopped typing" only when the box is emptied without sending.
 ui.body.addEventListener("input", () => {
+  renderCounter();
   const now = Date.now();
   if (ui.body.value.trim()) {
     if (now - lastTypingSent > TYPING_SEND_EVERY_MS) {
@@ -459,7 +601,8 @@ function renderPeople() {
     return x[0] - y[0] || x[1].localeCompare(y[1]); // you first, then by name
   });
   const items = sorted.map(([id, name]) => {
-    const li = el("li", id === me?.user_id ? "me" : "", id === me?.user_id ? `${name} (you)` : name);
+    const li = el("li", id === me?.user_id ? "me" : "");
+    li.append(userText("bdi", "", name), ...(id === me?.user_id ? [" (you)"] : []));
     li.dataset.user = id;
     return li;
   });
@@ -476,12 +619,14 @@ function onSignal({ user_id: userId, kind, data }) {
 function renderTyping() {
   const now = Date.now();
   for (const [id, until] of typers) if (until < now) typers.delete(id);
-  const names = [...typers.keys()].map((id) => members.get(id) ?? "Someone");
-  ui.typing.textContent =
-    names.length === 0 ? "" :
-    names.length === 1 ? `${names[0]} is typing…` :
-    names.length === 2 ? `${names[0]} and ${names[1]} are typing…` :
-    "Several people are typing…";
+  const names = [...typers.keys()].map((id) => userText("bdi", "", members.get(id) ?? "Someone"));
+  const parts =
+    names.length === 0 ? [] :
+    names.length === 1 ? [names[0], " is typing…"] :
+    names.length === 2 ? [names[0], " and ", names[1], " are typing…"] :
+    ["Several people are typing…"];
+  const text = parts.map((part) => (typeof part === "string" ? part : part.textContent)).join("");
+  if (ui.typing.textContent !== text) ui.typing.replaceChildren(...parts); // announced once
 }
 
 setInterval(renderTyping, 1000);

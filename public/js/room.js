@@ -53,6 +53,7 @@ export class RoomConnection extends EventTarget {
     this.historyDone = false;
     this.historyRef = null;
     this.user = null;
+    this.maxBodyChars = 0; // the room's limit on a body, from its welcome (0: not known yet)
     this.ws = null;
     this.attempt = 0;
     this.retryAt = 0;
@@ -263,6 +264,7 @@ export class RoomConnection extends EventTarget {
 
   welcome(frame) {
     this.user = { user_id: frame.user_id };
+    this.maxBodyChars = frame.max_body_chars || this.maxBodyChars; // 0: an older room
     this.attempt = 0;
     this.renewed = false;
     this.refusal = null;

@@ -347,6 +347,7 @@ class RoomEngine:
             head=head,
             presence=self.members(),
             resume=resume,
+            max_body_chars=self.limits.max_body_chars,
         )
         effects: list[Effect] = [SavePeer(peer), Send(peer.conn_id, encode(welcome))]
         effects.extend(Send(peer.conn_id, text) for text in replay)

@@ -130,6 +130,8 @@ class Welcome(ServerFrame, tag="welcome", frozen=True):
     head: int
     presence: list[Member]
     resume: Resume
+    # The room's `max_body_chars`, so a client can count and refuse before sending.
+    max_body_chars: int = 0
 
 
 class Message(ServerFrame, tag="message", frozen=True):

@@ -136,6 +136,9 @@ async def test_sending_fast_never_gets_the_page_disconnected(
     )
     retrying = ada.page.locator('#outbox li[data-state="retrying"]').first
     await expect(retrying).to_be_visible()
+    await ada.page.evaluate(  # the outbox is redrawn often: find and scroll in one step
+        "document.querySelector('#outbox li[data-state=retrying]')"
+        "?.scrollIntoView({block: 'center'})")
     await ada.page.screenshot(path=str(artifact_path("rate-limited-resend.png")))
     await expect(retrying).to_contain_text("Slowing down")
     # At 5 a second the room takes about 12 s to store them all.
