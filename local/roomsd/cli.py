@@ -302,8 +302,8 @@ def serve(args: argparse.Namespace) -> int:
     print(
         f"durable-rooms on {base}  (data: {settings.data_dir}; up to {open_files:,} open files)\n"
         f"  chat page: {base}/#room=lobby\n"
-        f"  admin API: {base}/admin/rooms  (Authorization: Bearer <ADMIN_TOKEN in "
-        f"{args.dev_vars}>; docs/admin.md)",
+        f"  admin console: {base}/console/  (sign in with ADMIN_TOKEN from {args.dev_vars})\n"
+        f"  admin API: {base}/admin/rooms  (Authorization: Bearer <ADMIN_TOKEN>; docs/admin.md)",
         file=sys.stderr,
     )
     # The ~50,000 objects of the imported modules live as long as the process: out of the

@@ -124,6 +124,7 @@ def test_the_banner_names_the_chat_page_and_the_admin_api(
         proc.wait(timeout(10))
     assert f"chat page: http://127.0.0.1:{port}/#room=lobby" in text
     assert f"admin API: http://127.0.0.1:{port}/admin/rooms" in text
+    assert f"admin console: http://127.0.0.1:{port}/console/" in text
     assert "docs/admin.md" in text
 
 
