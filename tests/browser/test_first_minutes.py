@@ -18,7 +18,14 @@ from playwright.async_api import Page, WebSocket, WebSocketRoute, expect
 
 from rooms.auth import mint_token
 from rooms.limits import Limits
-from tests.browser.conftest import BROWSER_TEST, Person, PersonFactory, Servers, artifact_path
+from tests.browser.conftest import (
+    BROWSER_TEST,
+    ChatServer,
+    Person,
+    PersonFactory,
+    Servers,
+    artifact_path,
+)
 from tests.browser.test_chat import bodies, seqs
 from tests.conftest import timeout
 from tests.local.conftest import SECRET
@@ -209,17 +216,18 @@ async def test_a_full_room_says_so_stops_retrying_and_disables_the_composer(
 
 
 async def test_a_token_signed_with_another_secret_is_refused_with_the_reason(
-    servers: Servers, people: PersonFactory
+    chat_server: ChatServer, people: PersonFactory
 ) -> None:
-    server = await servers.start()
+    """On the local runtime and in the real workerd (the pre-check through the Worker)."""
     eve = await people(viewport={"width": 1000, "height": 560})
     token = mint_token(OTHER_SECRET, "eve", "Eve")
-    await eve.page.goto(f"http://{server.base}/#room=signed&token={token}")
+    room = chat_server.room("signed")
+    await eve.page.goto(f"http://{chat_server.base}/#room={room}&token={token}")
     await expect(eve.page.locator("#status")).to_have_attribute("data-state", "refused")
     await expect(eve.page.locator("#notice")).to_contain_text("not issued by this server")
     await expect(eve.page.locator("#notice")).to_contain_text("(token_invalid)")
     await expect(eve.page.locator("#body")).to_be_disabled()
-    await eve.page.screenshot(path=str(artifact_path("refused-token.png")))
+    await eve.page.screenshot(path=str(chat_server.artifact("refused-token.png")))
     await asyncio.sleep(3)
     assert len(eve.sockets) <= 2  # the first try and one with a renewed token, then no more
 
