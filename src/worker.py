@@ -7,6 +7,7 @@ the decision into a response, and forwards upgrades to `env.ROOMS.getByName(room
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import Iterable, Mapping
@@ -274,3 +275,10 @@ def path_kind(path: str) -> str:
     if path.startswith("/rooms/"):
         return "rooms_other"
     return "other"
+
+
+# Every object made by now (~42,000: our modules, the SDK, pydantic, msgspec, PyJWT) lives as
+# long as the isolate. Frozen, they are left out of Python's cyclic collector, whose full pass
+# over them took 325 ms in Pyodide: a stall of every room of the isolate, due whenever enough
+# new objects have survived (a connect storm). The local runtime does the same (BENCHMARKS.md).
+gc.freeze()
