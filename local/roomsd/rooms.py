@@ -30,7 +30,7 @@ from rooms.logs import log_line
 from rooms.protocol import CloseCode
 from rooms.telemetry import Telemetry
 from roomsd.bindings import AlarmScheduler, RoomAlarm
-from roomsd.output_gate import output_gate
+from roomsd.output_gate import OutputGate, output_gate
 from roomsd.sockets import LocalSocket, LocalSockets
 from roomsd.sqlite import SqliteSql
 
@@ -82,6 +82,7 @@ class LocalRoom:
         self._group_commit = services.group_commit
         self.telemetry = services.telemetry
         self._sql: SqliteSql | None = None
+        self._opening: asyncio.Future[SqliteSql] | None = None  # its file, opening off the loop
         self._host: RoomHost[LocalSocket] | None = None
         # This room's previous connection, still being closed off the loop: a new one opened
         # meanwhile would wait on its checkpoint with the event loop blocked (busy timeout).
@@ -102,9 +103,7 @@ class LocalRoom:
         self.last_event = time.monotonic()
         if self._host is None:
             if self._sql is None:
-                gate = output_gate() if self._group_commit else None
-                self._sql = SqliteSql(self.db_path, gate, on_lost=self._lost_batch)
-                self._sql.on_commit = self.telemetry.commit_time.observe
+                self._sql = self._new_database(self._gate())
             self._host = RoomHost(
                 self.name,
                 self._sql,
@@ -119,18 +118,57 @@ class LocalRoom:
             self.wakes += 1
         return self._host
 
+    def _gate(self) -> OutputGate | None:
+        return output_gate() if self._group_commit else None
+
+    def _new_database(self, gate: OutputGate | None) -> SqliteSql:
+        sql = SqliteSql(self.db_path, gate, on_lost=self._lost_batch)
+        sql.on_commit = self.telemetry.commit_time.observe
+        return sql
+
+    async def _open_database(self) -> None:
+        """Open this room's existing file in a worker thread, not on the event loop.
+
+        Opening reads the file and may have to recover or recreate its WAL (writes and fsyncs,
+        ~2 ms here, more on a busy disk): every other room would wait meanwhile. A room with
+        no file has nothing to read; it is left to `host()`. Events arriving meanwhile wait
+        for the same open."""
+        opening = self._opening
+        if opening is None:
+            if not self.db_path.exists():
+                return
+            opening = self._opening = asyncio.ensure_future(
+                asyncio.to_thread(self._new_database, self._gate())
+            )
+            opening.add_done_callback(self._opened)
+        await asyncio.shield(opening)  # a cancelled waiter must not lose the connection
+
+    def _opened(self, opening: asyncio.Future[SqliteSql]) -> None:
+        if self._opening is opening:
+            self._opening = None
+        if opening.cancelled() or opening.exception() is not None:
+            return  # the waiting event fails with the error, as a failed open always did
+        sql = opening.result()
+        if self._sql is None:
+            self._sql = sql
+        else:  # opened on the loop meanwhile (a synchronous `host()`): keep one connection
+            sql.close()
+
     def after_close_of(self, closing: asyncio.Future[None]) -> None:
         """Open the database again only once ``closing`` (its old connection's close) is done."""
         self._previous_closing = closing
 
     async def wake(self) -> RoomHost[LocalSocket]:
-        """`host()` for event handlers: first waits out a close of this room's old connection."""
+        """`host()` for event handlers: first waits out a close of this room's old connection,
+        then opens its file off the event loop."""
         closing = self._previous_closing
         if closing is not None:
             if not closing.done():
                 await asyncio.shield(closing)  # a cancelled waiter must not cancel the close
             if self._previous_closing is closing:
                 self._previous_closing = None
+        if self._host is None and self._sql is None:
+            await self._open_database()
         return self.host()
 
     async def refusal(self, identity: Identity) -> HttpReply | None:

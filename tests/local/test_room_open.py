@@ -1,0 +1,85 @@
+"""A sleeping room's file is opened in a worker thread, never on the event loop, and events that
+arrive while it opens wait for that one open."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+import websockets
+
+from roomsd.rooms import HibernationPolicy, LocalRoom, close_databases
+from roomsd.sqlite import SqliteSql
+from tests.local.conftest import ServerFactory, recv_until
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_sleeping_room_opens_its_file_off_the_event_loop(
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await server_factory(
+        hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=0)
+    )
+    opened_in: list[str] = []
+    original = LocalRoom._new_database
+
+    def recording(self: LocalRoom, gate: object) -> SqliteSql:
+        opened_in.append(threading.current_thread().name)
+        return original(self, gate)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalRoom, "_new_database", recording)
+    async with await server.connect("sleepy", "alice") as alice, \
+            await server.connect("sleepy", "bob") as bob:
+        await recv_until(alice, "welcome")
+        await recv_until(bob, "welcome")
+        await alice.send(json.dumps({"type": "publish", "id": "1", "body": "before"}))
+        await recv_until(alice, "ack")
+        room = server.registry.rooms["sleepy"]
+        await close_databases(server.registry.sweep())  # asleep, its connection closed
+        assert not room.holds_database
+        assert room.db_path.exists()
+        opened_in.clear()
+        # Two frames close together: one open (the second waits for it or finds it done).
+        await alice.send(json.dumps({"type": "publish", "id": "2", "body": "after"}))
+        await bob.send(json.dumps({"type": "publish", "id": "3", "body": "also"}))
+        acks = [await recv_until(alice, "ack"), await recv_until(bob, "ack")]
+        seqs = sorted(ack["seq"] for ack in acks)
+        assert seqs == [2, 3]
+        assert len(opened_in) == 1, opened_in
+        assert opened_in[0] != threading.main_thread().name
+        assert room.holds_database
+
+
+async def test_an_open_that_fails_fails_the_event_not_the_room(
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that cannot be opened refuses that upgrade (500, as any failed open did); the
+    room is not left half-open, and the next upgrade opens it."""
+    server = await server_factory(
+        hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=0)
+    )
+    async with await server.connect("flaky", "alice") as alice:
+        await recv_until(alice, "welcome")
+        await alice.send(json.dumps({"type": "publish", "id": "1", "body": "x"}))
+        await recv_until(alice, "ack")
+    await asyncio.sleep(0)
+    await close_databases(server.registry.sweep())
+    failures = [OSError("disk on fire")]
+    original = LocalRoom._new_database
+
+    def failing_once(self: LocalRoom, gate: object) -> SqliteSql:
+        if failures:
+            raise failures.pop()
+        return original(self, gate)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LocalRoom, "_new_database", failing_once)
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await server.connect("flaky", "alice", since=1)
+    assert refused.value.response.status_code == 500
+    assert not server.registry.rooms["flaky"].holds_database
+    async with await server.connect("flaky", "alice", since=1) as alice:
+        welcome = await recv_until(alice, "welcome")
+        assert welcome["head"] == 1
