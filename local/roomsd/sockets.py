@@ -24,6 +24,7 @@ import contextlib
 import struct
 import weakref
 from collections import deque
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -333,6 +334,11 @@ class LocalSockets:
 
     def send(self, ws: LocalSocket, text: str) -> None:
         ws.send(text)
+
+    def sender(self, ws: LocalSocket) -> Callable[[str], None]:
+        """The socket's own bound `send`, kept by the host per connection: a broadcast then
+        costs one call per recipient rather than three (`rooms.host.Sender`)."""
+        return ws.send
 
     def close(self, ws: LocalSocket, code: int, reason: str) -> None:
         ws.close(code, reason)

@@ -1,0 +1,117 @@
+"""CPU per publish in the room's own code (engine, host, SQLite), without sockets or a generator.
+
+A figure that a loaded machine cannot skew much: CPU seconds (`time.process_time`) of this
+process alone, or, under `valgrind --tool=callgrind`, instructions. Rooms of 10 members on the
+local runtime's real classes (`LocalRoom`, `SqliteSql`, the output gate); frames go to sockets
+that count them. Publishes arrive ``--together`` per event-loop iteration in each room, over
+``--rooms`` rooms, so the group commit can be compared with one commit per message
+(``--each``) at the batch sizes a server sees (1: paced traffic; 10: a busy room).
+
+    .venv/bin/python bench/publish_cost.py --rooms 100 --together 1
+    ROOMS_COMMIT_EACH_MESSAGE=1 .venv/bin/python bench/publish_cost.py --rooms 100 --together 1
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \\
+        .venv/bin/python bench/publish_cost.py --rooms 20 --iterations 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "local")]
+
+from rooms.auth import Identity  # noqa: E402
+from rooms.limits import Limits  # noqa: E402
+from roomsd.rooms import HibernationPolicy, LocalRoom, RoomServices  # noqa: E402
+
+
+class CountingSocket:
+    """What `LocalRoom` needs of a `LocalSocket`, counting frames instead of writing them."""
+
+    def __init__(self) -> None:
+        self.tags: tuple[str, ...] = ()
+        self.attachment: str | None = None
+        self.is_open = True
+        self.cut_for_backlog = False
+        self.frames = 0
+
+    def accept(self, tags: list[str]) -> None:
+        self.tags = tuple(tags)
+
+    def send(self, text: str) -> None:
+        self.frames += 1
+
+    def close(self, code: int, reason: str) -> None:
+        self.is_open = False
+
+    def abort(self, code: int, reason: str) -> None:
+        self.is_open = False
+
+
+async def measure(
+    rooms: int, members: int, together: int, iterations: int, data: Path
+) -> dict[str, Any]:
+    services = RoomServices(
+        Limits(messages_per_second=1_000_000, burst=1_000_000),
+        HibernationPolicy(after_idle_s=3600),
+        emit=lambda line: None,
+        group_commit=os.environ.get("ROOMS_COMMIT_EACH_MESSAGE", "") != "1",
+    )
+    local_rooms = [LocalRoom(f"r{i}", data / f"r{i}.sqlite", services) for i in range(rooms)]
+    senders: list[tuple[LocalRoom, Any]] = []
+    for room in local_rooms:
+        for m in range(members):
+            sock = CountingSocket()
+            await room.connect(sock, Identity(f"u{m}", f"U{m}"), 0)  # type: ignore[arg-type]
+            if m == 0:
+                senders.append((room, sock))
+    # One warm-up round: every room has its file, tables and statements.
+    for room, sock in senders:
+        await room.message(sock, json.dumps({"type": "publish", "id": "warm", "body": "x"}))
+    await asyncio.sleep(0)
+    body = "x" * 100
+    n = 0
+    started_cpu, started = time.process_time(), time.perf_counter()
+    for i in range(iterations):
+        for room, sock in senders:
+            for k in range(together):
+                n += 1
+                frame = json.dumps({"type": "publish", "id": f"m{i}-{k}", "body": body})
+                await room.message(sock, frame)
+        await asyncio.sleep(0)  # the iteration ends: the gate commits what it holds
+    await asyncio.sleep(0)
+    cpu, wall = time.process_time() - started_cpu, time.perf_counter() - started
+    return {
+        "commit": "each message" if not services.group_commit else "grouped",
+        "rooms": rooms,
+        "together": together,
+        "publishes": n,
+        "cpu_us_per_publish": round(cpu / n * 1e6, 1),
+        "wall_us_per_publish": round(wall / n * 1e6, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rooms", type=int, default=100)
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--together", type=int, default=1, help="publishes per room per iteration")
+    parser.add_argument("--iterations", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="publish-cost-") as tmp:
+        result = asyncio.run(
+            measure(args.rooms, args.members, args.together, args.iterations, Path(tmp))
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
