@@ -137,6 +137,9 @@ def start_server(
         dev_vars = workdir / "dev.vars"
         dev_vars.write_text(
             f"JWT_SECRET={SECRET}\nADMIN_TOKEN={ADMIN_TOKEN}\nROOM_LIMITS={json.dumps(ROOM_LIMITS)}\n"
+            # One generator opens every new room of a storm from one address and a few users:
+            # the per-user/per-address new-room budget (issue 14) would refuse most of them.
+            "NEW_ROOMS_PER_MINUTE=1000000\n"
         )
         # rooms-uvloop (an experiment, not a default): the same runtime on uvloop's event loop.
         launcher = ["-c", UVLOOP_ROOMS] if kind == "rooms-uvloop" else ["-m", "roomsd"]
