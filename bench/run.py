@@ -1014,7 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def log(item: Run | dict[str, Any]) -> None:
         row = item.summary() if isinstance(item, Run) else item
-        lat = row.get("latency_ms") or {}
+        lat = row.get("latency_ms") or {"p99": row.get("p99_ms")}
         print(
             f"[{time.monotonic() - began:6.1f}s] {row['scenario']:<26} {row['server']:<10} "
             + (
