@@ -291,6 +291,7 @@ async def _sweeper(app: web.Application) -> AsyncIterator[None]:
                 closing = registry.sweep()
                 if closing:
                     await close_databases(closing)
+                if registry.release_quiet_caches() or closing:
                     release_free_memory()
             except Exception:  # the sweeper must outlive any one bad room
                 log.exception("sweep failed")

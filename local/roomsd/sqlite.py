@@ -129,6 +129,10 @@ class SqliteSql:
         if self.on_lost is not None:
             self.on_lost(error)
 
+    def release_memory(self) -> None:
+        """Free the page cache and what else this connection can spare (it keeps working)."""
+        self._db.execute("PRAGMA shrink_memory")
+
     def size_bytes(self) -> int:
         page_count = self._db.execute("PRAGMA page_count").fetchone()[0]
         page_size = self._db.execute("PRAGMA page_size").fetchone()[0]

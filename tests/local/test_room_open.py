@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 import websockets
@@ -83,3 +84,38 @@ async def test_an_open_that_fails_fails_the_event_not_the_room(
     async with await server.connect("flaky", "alice", since=1) as alice:
         welcome = await recv_until(alice, "welcome")
         assert welcome["head"] == 1
+
+
+def _sqlite_heap_bytes() -> int:
+    """What SQLite has allocated in this process (sqlite3_memory_used)."""
+    import _sqlite3
+    import ctypes
+
+    library = ctypes.CDLL(_sqlite3.__file__)
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    return int(library.sqlite3_memory_used())
+
+
+async def test_a_quiet_room_gives_its_page_cache_back_and_goes_on(
+    server_factory: ServerFactory,
+) -> None:
+    """Awake and quiet for a second, a room frees its SQLite page cache (most of an open
+    database's memory); its next message is stored and delivered as always."""
+    server = await server_factory()  # rooms stay awake (hibernation after an hour)
+    async with await server.connect("quiet", "alice") as alice:
+        await recv_until(alice, "welcome")
+        for i in range(20):
+            await alice.send(json.dumps({"type": "publish", "id": f"m{i}", "body": "x" * 200}))
+            await recv_until(alice, "ack")
+        room = server.registry.rooms["quiet"]
+        assert room.awake
+        assert server.registry.release_quiet_caches(time.monotonic()) == 0  # not quiet yet
+        before = _sqlite_heap_bytes()
+        assert server.registry.release_quiet_caches(time.monotonic() + 2) == 1
+        assert before - _sqlite_heap_bytes() > 16 * 1024
+        assert room.awake
+        assert room.holds_database
+        assert server.registry.release_quiet_caches(time.monotonic() + 4) == 0  # nothing ran
+        await alice.send(json.dumps({"type": "publish", "id": "after", "body": "still here"}))
+        assert (await recv_until(alice, "ack"))["seq"] == 21
+        assert server.registry.release_quiet_caches(time.monotonic() + 6) == 1
