@@ -1,5 +1,6 @@
-"""A sleeping room's file is opened in a worker thread, never on the event loop, and events that
-arrive while it opens wait for that one open."""
+"""A room's database and the event loop: a sleeping room's file is opened in a worker thread,
+never on the loop, and events that arrive while it opens wait for that one open; a quiet room
+gives its page cache back."""
 
 from __future__ import annotations
 
