@@ -301,9 +301,13 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
             mine = _per_cpu_at(section, "rooms", at)
             r = _ratio(mine, theirs)
             target = name == "ladder-1x100" and baseline == "node"
+            where = (
+                f"at {at:,.0f} deliveries/s (the highest rate every server kept up with)"
+                if at is not None
+                else "(no rate that every server kept up with)"
+            )
             row(
-                f"{label}: deliveries per server CPU-second at {at or 0:,.0f} deliveries/s "
-                "(the highest rate every server kept up with)",
+                f"{label}: deliveries per server CPU-second {where}",
                 baseline,
                 theirs,
                 mine,
