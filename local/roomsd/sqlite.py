@@ -36,6 +36,9 @@ class SqliteSql:
         # NORMAL in WAL mode survives a process crash (kill -9); only power loss can roll back.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # A deleted message's text is zeroed in the file, not left in free space
+        # (docs/protocol.md, "What a delete removes"). It costs writes on deletes only.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._depth = 0
         self._gate = gate
         self._batch_open = False

@@ -9,6 +9,11 @@ The steps, each safe to retry from the top after a failure anywhere:
    row in the directory, `rooms.directory`);
 4. mark the range archived in the room's SQL, then prune old rows beyond the retention window.
 
+After the new segments, each run rewrites the segments that still hold a body a delete removed
+(the room's `redactions` queue): same key, those bodies blanked, the index's size updated. Until
+that succeeds every archive read is redacted by the room (docs/protocol.md, "What a delete
+removes").
+
 A crash between 2 and 3 repeats 2 and 3; between 3 and 4 repeats 2 and 3, whose insert is then
 a no-op. So in effect each message is archived exactly once, the index has no gaps (ranges are
 consecutive because ``archived`` only moves after step 3), and no range is indexed twice.
@@ -91,6 +96,17 @@ class ArchiveIndex:
             ]
         )
 
+    async def resize(self, room: str, first: int, size: int) -> None:
+        """A segment was rewritten in place (a delete redacted it): record its new size."""
+        await self.db.batch(
+            [
+                (
+                    "UPDATE segments SET bytes = ? WHERE room = ? AND first_seq = ?",
+                    (size, room, first),
+                )
+            ]
+        )
+
     async def segments(
         self, room: str, first: int = 1, last: int | None = None, limit: int = 1000
     ) -> list[Row]:
@@ -170,6 +186,8 @@ class Archiver:
 
     def due_in_ms(self) -> int | None:
         """When the next archive should run, counted from a write; None when all is archived."""
+        if self.store.redaction_due:  # a delete reached archived messages: rewrite them now
+            return 0
         waiting = self.store.head - self.store.archived
         if waiting <= 0 and self.store.pending_segment() is None:
             return None
@@ -186,18 +204,47 @@ class Archiver:
             try:
                 await self._archive(first, last, now_ms)
             except Exception as exc:
-                failures = int(self.store.meta("archive_failures") or 0) + 1
-                self.store.set_meta("archive_failures", failures)
-                error = f"{type(exc).__name__} archiving {first}-{last}"
-                self.store.set_meta("last_archive_error", error)
-                return ArchiveOutcome(done, 0, error=error)
+                return self._failed(done, f"{type(exc).__name__} archiving {first}-{last}")
             done.append(SeqRange(first, last))
+        try:
+            await self._redact()
+        except Exception as exc:
+            return self._failed(done, f"{type(exc).__name__} redacting segments")
         self.store.set_meta("archive_failures", 0)
         pruned = self.store.prune(
             self.policy.retain_messages, now_ms - self.policy.dedupe_window_ms
         )
         more = self.store.head > self.store.archived
         return ArchiveOutcome(done, pruned, more=more)
+
+    def _failed(self, done: list[SeqRange], error: str) -> ArchiveOutcome:
+        failures = int(self.store.meta("archive_failures") or 0) + 1
+        self.store.set_meta("archive_failures", failures)
+        self.store.set_meta("last_archive_error", error)
+        return ArchiveOutcome(done, 0, error=error)
+
+    async def _redact(self) -> None:
+        """Rewrite the archived segments that hold bodies a delete removed."""
+        pending = [seq for seq in self.store.pending_redactions() if seq <= self.store.archived]
+        if not pending:
+            self.store.redaction_due = False
+            return
+        for row in await self.index.segments(self.room, pending[0], pending[-1]):
+            first, last = int(row["first_seq"] or 0), int(row["last_seq"] or 0)
+            if not any(first <= seq <= last for seq in pending):
+                continue
+            key = str(row["key"])
+            data = await self.bucket.get(key)
+            if data is None:
+                raise SegmentError(f"segment object {key} is missing")
+            messages = decode_segment(data, self.room, first, last)
+            cleaned = self.store.redact(messages)
+            if cleaned != messages:
+                rewritten = encode_segment(self.room, cleaned)
+                await self.bucket.put(key, rewritten)
+                await self.index.resize(self.room, first, len(rewritten))
+            self.store.clear_redactions(first, last)
+        self.store.redaction_due = False
 
     async def _archive(self, first: int, last: int, now_ms: int) -> None:
         messages = self.store.between(first, last)

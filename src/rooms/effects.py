@@ -75,6 +75,7 @@ class ReadArchive:
     missing: tuple[SeqRange, ...] = ()  # join: ranges already known to be skipped
     before: int = 0  # history: the page's upper bound (exclusive)
     ref: str | None = None  # history: the client's request ref
+    fold: bool = False  # history: fold events into their messages
 
 
 Effect = Send | Broadcast | Close | SavePeer | Log | Stored | ReadArchive

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from rooms.effects import Broadcast, Close, Effect, Log, ReadArchive, SavePeer, Send, Stored
+from rooms.lifecycle import MessageState, fold, valid_emoji
 from rooms.limits import Limits
 from rooms.peers import Peer
 from rooms.protocol import (
@@ -27,6 +28,8 @@ from rooms.protocol import (
     Ack,
     AnyClientFrame,
     CloseCode,
+    Delete,
+    Edit,
     Error,
     ErrorCode,
     Hello,
@@ -37,6 +40,9 @@ from rooms.protocol import (
     Ping,
     Presence,
     Publish,
+    React,
+    Read,
+    ReadState,
     Resume,
     SeqRange,
     Signal,
@@ -48,7 +54,10 @@ from rooms.protocol import (
 from rooms.store import RoomStore
 
 BAN_PREFIX = "ban:"  # room_meta keys of operators' timed bans
-_CLIENT_TYPES = frozenset({"hello", "publish", "history", "signal", "ping"})
+_CLIENT_TYPES = frozenset(
+    {"hello", "publish", "history", "signal", "ping", "edit", "delete", "react", "read"}
+)
+OPERATOR_NAME = "operator"  # who an operator's delete is from; its user id "" no token carries
 
 
 class RoomEngine:
@@ -235,6 +244,10 @@ class RoomEngine:
                 return self._publish(peer, frame, now_ms)
             case HistoryRequest():
                 return self._history(peer, frame)
+            case Edit() | Delete() | React():
+                return self._lifecycle(peer, frame, now_ms)
+            case Read():
+                return self._read(peer, frame, now_ms)
             case Signal():
                 if _nested_deeper_than(frame.data, MAX_SIGNAL_DEPTH):
                     message = f"signal `data` may nest at most {MAX_SIGNAL_DEPTH} levels deep"
@@ -286,6 +299,8 @@ class RoomEngine:
         peer = self.peers.get(request.conn_id)
         if peer is None:
             return []  # the socket left meanwhile
+        # The archive may predate a delete: blank what was deleted since (docs/protocol.md).
+        messages = self.store.redact(messages)
         if request.purpose == "join":
             peer.joining = False
             skipped = [*request.missing, *missing]
@@ -293,8 +308,8 @@ class RoomEngine:
         retained = self.store.between(request.last + 1, request.before - 1)
         page = [*messages, *retained]
         low = request.first
-        reply = History(
-            messages=page, ref=request.ref, next_before=low if low > 1 else None, missing=missing
+        reply = self._page(
+            peer, page, low, request.before - 1, request.fold, request.ref, missing=missing
         )
         return [Send(peer.conn_id, encode(reply))]
 
@@ -340,6 +355,7 @@ class RoomEngine:
         first_socket = not self._user_present(peer.user_id, exclude=peer.conn_id)
         peer.joined = True
         peer.joined_ms = now_ms
+        read = self.store.read_seq(peer.user_id)
         welcome = Welcome(
             room=self.room,
             user_id=peer.user_id,
@@ -348,6 +364,8 @@ class RoomEngine:
             presence=self.members(),
             resume=resume,
             max_body_chars=self.limits.max_body_chars,
+            read=read,
+            unread=self.store.unread(peer.user_id, read),
         )
         effects: list[Effect] = [SavePeer(peer), Send(peer.conn_id, encode(welcome))]
         effects.extend(Send(peer.conn_id, text) for text in replay)
@@ -412,19 +430,167 @@ class RoomEngine:
             reply = History(messages=[], ref=frame.ref, next_before=None)
         elif low < oldest and self.archive:
             last = min(before - 1, oldest - 1)
-            return [
-                *effects,
-                ReadArchive(peer.conn_id, low, last, "history", before=before, ref=frame.ref),
-            ]
+            read = ReadArchive(
+                peer.conn_id, low, last, "history", before=before, ref=frame.ref, fold=frame.fold
+            )
+            return [*effects, read]
         else:
             missing = [SeqRange(low, min(before - 1, oldest - 1))] if low < oldest else []
-            reply = History(
-                messages=self.store.between(low, before - 1),
-                ref=frame.ref,
-                next_before=low if low > 1 else None,
-                missing=missing,
-            )
+            page = self.store.between(low, before - 1)
+            reply = self._page(peer, page, low, before - 1, frame.fold, frame.ref, missing)
         return [*effects, Send(peer.conn_id, encode(reply))]
+
+    def _page(
+        self,
+        peer: Peer,
+        page: list[Message],
+        first: int,
+        last: int,
+        folded: bool,
+        ref: str | None,
+        missing: list[SeqRange],
+    ) -> History:
+        """A history reply for seqs [first, last]: the raw log, or its messages folded."""
+        next_before = first if first > 1 else None
+        if not folded:
+            return History(messages=page, ref=ref, next_before=next_before, missing=missing)
+        states = self.store.states_between(first, last)
+        reactions = self.store.reactions_between(first, last, peer.user_id)
+        return History(
+            messages=fold(page, states, reactions),
+            ref=ref,
+            next_before=next_before,
+            missing=missing,
+            as_of=self.store.head,
+        )
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    def _lifecycle(self, peer: Peer, frame: Edit | Delete | React, now_ms: int) -> list[Effect]:
+        """An edit, delete or reaction: checked, stored as the next event, acked, broadcast."""
+        original = self.store.dedupe_seq(peer.user_id, frame.id)
+        if original is not None:  # a retransmit: the first answer again, nothing stored
+            return [SavePeer(peer), _ack(peer, frame.id, original, duplicate=True)]
+        if self.closed and not isinstance(frame, Delete):
+            error = Error(
+                code=ErrorCode.ROOM_CLOSED,
+                message="the room is closed to new messages",
+                ref=frame.id,
+            )
+            return [SavePeer(peer), Send(peer.conn_id, encode(error))]
+        refused = self._check_target(frame)
+        target = self.store.get(frame.target) if refused is None else None
+        if target is None:
+            code, message = refused or (ErrorCode.TARGET_NOT_RETAINED, _NOT_RETAINED)
+            return self._reject(peer, code, message, now_ms, ref=frame.id)
+        if target.kind is not None:
+            message = "`target` is an event, not a message"
+            return self._reject(peer, ErrorCode.TARGET_NOT_FOUND, message, now_ms, ref=frame.id)
+        state = self.store.state(target.seq)
+        problem = self._refusal(peer, frame, target, state)
+        if problem is not None:
+            return self._reject(peer, *problem, now_ms, ref=frame.id)
+        if isinstance(frame, Delete) and state is not None and state.deleted_seq is not None:
+            return [SavePeer(peer), _ack(peer, frame.id, state.deleted_seq, duplicate=True)]
+        who, name, id_ = peer.user_id, peer.name, frame.id
+        match frame:
+            case Edit():
+                event = self.store.edit(
+                    id=id_, user_id=who, name=name, sent_ms=now_ms, target=target, body=frame.body
+                )
+            case Delete():
+                event = self.store.delete(
+                    id=id_, user_id=who, name=name, sent_ms=now_ms, target=target.seq, author=who
+                )
+            case React():
+                mine = self.store.reaction_seq(target.seq, frame.emoji, peer.user_id)
+                if (mine is not None) != frame.remove:  # already so: nothing to store
+                    return [SavePeer(peer), _ack(peer, frame.id, mine or 0, duplicate=True)]
+                if not frame.remove:
+                    on = self.store.emoji_on(target.seq)
+                    if frame.emoji not in on and len(on) >= self.limits.max_reactions_per_message:
+                        limit = self.limits.max_reactions_per_message
+                        message = f"a message carries at most {limit} distinct reactions"
+                        return self._reject(
+                            peer, ErrorCode.TOO_MANY_REACTIONS, message, now_ms, ref=frame.id
+                        )
+                event = self.store.react(
+                    id=id_,
+                    user_id=who,
+                    name=name,
+                    sent_ms=now_ms,
+                    target=target.seq,
+                    emoji=frame.emoji,
+                    remove=frame.remove,
+                )
+        return [
+            SavePeer(peer),
+            _ack(peer, frame.id, event.seq),
+            Broadcast(self._joined_ids(), encode(event)),
+            Stored(event.seq),
+            Log(str(event.kind), peer.conn_id, peer.user_id, seq=event.seq, per_message=True),
+        ]
+
+    def _check_target(self, frame: Edit | Delete | React) -> tuple[str, str] | None:
+        if frame.target > self.store.head:
+            return ErrorCode.TARGET_NOT_FOUND, "`target` is beyond the newest seq"
+        return None
+
+    def _refusal(
+        self, peer: Peer, frame: Edit | Delete | React, target: Message, state: MessageState | None
+    ) -> tuple[str, str] | None:
+        """Why this user may not do this to ``target`` (an error code and message), or None."""
+        if isinstance(frame, Edit | Delete) and target.user_id != peer.user_id:
+            return ErrorCode.NOT_AUTHOR, "only the author may edit or delete a message"
+        if isinstance(frame, Delete):
+            return None
+        if state is not None and state.deleted:
+            return ErrorCode.TARGET_DELETED, "the message was deleted"
+        if isinstance(frame, Edit):
+            if len(frame.body) > self.limits.max_body_chars:
+                limit = self.limits.max_body_chars
+                return ErrorCode.BODY_TOO_LONG, f"body is longer than {limit} characters"
+            if state is not None and state.edits >= self.limits.max_edits_per_message:
+                limit = self.limits.max_edits_per_message
+                return ErrorCode.TOO_MANY_EDITS, f"a message can be edited at most {limit} times"
+            if self.limits.max_edits_per_message == 0:
+                return ErrorCode.TOO_MANY_EDITS, "editing is off in this room"
+            return None
+        if not valid_emoji(frame.emoji, self.limits.max_emoji_chars):
+            limit = self.limits.max_emoji_chars
+            return ErrorCode.BAD_EMOJI, f"`emoji` must be one emoji of at most {limit} code points"
+        return None
+
+    def operator_delete(self, target: int, author: str, now_ms: int) -> tuple[list[Effect], int]:
+        """An operator deletes message ``target`` (checked by the caller); returns its seq.
+
+        The event's seq, or that of the earlier delete when the message was already deleted."""
+        state = self.store.state(target)
+        if state is not None and state.deleted_seq is not None:
+            return [], state.deleted_seq
+        event = self.store.delete(
+            id=f"operator-delete-{target}",
+            user_id="",
+            name=OPERATOR_NAME,
+            target=target,
+            author=author,
+            sent_ms=now_ms,
+        )
+        return [
+            Broadcast(self._joined_ids(), encode(event)),
+            Stored(event.seq),
+            Log("operator_delete", seq=event.seq),
+        ], event.seq
+
+    def _read(self, peer: Peer, frame: Read, now_ms: int) -> list[Effect]:
+        """The user's read position moves forward: tell each of their sockets, nobody else."""
+        seq = min(frame.seq, self.store.head)
+        if seq <= self.store.read_seq(peer.user_id):
+            return [SavePeer(peer)]
+        self.store.set_read(peer.user_id, seq, now_ms)
+        state = ReadState(seq=seq, unread=self.store.unread(peer.user_id, seq))
+        mine = tuple(c for c, p in self.peers.items() if p.joined and p.user_id == peer.user_id)
+        return [SavePeer(peer), Broadcast(mine, encode(state))]
 
     def _reject(
         self, peer: Peer, code: str, message: str, now_ms: int, ref: str | None = None
@@ -457,6 +623,11 @@ def _utf8_len_over(text: str, limit: int) -> bool:
 
 
 TOO_DEEP = "frame is nested too deeply"
+_NOT_RETAINED = "`target` is older than what the room keeps; an operator can still delete it"
+
+
+def _ack(peer: Peer, id: str, seq: int, *, duplicate: bool = False) -> Send:
+    return Send(peer.conn_id, encode(Ack(id=id, seq=seq, duplicate=duplicate)))
 
 
 def _member(peer: Peer) -> Member:

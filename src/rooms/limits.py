@@ -42,6 +42,12 @@ class Limits(BaseModel):
     max_signal_bytes: int = Field(default=2048, ge=16, description="a signal's `data`, as JSON")
     signals_per_second: float = Field(default=10.0, gt=0)
     signal_burst: int = Field(default=20, ge=1, description="token-bucket size for signals")
+    # Message lifecycle (docs/protocol.md, "Message lifecycle").
+    max_edits_per_message: int = Field(default=20, ge=0, le=1000)
+    max_reactions_per_message: int = Field(
+        default=20, ge=0, le=1000, description="distinct emoji on one message"
+    )
+    max_emoji_chars: int = Field(default=16, ge=1, le=64, description="code points per reaction")
 
     @model_validator(mode="after")
     def _body_fits_in_a_frame(self) -> Limits:

@@ -20,6 +20,10 @@ SignalKind = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 # others' JSON parsers a structure they refuse (CPython's json stops near 1,000 levels).
 MAX_SIGNAL_DEPTH = 16
 Seq = Annotated[int, msgspec.Meta(ge=0)]
+# The seq a lifecycle event acts on. Bounded where JavaScript and SQLite still hold it exactly.
+TargetSeq = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 2)]
+# A reaction as decoded; `Limits.max_emoji_chars` and `rooms.lifecycle.valid_emoji` then apply.
+EmojiText = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 class CloseCode(IntEnum):
@@ -52,7 +56,23 @@ class ErrorCode:
     ROOM_FULL = "room_full"
     TOO_MANY_SOCKETS = "too_many_sockets"
     BANNED = "banned"
+    TARGET_NOT_FOUND = "target_not_found"
+    TARGET_NOT_RETAINED = "target_not_retained"
+    TARGET_DELETED = "target_deleted"
+    NOT_AUTHOR = "not_author"
+    TOO_MANY_EDITS = "too_many_edits"
+    TOO_MANY_REACTIONS = "too_many_reactions"
+    BAD_EMOJI = "bad_emoji"
     INTERNAL = "internal"
+
+
+class EventKind:
+    """The ``kind`` of a lifecycle event in the log (a plain message has none)."""
+
+    EDIT = "edit"
+    DELETE = "delete"
+    REACT = "react"
+    UNREACT = "unreact"
 
 
 # --------------------------------------------------------------------------- client -> room
@@ -81,6 +101,38 @@ class HistoryRequest(ClientFrame, tag="history", frozen=True):
     before: Seq | None = None
     limit: Annotated[int, msgspec.Meta(ge=1)] = 50
     ref: ClientId | None = None
+    # True: the page's plain messages with their edits, deletion and reactions folded in.
+    fold: bool = False
+
+
+class Edit(ClientFrame, tag="edit", frozen=True):
+    """The author replaces the body of message ``target``; idempotent by ``id`` like a publish."""
+
+    id: ClientId
+    target: TargetSeq
+    body: str
+
+
+class Delete(ClientFrame, tag="delete", frozen=True):
+    """The author removes message ``target``: its body and its edits' bodies are blanked."""
+
+    id: ClientId
+    target: TargetSeq
+
+
+class React(ClientFrame, tag="react", frozen=True):
+    """Add (or, with ``remove``, take back) this user's ``emoji`` on message ``target``."""
+
+    id: ClientId
+    target: TargetSeq
+    emoji: EmojiText
+    remove: bool = False
+
+
+class Read(ClientFrame, tag="read", frozen=True):
+    """This user has read everything up to ``seq`` (a per-user position, never broadcast)."""
+
+    seq: Seq
 
 
 class Signal(ClientFrame, tag="signal", frozen=True):
@@ -132,10 +184,24 @@ class Welcome(ServerFrame, tag="welcome", frozen=True):
     resume: Resume
     # The room's `max_body_chars`, so a client can count and refuse before sending.
     max_body_chars: int = 0
+    read: int = 0  # this user's read-up-to seq
+    unread: int = 0  # messages by others after it, not deleted, among the retained ones
 
 
-class Message(ServerFrame, tag="message", frozen=True):
-    """A stored message, as replayed, broadcast and returned by history."""
+class ReactionCount(msgspec.Struct, frozen=True):
+    """One emoji on a folded message: how many users chose it, and whether the asker did."""
+
+    emoji: str
+    count: int
+    mine: bool = False
+
+
+class Message(ServerFrame, tag="message", frozen=True, omit_defaults=True):
+    """A stored message or lifecycle event, as replayed, broadcast and returned by history.
+
+    Every field after ``sent_ms`` is left out when it has its default, so a plain message is
+    exactly the v1 frame and costs nothing more to encode for the many sockets it goes to.
+    """
 
     seq: int
     id: str
@@ -143,6 +209,12 @@ class Message(ServerFrame, tag="message", frozen=True):
     name: str
     body: str
     sent_ms: int
+    kind: str | None = None  # an `EventKind`; None for a plain message
+    target: int | None = None  # events: the message acted on
+    emoji: str | None = None  # react / unreact
+    deleted: bool = False  # the body was removed because the message was deleted
+    edits: int = 0  # folded pages: times edited
+    reactions: list[ReactionCount] = msgspec.field(default_factory=list)  # folded pages
 
 
 class Ack(ServerFrame, tag="ack", frozen=True):
@@ -157,6 +229,8 @@ class History(ServerFrame, tag="history", frozen=True):
     # seq to pass as ``before`` for the next older page; None when the start is reached.
     next_before: int | None = None
     missing: list[SeqRange] = msgspec.field(default_factory=list)
+    # Folded pages: the head when the page was folded (every event up to it is folded in).
+    as_of: int | None = None
 
 
 class SignalRelay(ServerFrame, tag="signal", frozen=True):
@@ -177,14 +251,23 @@ class Pong(ServerFrame, tag="pong", frozen=True):
     pass
 
 
+class ReadState(ServerFrame, tag="read", frozen=True):
+    """This user's read-up-to seq moved: sent to each of the user's own joined sockets."""
+
+    seq: int
+    unread: int
+
+
 class Error(ServerFrame, tag="error", frozen=True):
     code: str
     message: str
     ref: str | None = None
 
 
-AnyClientFrame = Hello | Publish | HistoryRequest | Signal | Ping
-AnyServerFrame = Welcome | Message | Ack | History | SignalRelay | Presence | Pong | Error
+AnyClientFrame = Hello | Publish | HistoryRequest | Signal | Ping | Edit | Delete | React | Read
+AnyServerFrame = (
+    Welcome | Message | Ack | History | SignalRelay | Presence | Pong | Error | ReadState
+)
 
 _client_decoder = msgspec.json.Decoder(AnyClientFrame)
 _encoder = msgspec.json.Encoder()

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from rooms.protocol import Message
+from rooms.lifecycle import MessageState, redacted, seqs_to_check
+from rooms.protocol import EventKind, Message, ReactionCount
 
 T = TypeVar("T")
 # No bool: Cloudflare binds it as the text 'true' (reference section 3.1). Bind int(flag) instead.
@@ -39,13 +40,19 @@ SCHEMA = (
         key TEXT PRIMARY KEY,
         value
     )""",
+    # Messages and lifecycle events, one row per seq. `kind`, `target` and `emoji` are NULL for
+    # a plain message; `deleted` marks a body blanked by a delete (docs/protocol.md).
     """CREATE TABLE IF NOT EXISTS messages (
         seq INTEGER PRIMARY KEY,
         id TEXT NOT NULL,
         user_id TEXT NOT NULL,
         name TEXT NOT NULL,
         body TEXT NOT NULL,
-        sent_ms INTEGER NOT NULL
+        sent_ms INTEGER NOT NULL,
+        kind TEXT,
+        target INTEGER,
+        emoji TEXT,
+        deleted INTEGER NOT NULL DEFAULT 0
     )""",
     # Kept apart from `messages` so that idempotency survives pruning of old message rows.
     """CREATE TABLE IF NOT EXISTS dedupe (
@@ -56,15 +63,50 @@ SCHEMA = (
         PRIMARY KEY (user_id, id)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS dedupe_by_time ON dedupe (at_ms)",
+    # What edits and deletes did to a message, one row per edited or deleted message. Never
+    # pruned with the log: folded pages and archive reads of old messages need it.
+    """CREATE TABLE IF NOT EXISTS message_state (
+        seq INTEGER PRIMARY KEY,
+        author TEXT NOT NULL,
+        body TEXT NOT NULL,
+        edits INTEGER NOT NULL DEFAULT 0,
+        edit_seqs TEXT NOT NULL DEFAULT '',
+        deleted_seq INTEGER
+    )""",
+    # Current reactions: one row per (message, emoji, user); `seq` is the event that added it.
+    """CREATE TABLE IF NOT EXISTS reactions (
+        target INTEGER NOT NULL,
+        emoji TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (target, emoji, user_id)
+    ) WITHOUT ROWID""",
+    # Each user's read-up-to seq: per user, never broadcast.
+    """CREATE TABLE IF NOT EXISTS read_state (
+        user_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL
+    )""",
+    # Seqs blanked by a delete that an R2 segment may still hold: the archiver rewrites them.
+    "CREATE TABLE IF NOT EXISTS redactions (seq INTEGER PRIMARY KEY)",
     "INSERT OR IGNORE INTO room_meta (key, value) VALUES ('head', 0)",
     "INSERT OR IGNORE INTO room_meta (key, value) VALUES ('archived', 0)",
 )
 
-_MESSAGE_COLUMNS = "seq, id, user_id, name, body, sent_ms"
+# Columns added after v1: a room stored by an older version gets them on its first wake.
+LIFECYCLE_COLUMNS = (
+    ("kind", "TEXT"),
+    ("target", "INTEGER"),
+    ("emoji", "TEXT"),
+    ("deleted", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+_MESSAGE_COLUMNS = "seq, id, user_id, name, body, sent_ms"  # what a plain message writes
+_READ_COLUMNS = f"{_MESSAGE_COLUMNS}, kind, target, emoji, deleted"
 
 
 def _message(row: Sequence[SqlValue]) -> Message:
-    seq, id_, user_id, name, body, sent_ms = row
+    seq, id_, user_id, name, body, sent_ms, kind, target, emoji, deleted = row
     return Message(
         seq=int(seq or 0),
         id=str(id_),
@@ -72,7 +114,26 @@ def _message(row: Sequence[SqlValue]) -> Message:
         name=str(name),
         body=str(body),
         sent_ms=int(sent_ms or 0),
+        kind=str(kind) if kind is not None else None,
+        target=int(target) if target is not None else None,
+        emoji=str(emoji) if emoji is not None else None,
+        deleted=bool(deleted),
     )
+
+
+def _state(row: Sequence[SqlValue]) -> MessageState:
+    seq, author, body, edits, edit_seqs, deleted_seq = row
+    return MessageState(
+        seq=int(seq or 0),
+        author=str(author),
+        body=str(body),
+        edits=int(edits or 0),
+        edit_seqs=tuple(int(s) for s in str(edit_seqs or "").split(",") if s),
+        deleted_seq=int(deleted_seq) if deleted_seq is not None else None,
+    )
+
+
+_STATE_COLUMNS = "seq, author, body, edits, edit_seqs, deleted_seq"
 
 
 class RoomStore:
@@ -82,6 +143,7 @@ class RoomStore:
         self._sql = sql
         for statement in SCHEMA:
             sql.execute(statement)
+        self._migrate()
         # The store is the room's only writer, so cached values stay true until its next write.
         # A message's insert is its only write: `head` in room_meta is written before a prune
         # only, for when every row is gone.
@@ -91,6 +153,8 @@ class RoomStore:
         # Operator counters wait for the room's next write: counting a wake must not cost a
         # write of its own (a billed row write on Cloudflare, a commit on the wake path here).
         self._unsaved_counts: dict[str, int] = {}
+        # A delete queued redactions of archived seqs: the archiver should run now.
+        self.redaction_due = False
 
     @property
     def head(self) -> int:
@@ -146,6 +210,298 @@ class RoomStore:
             return original
         # The row was pruned: the seq is still the truth, the body no longer here.
         return Message(seq=seq, id=id, user_id=user_id, name=name, body="", sent_ms=0)
+
+    def _migrate(self) -> None:
+        """Give a room stored before the message lifecycle the columns it needs.
+
+        A read that returns no rows, so a room that is up to date writes nothing on waking."""
+        try:
+            self._sql.execute("SELECT kind, target, emoji, deleted FROM messages LIMIT 0")
+        except Exception:  # no such column: a v1 room (sqlite3 and workerd raise differently)
+            for column, declaration in LIFECYCLE_COLUMNS:
+                try:
+                    self._sql.execute(f"ALTER TABLE messages ADD COLUMN {column} {declaration}")
+                except Exception:  # added by an earlier, interrupted migration
+                    continue
+
+    # ----------------------------------------------------------------------- lifecycle
+
+    def dedupe_seq(self, user_id: str, id: str) -> int | None:
+        """The seq a user's client id already stored, if any (the retransmit check of events)."""
+        rows = self._sql.execute("SELECT seq FROM dedupe WHERE user_id = ? AND id = ?", user_id, id)
+        return int(rows[0][0] or 0) if rows else None
+
+    def _insert_event(
+        self,
+        *,
+        id: str,
+        user_id: str,
+        name: str,
+        sent_ms: int,
+        kind: str,
+        target: int,
+        body: str = "",
+        emoji: str | None = None,
+    ) -> Message:
+        """Write one event under the next seq, with its dedupe entry (inside a transaction)."""
+        seq = self._head + 1
+        self._sql.execute(
+            "INSERT INTO dedupe (user_id, id, seq, at_ms) VALUES (?, ?, ?, ?)",
+            user_id,
+            id,
+            seq,
+            sent_ms,
+        )
+        self._sql.execute(
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}, kind, target, emoji) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            seq,
+            id,
+            user_id,
+            name,
+            body,
+            sent_ms,
+            kind,
+            target,
+            emoji,
+        )
+        return Message(
+            seq=seq,
+            id=id,
+            user_id=user_id,
+            name=name,
+            body=body,
+            sent_ms=sent_ms,
+            kind=kind,
+            target=target,
+            emoji=emoji,
+        )
+
+    def _store_event(self, write: Callable[[], Message], kind: str) -> Message:
+        self.count(f"events_{kind}")  # rides along in the event's own transaction
+        message = self._transaction(write)
+        self._head = message.seq
+        return message
+
+    def edit(
+        self, *, id: str, user_id: str, name: str, target: Message, body: str, sent_ms: int
+    ) -> Message:
+        """Store an edit of ``target`` (checked by the engine) and its new current body."""
+
+        def write() -> Message:
+            event = self._insert_event(
+                id=id,
+                user_id=user_id,
+                name=name,
+                sent_ms=sent_ms,
+                kind=EventKind.EDIT,
+                target=target.seq,
+                body=body,
+            )
+            self._sql.execute(
+                f"INSERT INTO message_state ({_STATE_COLUMNS}) VALUES (?, ?, ?, 1, ?, NULL) "
+                "ON CONFLICT (seq) DO UPDATE SET body = excluded.body, edits = edits + 1, "
+                "edit_seqs = edit_seqs || ',' || excluded.edit_seqs",
+                target.seq,
+                target.user_id,
+                body,
+                str(event.seq),
+            )
+            return event
+
+        return self._store_event(write, EventKind.EDIT)
+
+    def delete(
+        self, *, id: str, user_id: str, name: str, target: int, author: str, sent_ms: int
+    ) -> Message:
+        """Store a delete of ``target`` and blank its body and its edits' bodies, atomically.
+
+        Blanked seqs an R2 segment may already hold are queued in `redactions` for the
+        archiver, which rewrites those segments (docs/protocol.md, "What a delete removes").
+        """
+
+        def write() -> Message:
+            event = self._insert_event(
+                id=id,
+                user_id=user_id,
+                name=name,
+                sent_ms=sent_ms,
+                kind=EventKind.DELETE,
+                target=target,
+            )
+            before = self.state(target)
+            self._sql.execute(
+                f"INSERT INTO message_state ({_STATE_COLUMNS}) VALUES (?, ?, '', 0, '', ?) "
+                "ON CONFLICT (seq) DO UPDATE SET body = '', deleted_seq = excluded.deleted_seq",
+                target,
+                author,
+                event.seq,
+            )
+            self._sql.execute(
+                "UPDATE messages SET body = '', deleted = 1 "
+                "WHERE seq = ? OR (kind = ? AND target = ?)",
+                target,
+                EventKind.EDIT,
+                target,
+            )
+            self._sql.execute("DELETE FROM reactions WHERE target = ?", target)
+            pending = self.pending_segment()
+            in_r2 = max(self._archived, pending[1] if pending else 0)
+            for seq in (target, *(before.edit_seqs if before else ())):
+                if seq <= in_r2:
+                    self._sql.execute("INSERT OR IGNORE INTO redactions (seq) VALUES (?)", seq)
+                    self.redaction_due = True
+            return event
+
+        return self._store_event(write, EventKind.DELETE)
+
+    def react(
+        self,
+        *,
+        id: str,
+        user_id: str,
+        name: str,
+        target: int,
+        emoji: str,
+        remove: bool,
+        sent_ms: int,
+    ) -> Message:
+        """Store a reaction (or its removal); the engine checked that it changes something."""
+        kind = EventKind.UNREACT if remove else EventKind.REACT
+
+        def write() -> Message:
+            event = self._insert_event(
+                id=id,
+                user_id=user_id,
+                name=name,
+                sent_ms=sent_ms,
+                kind=kind,
+                target=target,
+                emoji=emoji,
+            )
+            if remove:
+                self._sql.execute(
+                    "DELETE FROM reactions WHERE target = ? AND emoji = ? AND user_id = ?",
+                    target,
+                    emoji,
+                    user_id,
+                )
+            else:
+                self._sql.execute(
+                    "INSERT INTO reactions (target, emoji, user_id, seq) VALUES (?, ?, ?, ?)",
+                    target,
+                    emoji,
+                    user_id,
+                    event.seq,
+                )
+            return event
+
+        return self._store_event(write, kind)
+
+    def state(self, seq: int) -> MessageState | None:
+        rows = self._sql.execute(f"SELECT {_STATE_COLUMNS} FROM message_state WHERE seq = ?", seq)
+        return _state(rows[0]) if rows else None
+
+    def states_between(self, first: int, last: int) -> dict[int, MessageState]:
+        rows = self._sql.execute(
+            f"SELECT {_STATE_COLUMNS} FROM message_state WHERE seq BETWEEN ? AND ?", first, last
+        )
+        return {state.seq: state for state in map(_state, rows)}
+
+    def reaction_seq(self, target: int, emoji: str, user_id: str) -> int | None:
+        """The seq of the event by which ``user_id`` reacted ``emoji`` on ``target``, if any."""
+        rows = self._sql.execute(
+            "SELECT seq FROM reactions WHERE target = ? AND emoji = ? AND user_id = ?",
+            target,
+            emoji,
+            user_id,
+        )
+        return int(rows[0][0] or 0) if rows else None
+
+    def emoji_on(self, target: int) -> set[str]:
+        """The distinct emoji on a message now."""
+        rows = self._sql.execute("SELECT DISTINCT emoji FROM reactions WHERE target = ?", target)
+        return {str(row[0]) for row in rows}
+
+    def reactions_between(
+        self, first: int, last: int, user_id: str
+    ) -> dict[int, list[ReactionCount]]:
+        """Reaction counts per message in [first, last], each emoji in the order it came."""
+        rows = self._sql.execute(
+            "SELECT target, emoji, COUNT(*), MAX(user_id = ?) FROM reactions "
+            "WHERE target BETWEEN ? AND ? GROUP BY target, emoji ORDER BY target, MIN(seq)",
+            user_id,
+            first,
+            last,
+        )
+        counts: dict[int, list[ReactionCount]] = {}
+        for target, emoji, count, mine in rows:
+            counts.setdefault(int(target or 0), []).append(
+                ReactionCount(emoji=str(emoji), count=int(count or 0), mine=bool(mine))
+            )
+        return counts
+
+    def deleted_between(self, first: int, last: int) -> set[int]:
+        rows = self._sql.execute(
+            "SELECT seq FROM message_state WHERE deleted_seq IS NOT NULL AND seq BETWEEN ? AND ?",
+            first,
+            last,
+        )
+        return {int(row[0] or 0) for row in rows}
+
+    def redact(self, messages: list[Message]) -> list[Message]:
+        """``messages`` (read from the archive) with every deleted body removed."""
+        span = seqs_to_check(messages)
+        if span is None:
+            return messages
+        deleted = self.deleted_between(*span)
+        if not deleted:
+            return messages
+        return [redacted(message, deleted) for message in messages]
+
+    def pending_redactions(self, limit: int = 1000) -> list[int]:
+        rows = self._sql.execute("SELECT seq FROM redactions ORDER BY seq LIMIT ?", limit)
+        return [int(row[0] or 0) for row in rows]
+
+    def clear_redactions(self, first: int, last: int) -> None:
+        self._sql.execute("DELETE FROM redactions WHERE seq BETWEEN ? AND ?", first, last)
+
+    def redaction_count(self) -> int:
+        return int(self._sql.execute("SELECT COUNT(*) FROM redactions")[0][0] or 0)
+
+    def event_counts(self) -> dict[str, int]:
+        """How many edits, deletes, reactions and removed reactions the room has stored."""
+        kinds = (EventKind.EDIT, EventKind.DELETE, EventKind.REACT, EventKind.UNREACT)
+        return {kind: self.counter(f"events_{kind}") for kind in kinds}
+
+    # ----------------------------------------------------------------------- read state
+
+    def read_seq(self, user_id: str) -> int:
+        rows = self._sql.execute("SELECT seq FROM read_state WHERE user_id = ?", user_id)
+        return int(rows[0][0] or 0) if rows else 0
+
+    def set_read(self, user_id: str, seq: int, at_ms: int) -> None:
+        def write() -> None:
+            self._sql.execute(
+                "INSERT INTO read_state (user_id, seq, at_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET seq = MAX(seq, excluded.seq), "
+                "at_ms = excluded.at_ms",
+                user_id,
+                seq,
+                at_ms,
+            )
+
+        self._transaction(write)
+
+    def unread(self, user_id: str, after: int) -> int:
+        """Plain messages by others after ``after``, not deleted, among the retained rows."""
+        rows = self._sql.execute(
+            "SELECT COUNT(*) FROM messages "
+            "WHERE seq > ? AND kind IS NULL AND deleted = 0 AND user_id != ?",
+            after,
+            user_id,
+        )
+        return int(rows[0][0] or 0)
 
     # ----------------------------------------------------------------------- meta and counters
 
@@ -271,7 +627,7 @@ class RoomStore:
     def between(self, first: int, last: int) -> list[Message]:
         """The retained messages with first <= seq <= last, oldest first."""
         rows = self._sql.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq BETWEEN ? AND ? ORDER BY seq",
+            f"SELECT {_READ_COLUMNS} FROM messages WHERE seq BETWEEN ? AND ? ORDER BY seq",
             first,
             last,
         )
@@ -280,7 +636,7 @@ class RoomStore:
     # ----------------------------------------------------------------------- reads
 
     def get(self, seq: int) -> Message | None:
-        rows = self._sql.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq = ?", seq)
+        rows = self._sql.execute(f"SELECT {_READ_COLUMNS} FROM messages WHERE seq = ?", seq)
         return _message(rows[0]) if rows else None
 
     def oldest_retained(self) -> int:
@@ -292,7 +648,7 @@ class RoomStore:
     def after(self, since: int, limit: int) -> list[Message]:
         """Up to ``limit`` messages with seq > ``since``, oldest first."""
         rows = self._sql.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT {_READ_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
             since,
             limit,
         )
@@ -301,7 +657,7 @@ class RoomStore:
     def before(self, before: int, limit: int) -> list[Message]:
         """Up to ``limit`` messages with seq < ``before``, oldest first."""
         rows = self._sql.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+            f"SELECT {_READ_COLUMNS} FROM messages WHERE seq < ? ORDER BY seq DESC LIMIT ?",
             before,
             limit,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -171,3 +172,274 @@ class ArchivedRoomMachine(RuleBasedStateMachine):
 TestArchivedRoomMachine = ArchivedRoomMachine.TestCase
 TestArchivedRoomMachine.settings = settings(max_examples=40, stateful_step_count=20,
                                             deadline=None)
+
+
+EMOJI = ["👍", "🎉", "🔥"]
+MAX_EDITS = 3
+MAX_REACTIONS = 2
+
+
+class LifecycleMachine(RuleBasedStateMachine):
+    """Random publishes, edits, deletes, reactions, reads, retransmits, hibernation and restarts
+    against a model: each event is acked as the model predicts, every open socket's stream stays
+    gapless and folds to the model, and no deleted body survives anywhere in the room."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+        from pathlib import Path
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.limits = Limits(burst=10_000, messages_per_second=10_000, max_strikes=10_000,
+                             max_edits_per_message=MAX_EDITS,
+                             max_reactions_per_message=MAX_REACTIONS)
+        self.room = RoomHarness(self.limits, path=str(Path(self.tmp.name) / "room.sqlite"))
+        self.clients: list[Client] = []
+        self.joined_at: dict[int, int] = {}
+        # The model: seq -> author, body, deleted, edits, {emoji: users}
+        self.messages: dict[int, dict[str, Any]] = {}
+        self.secrets: set[str] = set()  # bodies a delete removed (message or edit)
+        self.last_frame: dict[int, tuple[dict[str, Any], int]] = {}  # client -> frame, its seq
+        self.read: dict[str, int] = {}
+        self.counter = 0
+
+    @property
+    def head(self) -> int:
+        return self.room.host.engine.store.head
+
+    def _open(self, pick: int) -> tuple[int, Client]:
+        indexes = [i for i, c in enumerate(self.clients) if c.ws.open]
+        index = indexes[pick % len(indexes)]
+        return index, self.clients[index]
+
+    def _send(self, index: int, frame: dict[str, Any]) -> dict[str, Any]:
+        client = self.clients[index]
+        client.take("ack")
+        client.take("error")
+        client.send(frame)
+        answers = client.take("ack") + client.take("error")
+        assert len(answers) == 1, answers
+        return answers[0]
+
+    @rule(user=st.sampled_from(["ann", "ben", "cat"]))
+    def join(self, user: str) -> None:
+        self.joined_at[len(self.clients)] = self.head
+        self.clients.append(self.room.join(user, since=self.head))
+
+    @precondition(lambda self: any(c.ws.open for c in self.clients))
+    @rule(pick=st.integers(min_value=0))
+    def publish(self, pick: int) -> None:
+        index, client = self._open(pick)
+        self.counter += 1
+        body = f"body-{self.counter}-{client.user_id}"
+        answer = self._send(index, {"type": "publish", "id": f"p{self.counter}", "body": body})
+        assert answer["type"] == "ack"
+        assert not answer["duplicate"]
+        self.messages[answer["seq"]] = {"author": client.user_id, "body": body, "deleted": False,
+                                        "edits": 0, "reactions": {}}
+        self.last_frame[index] = ({"type": "publish", "id": f"p{self.counter}", "body": body},
+                                  answer["seq"])
+
+    def _target(self, pick: int) -> int:
+        seqs = sorted(self.messages)
+        return seqs[pick % len(seqs)]
+
+    def _actor(self, pick: int, seq: int, own: bool) -> tuple[int, Client]:
+        """A socket of the target's author when ``own`` and one is open, else any socket."""
+        author = self.messages[seq]["author"]
+        mine = [i for i, c in enumerate(self.clients) if c.ws.open and c.user_id == author]
+        if own and mine:
+            index = mine[pick % len(mine)]
+            return index, self.clients[index]
+        return self._open(pick)
+
+    @precondition(lambda self: self.messages and any(c.ws.open for c in self.clients))
+    @rule(pick=st.integers(min_value=0), which=st.integers(min_value=0), own=st.booleans())
+    def edit(self, pick: int, which: int, own: bool) -> None:
+        seq = self._target(which)
+        index, client = self._actor(pick, seq, own)
+        model = self.messages[seq]
+        self.counter += 1
+        body = f"edit-{self.counter}"
+        frame = {"type": "edit", "id": f"e{self.counter}", "target": seq, "body": body}
+        answer = self._send(index, frame)
+        if model["author"] != client.user_id:
+            assert answer.get("code") == "not_author"
+        elif model["deleted"]:
+            assert answer.get("code") == "target_deleted"
+        elif model["edits"] >= MAX_EDITS:
+            assert answer.get("code") == "too_many_edits"
+        else:
+            assert answer["type"] == "ack"
+            assert answer["seq"] == self.head
+            model["edits"] += 1
+            model["history"] = [*model.get("history", [model["body"]]), body]
+            model["body"] = body
+            self.last_frame[index] = (frame, answer["seq"])
+
+    @precondition(lambda self: self.messages and any(c.ws.open for c in self.clients))
+    @rule(pick=st.integers(min_value=0), which=st.integers(min_value=0), own=st.booleans())
+    def delete(self, pick: int, which: int, own: bool) -> None:
+        seq = self._target(which)
+        index, client = self._actor(pick, seq, own)
+        model = self.messages[seq]
+        self.counter += 1
+        frame = {"type": "delete", "id": f"d{self.counter}", "target": seq}
+        answer = self._send(index, frame)
+        if model["author"] != client.user_id:
+            assert answer.get("code") == "not_author"
+        elif model["deleted"]:
+            assert answer["type"] == "ack"
+            assert answer["duplicate"]
+            assert answer["seq"] == model["deleted"]
+        else:
+            assert answer["type"] == "ack"
+            assert not answer["duplicate"]
+            self.secrets.update(model.get("history", [model["body"]]))
+            model.update(deleted=answer["seq"], body="", reactions={})
+            self.last_frame[index] = (frame, answer["seq"])
+
+    @precondition(lambda self: self.messages and any(c.ws.open for c in self.clients))
+    @rule(pick=st.integers(min_value=0), which=st.integers(min_value=0),
+          emoji=st.sampled_from(EMOJI), remove=st.booleans())
+    def react(self, pick: int, which: int, emoji: str, remove: bool) -> None:
+        index, client = self._open(pick)
+        seq = self._target(which)
+        model = self.messages[seq]
+        self.counter += 1
+        frame = {"type": "react", "id": f"r{self.counter}", "target": seq, "emoji": emoji,
+                 "remove": remove}
+        answer = self._send(index, frame)
+        users = model["reactions"].get(emoji, set())
+        if model["deleted"]:
+            assert answer.get("code") == "target_deleted"
+        elif (client.user_id in users) != remove:
+            assert answer["type"] == "ack"
+            assert answer["duplicate"]
+        elif not remove and emoji not in model["reactions"] and len(
+                model["reactions"]) >= MAX_REACTIONS:
+            assert answer.get("code") == "too_many_reactions"
+        else:
+            assert answer["type"] == "ack"
+            assert not answer["duplicate"]
+            if remove:
+                users.discard(client.user_id)
+                if not users:
+                    del model["reactions"][emoji]
+            else:
+                model["reactions"][emoji] = {*users, client.user_id}
+            self.last_frame[index] = (frame, answer["seq"])
+
+    @precondition(lambda self: any(i in self.last_frame and c.ws.open
+                                   for i, c in enumerate(self.clients)))
+    @rule(pick=st.integers(min_value=0))
+    def retransmit(self, pick: int) -> None:
+        """The last stored frame of a socket, sent again: the same seq, nothing stored."""
+        candidates = [i for i, c in enumerate(self.clients) if c.ws.open and i in self.last_frame]
+        index = candidates[pick % len(candidates)]
+        frame, seq = self.last_frame[index]
+        head = self.head
+        answer = self._send(index, frame)
+        assert answer == {"type": "ack", "id": frame["id"], "seq": seq, "duplicate": True}
+        assert self.head == head
+
+    @precondition(lambda self: any(c.ws.open for c in self.clients))
+    @rule(pick=st.integers(min_value=0), seq=st.integers(min_value=0, max_value=60))
+    def read(self, pick: int, seq: int) -> None:
+        _, client = self._open(pick)
+        client.send({"type": "read", "seq": seq})
+        moved = min(seq, self.head)
+        if moved > self.read.get(client.user_id, 0):
+            self.read[client.user_id] = moved
+            for other in self.clients:
+                if other.ws.open:
+                    got = other.take("read")
+                    assert [r["seq"] for r in got] == (
+                        [moved] if other.user_id == client.user_id else [])
+
+    @precondition(lambda self: any(c.ws.open for c in self.clients))
+    @rule(pick=st.integers(min_value=0))
+    def leave(self, pick: int) -> None:
+        self._open(pick)[1].leave()
+
+    @rule()
+    def hibernate(self) -> None:
+        self.room.hibernate()
+
+    @rule()
+    def restart(self) -> None:
+        """A new connection to the same database file: nothing in memory survives."""
+        from roomsd.sqlite import SqliteSql
+
+        path = str(self.room.sql._db.execute("PRAGMA database_list").fetchone()[2])
+        self.room.sql.close()
+        self.room.sql = SqliteSql(path)
+        self.room.hibernate()
+
+    @invariant()
+    def each_open_socket_has_a_gapless_stream_that_folds_to_the_model(self) -> None:
+        head = self.head
+        for index, client in enumerate(self.clients):
+            if not client.ws.open:
+                continue
+            frames = client.ws.frames("message")
+            assert [f["seq"] for f in frames] == list(range(self.joined_at[index] + 1, head + 1))
+            held: dict[int, dict[str, Any]] = {}
+            for f in frames:
+                kind, target = f.get("kind"), f.get("target")
+                if kind is None:
+                    held[f["seq"]] = {"body": f["body"], "deleted": False, "reactions": {}}
+                elif target in held:
+                    view = held[target]
+                    if kind == "edit":
+                        view["body"] = f["body"]
+                    elif kind == "delete":
+                        view.update(body="", deleted=True, reactions={})
+                    elif kind == "react":
+                        view["reactions"].setdefault(f["emoji"], set()).add(f["user_id"])
+                    else:
+                        view["reactions"][f["emoji"]].discard(f["user_id"])
+                        if not view["reactions"][f["emoji"]]:
+                            del view["reactions"][f["emoji"]]
+            for seq, view in held.items():
+                model = self.messages[seq]
+                assert view == {"body": model["body"], "deleted": bool(model["deleted"]),
+                                "reactions": model["reactions"]}
+
+    @invariant()
+    def folded_storage_matches_the_model(self) -> None:
+        from rooms.lifecycle import fold
+
+        store = self.room.host.engine.store
+        head = store.head
+        folded = fold(store.between(1, head), store.states_between(1, head),
+                      store.reactions_between(1, head, "ann"))
+        assert {m.seq for m in folded} == set(self.messages)
+        for message in folded:
+            model = self.messages[message.seq]
+            assert (message.body, message.deleted) == (model["body"], bool(model["deleted"]))
+            assert {r.emoji: (r.count, r.mine) for r in message.reactions} == {
+                emoji: (len(users), "ann" in users) for emoji, users in model["reactions"].items()}
+
+    @invariant()
+    def no_deleted_body_is_stored_or_served(self) -> None:
+        if not self.secrets:
+            return
+        tables = ("messages", "message_state", "dedupe", "reactions", "read_state", "room_meta")
+        dump = repr([self.room.sql.execute(f"SELECT * FROM {t}") for t in tables])
+        assert not [s for s in self.secrets if s in dump]
+        reader = self.room.join("reader", since=0)
+        replay = repr(reader.ws.frames("message"))
+        reader.leave()
+        for client in self.clients:  # the reader's join and leave, as every member saw them
+            client.ws.sent = [f for f in client.ws.sent if not (
+                f["type"] == "presence" and f["member"]["user_id"] == "reader")]
+        assert not [s for s in self.secrets if s in replay]
+
+    def teardown(self) -> None:
+        self.room.sql.close()
+        self.tmp.cleanup()
+
+
+TestLifecycleMachine = LifecycleMachine.TestCase
+TestLifecycleMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
