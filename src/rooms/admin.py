@@ -38,7 +38,9 @@ SORT_COLUMNS = {
 # Seqs a client may name; beyond 2**53 - 2 a number would reach JS as a BigInt.
 MAX_SEQ = 2**53 - 2
 _ROOM_ROUTE = re.compile(r"/admin/rooms/([^/]+)(?:/([a-z]+))?")
-ROOM_ACTIONS = frozenset({"archive", "disconnect", "ban", "close", "open"})
+ROOM_ACTIONS = frozenset({"archive", "disconnect", "ban", "close", "open", "delete"})
+# Why a room refused an operator's delete, as HTTP statuses.
+_DELETE_REFUSALS = {"message_not_found": 404, "archive_unavailable": 503}
 MAX_BAN_S = 30 * 24 * 3600
 
 
@@ -80,6 +82,15 @@ class BanInfo(BaseModel):
     until_ms: int
 
 
+class EventCounts(BaseModel):
+    """Lifecycle events the room has stored since it was created, by kind."""
+
+    edit: int
+    delete: int
+    react: int
+    unreact: int
+
+
 class Inspection(BaseModel):
     room: str
     created_ms: int
@@ -101,6 +112,8 @@ class Inspection(BaseModel):
     last_archive_error: str | None
     closed: bool
     bans: list[BanInfo]
+    events: EventCounts
+    redactions_pending: int  # deleted seqs an R2 segment still holds until the next archive run
 
 
 class SegmentInfo(BaseModel):
@@ -358,9 +371,17 @@ class AdminApi:
             params["user_id"] = target
         if action == "ban":
             params["duration_s"] = str(_int(query, "duration_s", 3600, 60, MAX_BAN_S))
+        if action == "delete":
+            if "seq" not in query:
+                raise ValueError("`seq` is required")
+            params["seq"] = target = str(_int(query, "seq", 1, 1, MAX_SEQ))
         answer = await self.rooms.call(room, action, params)
         if answer is None:
             return error_reply(404, "room_not_found", "no such room")
+        refused = answer.get("refused")
+        if isinstance(refused, dict):
+            code = str(refused.get("code"))
+            return error_reply(_DELETE_REFUSALS.get(code, 400), code, str(refused.get("message")))
         await self._audit(now_ms, action, room, target, answer)
         return _reply(ActionResult(room=room, action=action, result=answer))
 

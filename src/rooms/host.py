@@ -306,6 +306,10 @@ class RoomHost(Generic[S]):
     async def close_connection(self, conn_id: str, code: int, reason: str) -> None:
         await self._close(conn_id, code, reason)
 
+    async def apply(self, effects: list[Effect]) -> None:
+        """Carry out effects the engine returned to an operator's action."""
+        await self._apply(effects, time.perf_counter())
+
     async def alarm(self) -> ArchiveOutcome | None:
         """The object's alarm fired: archive what is waiting, then schedule the next run."""
         if self.archiver is None:

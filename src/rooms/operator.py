@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from rooms.directory import DirectoryEntry
 from rooms.effects import Log
 from rooms.engine import BAN_PREFIX
@@ -60,7 +62,33 @@ class RoomOperator:
         if action in ("close", "open"):
             host.engine.set_closed(action == "close")
             return {"closed": host.engine.closed}
+        if action == "delete":
+            return await self.delete(int(params["seq"]))
         raise ValueError(f"unknown admin action {action!r}")
+
+    async def delete(self, seq: int) -> dict[str, Any]:
+        """Delete message ``seq`` as an operator, even one only the archive still holds.
+
+        The answer names the delete event's seq (an earlier one when the message was already
+        deleted), or carries ``refused``: an error code and message for the admin API."""
+        host = self.host
+        store = host.engine.store
+        message = store.get(seq) if 1 <= seq <= store.head else None
+        if message is None and 1 <= seq < store.oldest_retained() and host.archive is not None:
+            archived, _ = await host.archive.reader.read(host.room, seq, seq)
+            if not archived:
+                return _refused("archive_unavailable", "the archive could not serve the message")
+            message = archived[0]
+        if message is None or message.kind is not None:
+            return _refused("message_not_found", f"seq {seq} is not a message in this room")
+        effects, deleted_by = host.engine.operator_delete(seq, message.user_id, host.now_ms())
+        await host.apply(effects)
+        return {
+            "seq": seq,
+            "author": message.user_id,
+            "deleted_by_seq": deleted_by,
+            "already_deleted": not effects,
+        }
 
     # ----------------------------------------------------------------------- reads
 
@@ -190,8 +218,14 @@ class RoomOperator:
             host.emit(log_line(host.room, Log("directory_write_failed", code=type(exc).__name__)))
 
 
+def _refused(code: str, message: str) -> dict[str, Any]:
+    return {"refused": {"code": code, "message": message}}
+
+
 def _message_dict(message: Message, body: bool) -> dict[str, Any]:
-    fields = {f: getattr(message, f) for f in message.__struct_fields__}
+    # As on the wire: a plain message has the v1 fields, an event adds its own.
+    fields: dict[str, Any] = msgspec.to_builtins(message)
+    del fields["type"]
     if not body:
         fields["body_chars"] = len(fields.pop("body"))
     return fields

@@ -187,3 +187,126 @@ def test_without_an_archive_a_room_keeps_its_retention_window_and_no_more() -> N
     [[first, last]] = welcome["resume"]["missing"]
     assert first == 1
     assert reader.seqs() == list(range(last + 1, 251))
+
+
+# ------------------------------------------------------------------ deletes and the archive
+
+
+def segment_bytes(room: RoomHarness, first: int, last: int) -> bytes:
+    import gzip
+
+    assert room.archive is not None
+    data = run(room.archive.bucket.get(segment_key("lobby", first, last)))
+    assert data is not None
+    return gzip.decompress(data)
+
+
+def archived_with_secrets(room: RoomHarness) -> None:
+    """Ten messages, message 6 edited twice, all archived: 1-4, 5-8, 9-12 (8, 9, 10 retained)."""
+    alice = room.join("alice")
+    for i in range(10):
+        alice.publish(f"a{i}", f"secret {i}" if i == 5 else f"message {i}")
+    alice.send({"type": "edit", "id": "e1", "target": 6, "body": "secret edit one"})
+    alice.send({"type": "edit", "id": "e2", "target": 6, "body": "secret edit two"})
+    run(room.host.alarm())
+    assert segments(room) == [(1, 4), (5, 8), (9, 12)]
+    assert b"secret 5" in segment_bytes(room, 5, 8)
+    alice.leave()
+
+
+def test_a_deleted_archived_message_is_served_by_no_read_and_its_segment_is_rewritten(
+    archived_room: RoomHarness,
+) -> None:
+    """An operator deletes a pruned message: replay, history and admin reads serve no body at
+    once; the next archive run rewrites both segments (the message's and its edits') in place."""
+    room = archived_room
+    archived_with_secrets(room)
+    result = run(room.host.admin("delete", {"seq": "6"}))
+    assert result == {"seq": 6, "author": "alice", "deleted_by_seq": 13, "already_deleted": False}
+    assert room.host.engine.store.redaction_count() == 3  # 6 and its edits 11, 12
+    assert room.alarm.at_ms == room.now_ms  # the rewrite is due at once
+    reader = room.join("reader", since=0)
+    replay = reader.ws.frames("message")
+    assert [m["seq"] for m in replay] == list(range(1, 14))
+    assert "secret" not in repr(replay)
+    assert [(m["seq"], m.get("deleted")) for m in replay if m.get("deleted")] == [
+        (6, True), (11, True), (12, True)]
+    reader.send({"type": "history", "before": 10, "limit": 9, "fold": True})
+    (page,) = reader.take("history")
+    assert "secret" not in repr(page)
+    assert {m["seq"]: m.get("deleted", False) for m in page["messages"]} == {
+        seq: seq == 6 for seq in range(1, 10)}
+    read = run(room.host.admin("messages", {"first": "1", "last": "13"}))
+    assert "secret" not in repr(read)
+    inspected = run(room.host.admin("inspect", {}))
+    assert inspected["redactions_pending"] == 3
+    assert inspected["events"] == {"edit": 2, "delete": 1, "react": 0, "unreact": 0}
+    outcome = run(room.host.alarm())
+    assert outcome is not None
+    assert outcome.error is None
+    assert b"secret" not in segment_bytes(room, 5, 8) + segment_bytes(room, 9, 12)
+    assert b"message 4" in segment_bytes(room, 5, 8)
+    assert room.host.engine.store.redaction_count() == 0
+    assert room.archive is not None
+    sizes = {int(r["first_seq"] or 0): int(r["bytes"] or 0) for r in
+             run(room.archive.index.segments("lobby"))}
+    on_disk = run(room.archive.bucket.get(segment_key("lobby", 5, 8)))
+    assert on_disk is not None
+    assert sizes[5] == len(on_disk)
+
+
+def test_a_failed_rewrite_keeps_reads_redacted_and_is_retried(tmp_path: Path) -> None:
+    """R2 refusing the rewrite: the failure is recorded and backed off, reads stay blank, and
+    the retry rewrites the segment."""
+    bindings, _ = archive_bindings(tmp_path, POLICY)
+    room = RoomHarness(Limits(burst=1000), archive=bindings)
+    archived_with_secrets(room)
+    run(room.host.admin("delete", {"seq": "6"}))
+    put = bindings.bucket.put
+    refused: list[str] = []
+
+    async def put_refusing_the_rewrite(key: str, data: bytes) -> None:
+        if key == segment_key("lobby", 5, 8) and not refused:
+            refused.append(key)
+            raise OSError("R2 is down")
+        await put(key, data)
+
+    bindings.bucket.put = put_refusing_the_rewrite  # type: ignore[method-assign]
+    failed = run(room.host.alarm())
+    assert refused
+    assert failed is not None
+    assert failed.error == "OSError redacting segments"
+    assert room.alarm.at_ms == room.now_ms + POLICY.retry_base_ms
+    assert b"secret" in segment_bytes(room, 5, 8)  # still in R2 ...
+    reader = room.join("reader", since=0)
+    assert "secret" not in repr(reader.ws.frames("message"))  # ... but never served
+    retried = run(room.host.alarm())
+    assert retried is not None
+    assert retried.error is None
+    assert b"secret" not in segment_bytes(room, 5, 8) + segment_bytes(room, 9, 12)
+
+
+def test_an_author_deletes_an_archived_but_retained_message(archived_room: RoomHarness) -> None:
+    """Retained rows are blanked at once; the archived copy waits for the rewrite, unserved."""
+    room = archived_room
+    archived_with_secrets(room)
+    alice = room.join("alice")
+    alice.send({"type": "publish", "id": "late", "body": "secret late"})  # seq 13
+    run(room.host.alarm())  # archived as 13-13; 10..13 retained
+    alice.send({"type": "delete", "id": "d1", "target": 13})
+    assert alice.take("ack")[-1]["seq"] == 14
+    assert room.host.engine.store.redaction_count() == 1
+    run(room.host.alarm())
+    assert b"secret late" not in segment_bytes(room, 13, 13)
+    assert room.host.engine.store.redaction_count() == 0
+
+
+def test_operator_delete_refuses_what_is_not_a_message(archived_room: RoomHarness) -> None:
+    room = archived_room
+    archived_with_secrets(room)
+    for seq in ("11", "99"):  # an edit event, beyond the head
+        result = run(room.host.admin("delete", {"seq": seq}))
+        assert result["refused"]["code"] == "message_not_found"
+    first = run(room.host.admin("delete", {"seq": "2"}))
+    again = run(room.host.admin("delete", {"seq": "2"}))
+    assert again == {**first, "already_deleted": True}

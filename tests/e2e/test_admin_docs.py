@@ -82,7 +82,8 @@ def test_the_document_has_examples_of_every_route() -> None:
                   ("GET", "/admin/rooms/lobby/messages"), ("GET", "/admin/rooms/lobby/segments"),
                   ("POST", "/admin/rooms/lobby/archive"), ("POST", "/admin/rooms/lobby/close"),
                   ("POST", "/admin/rooms/lobby/open"), ("POST", "/admin/rooms/lobby/disconnect"),
-                  ("POST", "/admin/rooms/lobby/ban"), ("GET", "/admin/audit")]:
+                  ("POST", "/admin/rooms/lobby/ban"), ("POST", "/admin/rooms/lobby/delete"),
+                  ("GET", "/admin/audit")]:
         assert route in routes, route
 
 
