@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -117,3 +118,70 @@ async def test_the_alarm_archives_and_every_read_crosses_the_archive_seamlessly(
     assert (view["archived_seq"], view["rows_retained"]) == (COUNT + 1, 3)
     welcome, messages = await replay(service, room, since=0)
     assert [m["seq"] for m in messages] == list(range(1, COUNT + 2))
+
+
+def stored_objects(service: ServiceBase) -> list[bytes]:
+    """Every object's bytes as the runtime's R2 keeps them on disk (gunzipped when gzip): the
+    local runtime's bucket directory, or the storage `wrangler dev --persist-to` writes."""
+    import contextlib
+    import gzip
+    from pathlib import Path
+
+    from tests.e2e.conftest import LocalService, WorkerdService
+
+    if isinstance(service, LocalService):
+        root = service.settings.data_dir / "r2"
+    else:
+        assert isinstance(service, WorkerdService)
+        args = list(service.dev.args)
+        root = Path(args[args.index("--persist-to") + 1])
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file() and (path.suffix == ".gz" or "r2" in path.parts):
+            data = path.read_bytes()
+            with contextlib.suppress(OSError, EOFError):
+                data = gzip.decompress(data)
+            found.append(data)
+    return found
+
+
+async def test_a_deleted_message_leaves_the_archive_and_no_read_serves_it(
+    service: ServiceBase,
+) -> None:
+    """An operator deletes an archived, pruned message (edited before): no replay, history or
+    admin read serves either body at once, and the room's next archive run rewrites the R2
+    segments so that the bytes are gone from the bucket too."""
+    room = service.room("erase")
+    secret = f"secret-{uuid.uuid4().hex}"
+    async with await service.connect(room, "writer") as writer:
+        await recv_until(writer, "welcome")
+        frames: list[dict[str, Any]] = [
+            {"type": "publish", "id": "m0", "body": "b0"},
+            {"type": "publish", "id": "m1", "body": f"{secret} first"},
+            {"type": "edit", "id": "e1", "target": 2, "body": f"{secret} edited"},
+            *({"type": "publish", "id": f"m{i}", "body": f"b{i}"} for i in range(2, 10)),
+        ]
+        for frame in frames:
+            await writer.send(json.dumps(frame))
+        assert [(await recv_until(writer, "ack"))["seq"] for _ in frames] == list(range(1, 12))
+    view = await eventually(lambda: inspect(service, room),
+                            lambda v: v["archived_seq"] == 11 and v["rows_retained"] == 3)
+    assert view["archived_seq"] == 11
+    assert any(secret.encode() in data for data in stored_objects(service))
+
+    deleted = await service.admin("POST", f"/admin/rooms/{room}/delete?seq=2")
+    assert deleted.json()["result"] == {"seq": 2, "author": "writer", "deleted_by_seq": 12,
+                                        "already_deleted": False}
+    _, messages = await replay(service, room, since=0)
+    assert [m["seq"] for m in messages] == list(range(1, 13))
+    pages = await history_pages(service, room, limit=5)
+    read = (await service.admin("GET", f"/admin/rooms/{room}/messages?first=1&last=12")).json()
+    assert secret not in json.dumps([messages, pages, read])
+    assert [m.get("deleted", False) for m in messages[:4]] == [False, True, True, False]
+
+    view = await eventually(lambda: inspect(service, room),
+                            lambda v: v["redactions_pending"] == 0 and v["archived_seq"] == 12)
+    assert (view["redactions_pending"], view["archive_failures"]) == (0, 0)
+    stored = stored_objects(service)
+    assert any(room.encode() in data and b"durable-rooms.segment" in data for data in stored)
+    assert not [data for data in stored if secret.encode() in data]
