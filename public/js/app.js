@@ -12,6 +12,8 @@ const DEFAULT_MAX_BODY_CHARS = 4000; // until the welcome says the room's (docs/
 const COUNT_FROM = 0.9; // the character counter shows from this share of the limit
 // http(s) URLs in message text; trailing punctuation is trimmed off separately.
 const URL_IN_TEXT = /\bhttps?:\/\/[^\s<>"]+/gi;
+const REACTIONS = ["👍", "❤️", "😂", "🎉", "😮"]; // the palette; any emoji shown when others use it
+const READ_AFTER_MS = 400; // activity marks what is shown as read, at most this often
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
@@ -41,6 +43,7 @@ const ui = {
   body: $("#body"),
   counter: $("#counter"),
   send: $("#composer button[type=submit]"),
+  unread: $("#unread"),
 };
 
 let conn = null;
@@ -49,7 +52,11 @@ let members = new Map(); // user_id -> name
 const typers = new Map(); // user_id -> shown until (ms)
 let lastTypingSent = 0;
 let statusTimer = null;
-let unread = 0; // messages from others that arrived while the tab was hidden
+// Messages on screen as they are now: seq -> {m, li, edits, deleted, reactions: emoji -> {count, mine}}
+const shown = new Map();
+let readSeq = 0; // this user's read-up-to seq in the room (the room keeps it, docs/protocol.md)
+let unread = 0; // messages from others after it: the room's count, kept up to date here
+let unreadCounted = 0; // messages up to this seq are in `unread` already (the room counted them)
 const PLACEHOLDER = "Message (Enter to send, Shift+Enter for a new line)";
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
@@ -113,6 +120,8 @@ function trimUrl(raw) {
 function renderTitle() {
   const base = conn ? `#${conn.room} · durable-rooms` : "durable-rooms";
   document.title = unread > 0 ? `(${unread}) ${base}` : base;
+  ui.unread.hidden = !conn || unread === 0;
+  ui.unread.textContent = `${unread} unread · mark read`;
 }
 
 // ---------------------------------------------------------------------- the room link
@@ -150,6 +159,7 @@ function join(room, name) {
   ui.title.textContent = `#${room}`;
   ui.log.replaceChildren();
   ui.outbox.replaceChildren();
+  shown.clear();
   hideNotice();
   members = new Map();
   typers.clear();
@@ -165,6 +175,8 @@ function join(room, name) {
   conn.addEventListener("state", ({ detail }) => renderStatus(detail));
   conn.addEventListener("welcome", ({ detail }) => onWelcome(detail));
   conn.addEventListener("message", ({ detail }) => appendMessages([detail]));
+  conn.addEventListener("event", ({ detail }) => onEvent(detail));
+  conn.addEventListener("read", ({ detail }) => onRead(detail));
   conn.addEventListener("history", ({ detail }) => prependHistory(detail));
   conn.addEventListener("pending", renderOutbox);
   conn.addEventListener("presence", ({ detail }) => onPresence(detail));
@@ -221,8 +233,7 @@ window.addEventListener("online", () => conn?.retryNow());
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState !== "visible") return;
   conn?.retryNow();
-  unread = 0;
-  renderTitle();
+  noteActivity(); // coming back to the tab reads what it shows
 });
 
 // ---------------------------------------------------------------------- connection state
@@ -296,6 +307,11 @@ function showNotice({ code, message, refused = false }) {
         rate_limited: "Too many sign-ins from your network. Retrying shortly…",
         unreachable: "Can't reach the server. Retrying…",
         room_closed: "The room is closed to new messages.",
+        not_author: "Only the author can change that message.",
+        target_deleted: "That message was deleted.",
+        target_not_retained: "That message is too old to change.",
+        too_many_edits: "That message cannot be edited any more.",
+        too_many_reactions: "That message has as many different reactions as it can take.",
       }[code];
   ui.notice.dataset.code = refused ? "refused" : code;
   ui.noticeText.textContent = text ?? message ?? code;
@@ -315,9 +331,14 @@ function onWelcome({ welcome, reset }) {
   me = { ...storedIdentity(), user_id: welcome.user_id };
   if (reset) {
     ui.log.replaceChildren();
+    shown.clear();
     setOlder("idle");
     stickToBottom = true;
   }
+  readSeq = welcome.read ?? 0;
+  unreadCounted = welcome.head;
+  setUnread(welcome.unread ?? 0);
+  placeMarker();
 }
 
 let stickToBottom = true;
@@ -338,6 +359,17 @@ function messageItem(m) {
   li.dataset.seq = m.seq;
   li.dataset.user = m.user_id;
   li.dataset.sent = m.sent_ms;
+  const reactions = new Map((m.reactions ?? []).map((r) => [r.emoji, { count: r.count, mine: r.mine }]));
+  shown.set(m.seq, { m, li, edits: m.edits ?? 0, deleted: Boolean(m.deleted), reactions });
+  renderMessage(m.seq);
+  return li;
+}
+
+// The message's content as it is now: body or "deleted", "edited", reactions, and its actions.
+function renderMessage(seq) {
+  const state = shown.get(seq);
+  const { m, li } = state;
+  const mine = m.user_id === me?.user_id;
   const meta = el("div", "meta");
   const who = el("span", "who");
   who.append(userText("bdi", "", m.name), ...(mine ? [" (you)"] : []));
@@ -346,8 +378,120 @@ function messageItem(m) {
   time.dateTime = new Date(m.sent_ms).toISOString();
   time.title = dateFormat.format(m.sent_ms);
   meta.append(time);
-  li.append(meta, bodyNode(m.body));
-  return li;
+  if (state.edits > 0 && !state.deleted) meta.append(el("span", "edited", "edited"));
+  li.classList.toggle("deleted", state.deleted);
+  const body = state.deleted ? el("p", "body", "This message was deleted.") : bodyNode(m.body);
+  li.replaceChildren(meta, body);
+  if (state.deleted) return;
+  const chips = el("div", "reactions");
+  for (const [emoji, r] of state.reactions) {
+    const chip = el("button", r.mine ? "chip mine" : "chip", `${emoji} ${r.count}`);
+    chip.type = "button";
+    chip.setAttribute("aria-pressed", String(r.mine));
+    chip.setAttribute("aria-label", `${emoji} ${r.count}${r.mine ? ", yours: remove" : ": add yours"}`);
+    chip.addEventListener("click", () => react(seq, emoji, r.mine));
+    chips.append(chip);
+  }
+  const actions = el("div", "msg-actions");
+  const add = el("button", "link", "React");
+  add.type = "button";
+  add.setAttribute("aria-expanded", "false");
+  add.setAttribute("aria-label", "Add a reaction");
+  const palette = el("div", "palette");
+  palette.hidden = true;
+  for (const emoji of REACTIONS) {
+    const pick = el("button", "chip", emoji);
+    pick.type = "button";
+    pick.setAttribute("aria-label", `React with ${emoji}`);
+    pick.addEventListener("click", () => react(seq, emoji, state.reactions.get(emoji)?.mine ?? false));
+    palette.append(pick);
+  }
+  palette.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      palette.hidden = true;
+      add.setAttribute("aria-expanded", "false");
+      add.focus();
+    }
+  });
+  add.addEventListener("click", () => {
+    palette.hidden = !palette.hidden;
+    add.setAttribute("aria-expanded", String(!palette.hidden));
+    if (!palette.hidden) palette.firstElementChild.focus();
+  });
+  actions.append(add);
+  if (mine) {
+    const edit = el("button", "link", "Edit");
+    edit.type = "button";
+    edit.addEventListener("click", () => startEdit(seq));
+    const remove = el("button", "link", "Delete");
+    remove.type = "button";
+    remove.addEventListener("click", () => {
+      if (confirm("Delete this message for everyone?")) conn?.act({ type: "delete", target: seq });
+    });
+    actions.append(edit, remove);
+  }
+  li.append(chips, actions, palette);
+}
+
+function react(seq, emoji, remove) {
+  conn?.act({ type: "react", target: seq, emoji, remove });
+}
+
+// Edit in place: Enter saves, Shift+Enter is a new line, Escape cancels.
+function startEdit(seq) {
+  const { m, li } = shown.get(seq);
+  const box = el("textarea", "edit-box");
+  box.value = m.body;
+  box.setAttribute("aria-label", "Edit message");
+  box.maxLength = 4000;
+  const done = (save) => {
+    const text = box.value;
+    if (save && text.trim() && text !== m.body) conn?.act({ type: "edit", target: seq, body: text });
+    renderMessage(seq);
+    li.querySelector(".msg-actions button:nth-child(2)")?.focus();
+  };
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      done(true);
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      done(false);
+    }
+  });
+  li.querySelector(".body").replaceWith(box);
+  box.focus();
+  box.setSelectionRange(box.value.length, box.value.length);
+}
+
+// An edit, delete or reaction: applied to the message it targets when it is on screen (a
+// history page that brings it later has it folded in already).
+function onEvent(event) {
+  const state = shown.get(event.target);
+  if (!state) return;
+  if (event.kind === "edit") {
+    state.m = { ...state.m, body: event.body };
+    state.edits += 1;
+  } else if (event.kind === "delete") {
+    state.deleted = true;
+    state.reactions.clear();
+    if (event.target > readSeq && state.m.user_id !== me?.user_id) {
+      setUnread(Math.max(0, unread - 1)); // a deleted message is nothing to read
+      renderMessage(event.target);
+      placeMarker();
+      return;
+    }
+  } else if (event.kind === "react" || event.kind === "unreact") {
+    const r = state.reactions.get(event.emoji) ?? { count: 0, mine: false };
+    const mineToo = event.user_id === me?.user_id;
+    r.count += event.kind === "react" ? 1 : -1;
+    if (mineToo) r.mine = event.kind === "react";
+    if (r.count > 0) state.reactions.set(event.emoji, r);
+    else state.reactions.delete(event.emoji);
+  } else {
+    return; // a kind this page does not know changes nothing
+  }
+  renderMessage(event.target);
 }
 
 // The local date, YYYY-MM-DD: a key and a <time datetime>.
@@ -382,6 +526,57 @@ function placeDaySeparators() {
   }
 }
 
+// ---------------------------------------------------------------------- read state
+
+function setUnread(count) {
+  unread = count;
+  renderTitle();
+}
+
+// The "New messages" line goes before the first unread message from someone else.
+function placeMarker() {
+  const old = ui.log.querySelector(".unread-marker");
+  if (old) {
+    const next = old.nextElementSibling;
+    old.remove();
+    regroup(next); // the line no longer separates it from the message before
+  }
+  if (unread === 0) return;
+  const first = [...shown.values()].filter((s) => s.m.seq > readSeq && s.m.user_id !== me?.user_id && !s.deleted)
+    .sort((a, b) => a.m.seq - b.m.seq)[0];
+  if (!first?.li.isConnected) return;
+  const marker = el("li", "unread-marker", "New messages");
+  marker.setAttribute("role", "separator");
+  first.li.before(marker);
+  regroup(first.li);
+}
+
+// Another tab of this user (or this one) read up to `seq`.
+function onRead({ seq, unread: count }) {
+  readSeq = Math.max(readSeq, seq);
+  unreadCounted = Math.max(unreadCounted, conn?.head ?? 0); // the room counted what we hold
+  setUnread(count);
+  placeMarker();
+}
+
+// What is on screen counts as read when the tab is visible and shows the newest messages and the
+// person does something here (a key, a click, a scroll), comes back to the tab, or a message
+// arrives as they look. Messages arriving in a hidden tab stay unread.
+let readTimer = null;
+function noteActivity() {
+  if (!conn || conn.state !== "online" || !nearBottom() || document.visibilityState !== "visible") return;
+  clearTimeout(readTimer);
+  readTimer = setTimeout(() => {
+    if (conn?.head > readSeq && unread > 0) conn.markRead(conn.head);
+  }, READ_AFTER_MS);
+}
+
+ui.unread.addEventListener("click", () => {
+  if (conn?.head) conn.markRead(conn.head);
+  scrollToBottom();
+});
+for (const type of ["keydown", "pointerdown"]) ui.chat.addEventListener(type, noteActivity);
+
 // Consecutive messages from one sender within a few minutes share one header.
 function regroup(li) {
   if (!li?.classList.contains("msg")) return;
@@ -408,12 +603,15 @@ function appendMessages(messages) {
     ui.log.append(li);
     regroup(li);
     typers.delete(m.user_id);
-    if (document.visibilityState === "hidden" && m.user_id !== me?.user_id) unread += 1;
+    if (m.seq > unreadCounted && m.seq > readSeq && m.user_id !== me?.user_id) {
+      setUnread(unread + 1);
+      if (!ui.log.querySelector(".unread-marker")) placeMarker();
+    }
   }
-  renderTitle();
   renderTyping();
   if (follow) scrollToBottom();
   else ui.jump.hidden = false;
+  noteActivity(); // read at once when someone is looking
 }
 
 function prependHistory({ messages, done, missing }) {
@@ -433,6 +631,7 @@ function prependHistory({ messages, done, missing }) {
     ui.scroller.scrollTop = ui.scroller.scrollHeight - fromBottom; // keep what the reader sees
   }
   setOlder(done ? "done" : "idle");
+  placeMarker();
   requestAnimationFrame(maybeLoadOlder);
 }
 
@@ -462,6 +661,7 @@ ui.scroller.addEventListener("scroll", () => {
   maybeLoadOlder();
   if (nearBottom()) ui.jump.hidden = true;
 });
+ui.scroller.addEventListener("wheel", noteActivity, { passive: true });
 ui.jump.addEventListener("click", scrollToBottom);
 
 // ---------------------------------------------------------------------- the outbox
@@ -482,7 +682,7 @@ const FAILURE_TEXT = {
 function renderOutbox() {
   if (!conn) return;
   const follow = nearBottom();
-  const items = [...conn.pending.values()].map((item) => {
+  const items = [...conn.pending.values()].filter((item) => !item.frame).map((item) => {
     let state = item.state;
     if (state !== "failed" && conn.state !== "online") state = "offline";
     else if (state === "queued" && item.error === "rate_limited") state = "retrying";

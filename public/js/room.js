@@ -13,9 +13,14 @@
 // and stops retrying when retrying cannot help (a full room, a ban, a token this server did not
 // sign), renewing a guest token once first.
 //
+// Edits, deletes and reactions (docs/protocol.md, "Message lifecycle") go through the same
+// ordered, idempotent outbox as messages; they arrive back as `message` frames with a `kind`,
+// emitted as `event`. History pages are asked for folded, so they bring messages as they are now.
+//
 // Events (CustomEvent.detail): state {state, retryAt} (state: connecting | online | waiting |
-// stopped | refused), welcome {welcome, reset}, message, history {messages, done, missing},
-// pending, presence, signal, notice {code, message}, refused {status, code, message}.
+// stopped | refused), welcome {welcome, reset}, message, event (a lifecycle event), history
+// {messages, done, missing}, pending, presence, signal, read {seq, unread}, notice {code,
+// message}, refused {status, code, message}.
 
 const PING = '{"type":"ping"}'; // answered by the platform without waking the room
 const PING_EVERY_MS = 20_000;
@@ -65,16 +70,18 @@ export class RoomConnection extends EventTarget {
     this.token = null; // the token of the latest attempt
     this.refusal = null; // {status, code, message} while refused
     this.storageKey = `rooms.pending.${room}`;
-    // In the order typed: id -> {id, body, state: queued|sending|sent|failed, error}
+    // In the order typed: id -> {id, body, state: queued|sending|sent|failed, error}; an edit,
+    // delete or reaction also has its `frame`.
     this.pending = new Map();
+    this.readSent = 0; // the highest read seq sent on this connection
     this.inflight = null; // the id of the publish awaiting its ack
     this.pausedUntil = 0; // after a rate_limited answer
     this.slowdowns = 0; // rate_limited answers since the last ack
     this.signalAt = 0; // when the next signal may go out
     this.signals = new Map(); // kind -> data: the latest signal of each kind waiting for its turn
     this.signalTimer = null;
-    for (const { id, body } of JSON.parse(sessionStorage.getItem(this.storageKey) ?? "[]")) {
-      this.pending.set(id, { id, body, state: "queued" });
+    for (const { id, body, frame } of JSON.parse(sessionStorage.getItem(this.storageKey) ?? "[]")) {
+      this.pending.set(id, { id, body, frame, state: "queued" });
     }
   }
 
@@ -147,6 +154,7 @@ export class RoomConnection extends EventTarget {
     if (ws !== this.ws) return;
     this.ws = null;
     this.historyRef = null;
+    this.readSent = 0;
     clearInterval(this.heartbeat);
     this.inflight = null;
     for (const item of this.pending.values()) if (item.state !== "failed") item.state = "queued";
@@ -257,6 +265,8 @@ export class RoomConnection extends EventTarget {
         return this.emit("presence", frame);
       case "signal":
         return this.emit("signal", frame);
+      case "read":
+        return this.emit("read", frame);
       case "error":
         return this.error(frame);
     }
@@ -299,7 +309,7 @@ export class RoomConnection extends EventTarget {
     }
     this.head = frame.seq;
     if (frame.user_id === this.user.user_id && this.pending.delete(frame.id)) this.savePending();
-    this.emit("message", frame);
+    this.emit(frame.kind ? "event" : "message", frame); // an unknown kind changes nothing
   }
 
   ack(frame) {
@@ -327,6 +337,15 @@ export class RoomConnection extends EventTarget {
 
   error(frame) {
     const item = frame.ref && this.pending.get(frame.ref);
+    if (item?.frame && frame.code !== "rate_limited") {
+      // An edit, delete or reaction the room refused: drop it and say why.
+      if (frame.ref === this.inflight) this.inflight = null;
+      this.pending.delete(item.id);
+      this.savePending();
+      this.emit("notice", { code: frame.code, message: frame.message });
+      this.pump();
+      return;
+    }
     if (item) {
       if (frame.ref === this.inflight) this.inflight = null;
       if (frame.code === "rate_limited") {
@@ -378,8 +397,24 @@ export class RoomConnection extends EventTarget {
     item.state = "sending";
     item.error = null;
     this.inflight = item.id;
-    this.ws.send(JSON.stringify({ type: "publish", id: item.id, body: item.body }));
+    this.ws.send(JSON.stringify(item.frame ?? { type: "publish", id: item.id, body: item.body }));
     this.emit("pending");
+  }
+
+  // An edit, delete or reaction: {type, target, ...}. Queued behind earlier messages, so it
+  // never overtakes the message it acts on, and retransmitted under the same id.
+  act(frame) {
+    const id = newId();
+    this.pending.set(id, { id, frame: { ...frame, id }, state: "queued" });
+    this.savePending();
+    this.pump();
+  }
+
+  // Everything up to `seq` has been read here; the room tells this user's other tabs.
+  markRead(seq) {
+    if (this.state !== "online" || seq <= this.readSent) return;
+    this.readSent = seq;
+    this.ws.send(JSON.stringify({ type: "read", seq }));
   }
 
   retry(id) {
@@ -397,7 +432,7 @@ export class RoomConnection extends EventTarget {
   }
 
   savePending() {
-    const items = [...this.pending.values()].map(({ id, body }) => ({ id, body }));
+    const items = [...this.pending.values()].map(({ id, body, frame }) => ({ id, body, frame }));
     sessionStorage.setItem(this.storageKey, JSON.stringify(items));
     this.emit("pending");
   }
@@ -410,7 +445,7 @@ export class RoomConnection extends EventTarget {
       return;
     }
     this.historyRef = `h${newId()}`;
-    const request = { type: "history", before: this.oldest, limit: HISTORY_PAGE, ref: this.historyRef };
+    const request = { type: "history", before: this.oldest, limit: HISTORY_PAGE, ref: this.historyRef, fold: true };
     this.ws.send(JSON.stringify(request));
   }
 
