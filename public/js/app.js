@@ -396,7 +396,7 @@ function renderMessage(seq) {
   const add = el("button", "link", "React");
   add.type = "button";
   add.setAttribute("aria-expanded", "false");
-  add.setAttribute("aria-label", "Add a reaction");
+  add.title = "Add a reaction";
   const palette = el("div", "palette");
   palette.hidden = true;
   for (const emoji of REACTIONS) {
@@ -533,22 +533,13 @@ function setUnread(count) {
   renderTitle();
 }
 
-// The "New messages" line goes before the first unread message from someone else.
+// The "New messages" line (drawn by CSS) goes above the first unread message from someone else.
 function placeMarker() {
-  const old = ui.log.querySelector(".unread-marker");
-  if (old) {
-    const next = old.nextElementSibling;
-    old.remove();
-    regroup(next); // the line no longer separates it from the message before
-  }
+  for (const li of ui.log.querySelectorAll(".first-unread")) li.classList.remove("first-unread");
   if (unread === 0) return;
   const first = [...shown.values()].filter((s) => s.m.seq > readSeq && s.m.user_id !== me?.user_id && !s.deleted)
     .sort((a, b) => a.m.seq - b.m.seq)[0];
-  if (!first?.li.isConnected) return;
-  const marker = el("li", "unread-marker", "New messages");
-  marker.setAttribute("role", "separator");
-  first.li.before(marker);
-  regroup(first.li);
+  first?.li.classList.add("first-unread");
 }
 
 // Another tab of this user (or this one) read up to `seq`.
@@ -605,7 +596,7 @@ function appendMessages(messages) {
     typers.delete(m.user_id);
     if (m.seq > unreadCounted && m.seq > readSeq && m.user_id !== me?.user_id) {
       setUnread(unread + 1);
-      if (!ui.log.querySelector(".unread-marker")) placeMarker();
+      if (!ui.log.querySelector(".first-unread")) placeMarker();
     }
   }
   renderTyping();
