@@ -133,6 +133,11 @@ class LocalRoom:
         sql.on_commit = self.telemetry.commit_time.observe
         return sql
 
+    def _opened_database(self, gate: OutputGate | None) -> SqliteSql:
+        sql = self._new_database(gate)
+        sql.open()  # read the file here, in the worker thread
+        return sql
+
     async def _open_database(self) -> None:
         """Open this room's existing file in a worker thread, not on the event loop.
 
@@ -145,7 +150,7 @@ class LocalRoom:
             if not self.db_path.exists():
                 return
             opening = self._opening = asyncio.ensure_future(
-                asyncio.to_thread(self._new_database, self._gate())
+                asyncio.to_thread(self._opened_database, self._gate())
             )
             opening.add_done_callback(self._opened)
         await asyncio.shield(opening)  # a cancelled waiter must not lose the connection

@@ -47,6 +47,11 @@ class SqliteSql:
         self.on_lost = on_lost
         self.on_commit: Callable[[float], None] | None = None
 
+    def open(self) -> None:
+        """Have the file open now (`LocalRoom` calls this in a worker thread, so that connecting,
+        which may recover or recreate the WAL, never runs on the event loop)."""
+        self._db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+
     def execute(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
         for param in params:
             if isinstance(param, bool):  # Cloudflare would store 'true'; refuse it here too

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
 import time
+from typing import Any
 
 import pytest
 import websockets
 
+import roomsd.sqlite
 from roomsd.rooms import HibernationPolicy, LocalRoom, close_databases
 from roomsd.sqlite import SqliteSql
 from tests.local.conftest import ServerFactory, recv_until
@@ -25,16 +28,19 @@ async def test_a_sleeping_room_opens_its_file_off_the_event_loop(
     server = await server_factory(
         hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=0)
     )
-    opened_in: list[str] = []
-    original = LocalRoom._new_database
+    opened_in: list[str] = []  # where each SQLite connection to a room file was made
+    connect = sqlite3.connect
 
-    def recording(self: LocalRoom, gate: object) -> SqliteSql:
-        opened_in.append(threading.current_thread().name)
-        return original(self, gate)  # type: ignore[arg-type]
+    def recording(path: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        if "rooms" in str(path):
+            opened_in.append(threading.current_thread().name)
+        return connect(path, *args, **kwargs)
 
-    monkeypatch.setattr(LocalRoom, "_new_database", recording)
-    async with await server.connect("sleepy", "alice") as alice, \
-            await server.connect("sleepy", "bob") as bob:
+    monkeypatch.setattr(roomsd.sqlite.sqlite3, "connect", recording)
+    async with (
+        await server.connect("sleepy", "alice") as alice,
+        await server.connect("sleepy", "bob") as bob,
+    ):
         await recv_until(alice, "welcome")
         await recv_until(bob, "welcome")
         await alice.send(json.dumps({"type": "publish", "id": "1", "body": "before"}))
