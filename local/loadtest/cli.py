@@ -121,6 +121,12 @@ def build_parser(prog: str = "rooms loadtest") -> argparse.ArgumentParser:
         "--duration", type=_number, default=5.0, help="seconds of sending or holding (D)"
     )
     shape.add_argument("--size", type=_positive_int, default=64, help="message body chars (M)")
+    shape.add_argument(
+        "--lifecycle-mix",
+        type=_number,
+        default=0.0,
+        help="share of sends that edit or react to the sender's latest message (0 to 1)",
+    )
 
     conn = parser.add_argument_group("connections and bounds")
     conn.add_argument(
@@ -186,6 +192,7 @@ def config_from(args: argparse.Namespace, run_id: str) -> Config:
         window=args.window,
         duration=args.duration,
         size=args.size,
+        lifecycle_mix=args.lifecycle_mix,
         concurrency=args.concurrency,
         connect_timeout=args.connect_timeout,
         drain_timeout=args.drain_timeout,

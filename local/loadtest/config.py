@@ -34,6 +34,9 @@ class Config:
     window: int = 0  # closed loop: publishes in flight per sender (0: open loop at `rate`)
     duration: float = 5.0  # seconds of sending (fanout, reconnect-resume) or holding (idle)
     size: int = 64  # message body characters
+    # fanout: this share of sends are an edit of, or a reaction to, the sender's latest message
+    # (docs/protocol.md, "Message lifecycle"): events take seqs like messages, order check included
+    lifecycle_mix: float = 0.0
     concurrency: int = 100  # handshakes in flight per process
     connect_timeout: float = 10.0
     drain_timeout: float = 10.0
@@ -120,4 +123,5 @@ class Config:
         need(self.reconnect_delay >= 0, "--reconnect-delay must be 0 or more")
         need(0 <= self.wake_probe <= self.rooms, "--wake-probe must be between 0 and --rooms")
         need(self.ping_interval >= 0, "--ping-interval must be 0 or more")
+        need(0 <= self.lifecycle_mix <= 1, "--lifecycle-mix must be between 0 and 1")
         return self

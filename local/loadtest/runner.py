@@ -518,6 +518,7 @@ def merge(
         },
         "publish": {
             "sent": counts["sent"],
+            "lifecycle_sent": counts.get("lifecycle_sent", 0),  # edits and reactions among them
             "acked": counts["acked"],
             "duplicates": counts["duplicates"],
             "rejected": counts["rejected"],

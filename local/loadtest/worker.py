@@ -114,6 +114,7 @@ class Stats:
         self.deliveries_in_window = 0
         self.replayed = 0
         self.sent = 0
+        self.lifecycle_sent = 0  # of `sent`: edits and reactions (--lifecycle-mix)
         self.acked = 0
         self.duplicates = 0
         self.rejected = 0
@@ -153,6 +154,7 @@ class Stats:
                 "deliveries_in_window": self.deliveries_in_window,
                 "replayed": self.replayed,
                 "sent": self.sent,
+                "lifecycle_sent": self.lifecycle_sent,
                 "acked": self.acked,
                 "duplicates": self.duplicates,
                 "rejected": self.rejected,
@@ -535,12 +537,48 @@ class Sender:
         self.k = 0
         self.unacked: dict[str, bytes] = {}
         self.max_seq = 0
+        self.own_seq = 0  # the seq of this sender's latest stored message (edits target it)
+        self.mixed = 0.0  # the lifecycle mix's running share
+        self.events = 0
         self.window_open = False
 
     def publish(self, intended_ns: int) -> None:
+        mix = self.client.worker.cfg.lifecycle_mix
+        # Every 1/mix-th send is an event on the latest message this sender stored, alternately
+        # an edit and a reaction (added, then taken back): deterministic, so runs compare.
+        self.mixed += mix
+        if self.mixed >= 1 and self.own_seq:
+            self.mixed -= 1
+            self._event(intended_ns)
+            return
         message_id = f"{self.index}.{self.k}.{intended_ns}"
         self.k += 1
         frame = b'{"type":"publish","id":"%s","body":"%s"}' % (message_id.encode(), self.body)
+        self._send(message_id, frame, intended_ns)
+
+    def _event(self, intended_ns: int) -> None:
+        # The id keeps the `<sender>.<k>.<ns>` shape: its delivery is timed like a message's.
+        message_id = f"{self.index}e.{self.k}.{intended_ns}"
+        self.k += 1
+        if self.events % 2 == 0:
+            frame = b'{"type":"edit","id":"%s","target":%d,"body":"%s"}' % (
+                message_id.encode(),
+                self.own_seq,
+                self.body,
+            )
+        else:
+            remove = b"true" if self.events % 4 == 3 else b"false"
+            frame = b'{"type":"react","id":"%s","target":%d,"emoji":"%s","remove":%s}' % (
+                message_id.encode(),
+                self.own_seq,
+                "👍".encode(),
+                remove,
+            )
+        self.events += 1
+        self.stats.lifecycle_sent += 1
+        self._send(message_id, frame, intended_ns)
+
+    def _send(self, message_id: str, frame: bytes, intended_ns: int) -> None:
         self.unacked[message_id] = frame
         self.stats.sent += 1
         link = self.client.link
@@ -557,6 +595,8 @@ class Sender:
             stats.duplicates += 1
         if frame.seq > self.max_seq:
             self.max_seq = frame.seq
+        if not frame.id.startswith(f"{self.index}e.") and frame.seq > self.own_seq:
+            self.own_seq = frame.seq
         sent_ns = sent_ns_of(frame.id)
         if sent_ns is not None:
             stats.ack.add((now - sent_ns) / 1000)

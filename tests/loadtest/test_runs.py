@@ -65,6 +65,22 @@ async def test_fanout_every_client_sees_every_seq_once_in_order(
     assert "order check: **passed**" in markdown(result)
 
 
+async def test_fanout_with_edits_and_reactions_keeps_the_order_check(
+    server: RunningServer,
+) -> None:
+    """--lifecycle-mix: a quarter of the sends edit or react to the sender's latest message;
+    events take seqs like messages, so every client still sees every seq once, in order."""
+    result = await run_quietly(config(server, lifecycle_mix=0.25))
+    order = result["order"]
+    assert order["ok"], order
+    assert order["counts"] == {"ok": 6}
+    publish = result["publish"]
+    assert 0.15 * publish["sent"] < publish["lifecycle_sent"] <= 0.25 * publish["sent"] + 2
+    assert order["messages_stored"] == publish["acked"] - publish["duplicates"]
+    assert result["delivery"]["deliveries"] == 3 * order["messages_stored"]
+    assert result["errors"] == {}
+
+
 async def test_reconnect_resume_misses_nothing_and_repeats_nothing(
     server: RunningServer,
 ) -> None:
