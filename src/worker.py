@@ -280,5 +280,5 @@ def path_kind(path: str) -> str:
 # Every object made by now (~42,000: our modules, the SDK, pydantic, msgspec, PyJWT) lives as
 # long as the isolate. Frozen, they are left out of Python's cyclic collector, whose full pass
 # over them took 325 ms in Pyodide: a stall of every room of the isolate, due whenever enough
-# new objects have survived (a connect storm). The local runtime does the same (BENCHMARKS.md).
+# new objects have survived. The local runtime does the same (BENCHMARKS.md).
 gc.freeze()
