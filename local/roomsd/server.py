@@ -206,9 +206,7 @@ async def check_admission(registry: RoomRegistry, check: CheckAdmission) -> Http
 async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     room = request.app[REGISTRY].get(upgrade.room)
-    refused = await room.refusal(upgrade.identity)
-    if refused is not None:
-        rejected(request.app[TELEMETRY], refused)
+    refused = await room.refusal(upgrade.identity)  # the room counts its own refusals
     # The front's line for this upgrade; the room's `connect` line carries the same request id.
     # Through `room_log`: `log.info` looks up its caller, which gives this coroutine's frame a
     # frame object that then lives as long as the connection (~280 bytes each).

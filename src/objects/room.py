@@ -140,6 +140,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
                 return reply_response(await self._check(check.group(1), request))
             checked = await self._admit(request)
             if isinstance(checked, HttpReply):
+                self._write_metrics()
                 return reply_response(checked)
             client, server = ffi.websocket_pair()
             await checked.host.connect(

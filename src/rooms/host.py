@@ -217,6 +217,7 @@ class RoomHost(Generic[S]):
         code = self.engine.refusal(identity.user_id, now_ms)
         if code is None:
             return None
+        self.telemetry.rejected(code)
         return error_reply(403, code, _REFUSALS[code])
 
     async def connect(

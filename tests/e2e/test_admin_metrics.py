@@ -91,6 +91,9 @@ async def test_metrics_count_what_clients_did_and_match_the_admin_api(
     with pytest.raises(websockets.InvalidStatus):
         await websockets.connect(service.url(room, token="nope"))
     await service.http("POST", f"/admin/rooms/{room}/archive", AUTH)
+    await service.http("POST", f"/admin/rooms/{room}/ban?user_id=bob", AUTH)
+    with pytest.raises(websockets.InvalidStatus):  # refused by the room itself: 403 banned
+        await service.connect(room, "bob")
     after = await scrape(service)
 
     def delta(name: str, **labels: str) -> float:
@@ -112,6 +115,7 @@ async def test_metrics_count_what_clients_did_and_match_the_admin_api(
     assert delta("rooms_received_bytes_total") >= 3 * len('"body":"héllo"'.encode())
     assert delta("rooms_rejections_total", code="bad_json") == 1
     assert delta("rooms_rejections_total", code="token_invalid") == 1
+    assert delta("rooms_rejections_total", code="banned") == 1
     assert delta("rooms_publish_latency_seconds_count") == 3
     assert delta("rooms_publish_latency_seconds_bucket", le="+Inf") == 3
     assert delta("rooms_publish_latency_seconds_sum") > 0

@@ -66,6 +66,14 @@ def test_the_front_writes_one_point_per_refused_request(world: World) -> None:
                        "doubles": [1]}]
 
 
+def test_a_refusal_by_the_room_is_written_as_a_rejection(world_factory: WorldFactory) -> None:
+    world = world_factory(METRICS_FLUSH_MS="0", ROOM_LIMITS='{"max_members": 1}')
+    alice = world.connect("lobby", token("alice"), since=0)
+    assert alice.frames("welcome")
+    assert world.upgrade("lobby", token("bob")).status == 403  # room_full
+    assert totals(world.analytics_points() or [])["rejection:room_full"] == 1
+
+
 def test_by_default_points_are_batched_per_second_not_per_message(world: World) -> None:
     alice = world.connect("lobby", token("alice"), since=0)
     for i in range(20):
