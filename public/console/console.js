@@ -345,11 +345,23 @@ async function room(view, seq, name) {
           () => `?user_id=${encodeURIComponent(m.user_id)}&duration_s=${$("ban-duration").value}`,
           [banDuration()]),
       }, "Ban…")) : ""))));
+  // Lifecycle events (docs/protocol.md) show what they did; a deleted body shows as deleted.
+  const eventText = (m) => ({ edit: `edit of #${m.target}`, delete: `delete of #${m.target}`,
+    react: `${m.emoji} on #${m.target}`, unreact: `${m.emoji} taken back from #${m.target}` })[m.kind] ?? m.kind;
+  const bodyText = (m, withBodies) =>
+    m.deleted ? "deleted" : m.kind && m.kind !== "edit" ? eventText(m)
+      : `${m.kind ? `${eventText(m)}: ` : ""}${withBodies ? m.body : `${num(m.body_chars)} characters`}`;
   const messageRows = (messages, withBodies) => messages.slice().reverse().map((m) => h("tr", { "data-seq": m.seq },
-    h("td", { class: "num" }, m.seq), h("td", {}, `${m.name} (${m.user_id})`), h("td", {}, when(m.sent_ms)),
-    h("td", { class: "wrap body-text" }, withBodies ? m.body : `${num(m.body_chars)} characters`)));
+    h("td", { class: "num" }, m.seq), h("td", {}, m.user_id ? `${m.name} (${m.user_id})` : m.name),
+    h("td", {}, when(m.sent_ms)), h("td", { class: "wrap body-text" }, bodyText(m, withBodies)),
+    h("td", {}, m.kind || m.deleted ? "" : h("button", {
+      type: "button", class: "danger", "data-action": "delete",
+      onclick: () => act("delete", `Delete message ${m.seq}`,
+        `Delete message ${m.seq} of ${name} for everyone: no read serves its body again, the archive is rewritten. This is recorded in the audit log.`,
+        `?seq=${m.seq}`),
+    }, "Delete…"))));
   const auditBox = h("div", { id: "room-audit" }, auditTable(log.entries));
-  const messageBox = h("div", { id: "messages" }, table(["Seq", "From", "Sent", "Body"], messageRows(recent.messages, false),
+  const messageBox = h("div", { id: "messages" }, table(["Seq", "From", "Sent", "Body", ""], messageRows(recent.messages, false),
     "No messages."));
   const showBodies = h("button", {
     type: "button", class: "quiet", id: "show-bodies", disabled: recent.messages.length === 0,
@@ -358,7 +370,7 @@ async function room(view, seq, name) {
         `Read the bodies of messages ${recent.first}–${recent.last} of ${name}? This read is recorded in the audit log.`);
       if (!ok) return;
       const read = await api("GET", `${path}/messages?first=${recent.first}&last=${recent.last}`);
-      messageBox.replaceChildren(table(["Seq", "From", "Sent", "Body"], messageRows(read.messages, true), "No messages."));
+      messageBox.replaceChildren(table(["Seq", "From", "Sent", "Body", ""], messageRows(read.messages, true), "No messages."));
       showBodies.disabled = true;
       const fresh = await api("GET", `/admin/audit?room=${encodeURIComponent(name)}&limit=20`);
       auditBox.replaceChildren(auditTable(fresh.entries));
@@ -375,7 +387,10 @@ async function room(view, seq, name) {
       stat("Retained here", num(info.rows_retained), `from seq ${num(info.oldest_retained_seq)}`),
       stat("Storage", bytes(info.storage_bytes), plural(info.dedupe_entries, "dedupe key")),
       stat("Archive failures", num(info.archive_failures), info.last_archive_error ?? "none pending", info.archive_failures > 0),
-      stat("Rate-limited", num(info.rate_limit_rejections), plural(info.slow_consumer_disconnects, "slow-consumer cut"))),
+      stat("Rate-limited", num(info.rate_limit_rejections), plural(info.slow_consumer_disconnects, "slow-consumer cut")),
+      stat("Edits · deletes", `${num(info.events.edit)} · ${num(info.events.delete)}`,
+        `${plural(info.events.react, "reaction")}; ${plural(info.redactions_pending, "deleted body", "deleted bodies")} left in R2`,
+        info.redactions_pending > 0)),
     h("h2", {}, "Details"),
     h("dl", { class: "facts card" },
       h("dt", {}, "Created (first message)"), h("dd", {}, when(info.created_ms, true)),

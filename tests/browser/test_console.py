@@ -272,3 +272,45 @@ async def test_the_console_on_real_workerd(
         await expect(page.locator("tr[data-user=alice]")).to_contain_text("alice (alice)")
         await expect(page.locator("#messages tbody tr")).to_have_count(1)
         await page.screenshot(path=str(artifact_path("console-room-workerd.png")), full_page=True)
+
+
+async def test_an_operator_deletes_a_message_from_the_room_page(
+    servers: Servers, people: PersonFactory
+) -> None:
+    """Delete… on a message asks first, reaches the members as a delete event, shows the row as
+    deleted (its edit too), counts the events and is in the audit log."""
+    server = await servers.start(admin_token=ADMIN)
+    page = (await people(viewport={"width": 1280, "height": 1000})).page
+    async with await server.connect("lobby", "alice") as alice:
+        await recv_until(alice, "welcome")
+        await publish(alice, "a0", "keep this")
+        await publish(alice, "a1", "a secret")
+        await alice.send(json.dumps({"type": "edit", "id": "e1", "target": 2,
+                                     "body": "a secret, fixed"}))
+        await recv_until(alice, "ack")
+        await sign_in(page, server.base)
+        await page.goto(f"http://{server.base}/console/#/rooms/lobby")
+        rows = page.locator("#messages tbody tr")
+        await expect(rows).to_have_count(3)
+        await expect(page.locator("#messages tr[data-seq='3']")).to_contain_text("edit of #2")
+        await expect(page.locator("#messages tr[data-seq='3'] button")).to_have_count(0)
+        await confirm(page, "#messages tr[data-seq='2'] button[data-action=delete]", accept=False)
+        await expect(page.locator("#messages tr[data-seq='2']")).not_to_contain_text("deleted")
+        await page.click("#messages tr[data-seq='2'] button[data-action=delete]")
+        await expect(page.locator("#confirm-text")).to_contain_text("recorded in the audit log")
+        await page.screenshot(path=str(artifact_path("console-confirm-delete.png")))
+        await page.click("#confirm-ok")
+        event = await recv_until(alice, "message")
+        while event.get("kind") != "delete":
+            event = await recv_until(alice, "message")
+        assert (event["target"], event["user_id"], event["name"]) == (2, "", "operator")
+        await expect(page.locator("#messages tr[data-seq='2']")).to_contain_text("deleted")
+        await expect(page.locator("#messages tr[data-seq='3']")).to_contain_text("deleted")
+        await expect(page.locator("#messages tr[data-seq='4']")).to_contain_text("delete of #2")
+        await expect(page.locator("[data-stat='Edits · deletes'] .value")).to_have_text("1 · 1")
+        await expect(page.locator("#room-audit tr[data-action=delete]")).to_contain_text("2")
+        await page.click("#show-bodies")
+        await page.click("#confirm-ok")
+        await expect(page.locator("#messages")).to_contain_text("keep this")
+        await expect(page.locator("#messages")).not_to_contain_text("secret")
+        await page.screenshot(path=str(artifact_path("console-room-deleted.png")), full_page=True)
