@@ -43,6 +43,7 @@ from rooms.front import (
     FrontConfig,
     GuestTokenRequest,
     HttpReply,
+    client_address,
     error_reply,
     forwarded_headers,
     parse_origins,
@@ -111,7 +112,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             return await self._forward(request, headers, decision)
         if isinstance(decision, CheckAdmission):
             fields.update(room=decision.room, user_id=decision.identity.user_id)
-            reply = await self._check(decision)
+            reply = await self._check(decision, client_address(headers.get("cf-connecting-ip")))
             code = error_code(reply)
             if code is not None:
                 fields["code"] = code
@@ -124,7 +125,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
                 fields["code"] = "body_too_large"
                 return reply_response(refused)
             body = await request.bytes()
-            client = headers.get("cf-connecting-ip", "")
+            client = client_address(headers.get("cf-connecting-ip"))
             now_ms = int(time.time() * 1000)
             reply = GUEST_ISSUER.handle(body, client, config.jwt_secret, now_ms, config.tokens)
             code = error_code(reply)
@@ -189,10 +190,10 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             fields["code"] = code
         return reply_response(reply)
 
-    async def _check(self, check: CheckAdmission) -> HttpReply:
+    async def _check(self, check: CheckAdmission, address: str) -> HttpReply:
         """Ask the room's object whether it would admit this identity now (its refusal as is)."""
         url = f"https://rooms.internal/rooms/{check.room}/check"
-        headers = dict(forwarded_headers([], check.identity))
+        headers = dict(forwarded_headers([], check.identity, address=address))
         response = await self.env.ROOMS.getByName(check.room).fetch(url, headers=headers)
         body = (await response.text()).encode()
         return HttpReply(
@@ -240,8 +241,11 @@ def upgrade_headers(
 ) -> list[tuple[str, str]]:
     """The forwarded request's headers: ours for identity, nothing that carries credentials."""
     kept = []
+    address = ""
     for name, value in client_headers:
         lower = name.lower()
+        if lower == "cf-connecting-ip":  # set by Cloudflare's edge, never by the client
+            address = client_address(value)
         if lower.startswith(TRUSTED_HEADER_PREFIX) or lower in CREDENTIAL_HEADERS:
             continue
         kept.append((lower, value))
@@ -249,7 +253,7 @@ def upgrade_headers(
         # The offer may hold the token (new WebSocket(url, ["rooms.v1", token])); the room only
         # needs to know that ours was offered.
         kept.append(("sec-websocket-protocol", SUBPROTOCOL))
-    return forwarded_headers(kept, upgrade.identity, upgrade.request_id)
+    return forwarded_headers(kept, upgrade.identity, upgrade.request_id, address)
 
 
 def strip_token(url: str) -> str:

@@ -11,6 +11,7 @@ SQLite) lives for the whole session, so tests use room names no other test uses.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from workerd.wrangler import (
     apply_migrations,
     dev_args,
     free_port,
+    read_jsonc,
 )
 
 __all__ = ["ADMIN_TOKEN", "SECRET", "Profile", "WorkerdPool", "workerd_pool"]
@@ -48,6 +50,9 @@ class Profile:
     allowed_origins: tuple[str, ...] = ()
     guest_tokens: bool = True
     admin_token: str | None = ADMIN_TOKEN
+    # Tests open hundreds of new rooms a minute from one address; the new-room limit has its
+    # own profile (tests/e2e/test_abuse.py).
+    new_rooms_per_minute: int = 100_000
     name: str = field(default="default", compare=False)
 
     def variables(self) -> dict[str, str]:
@@ -110,8 +115,9 @@ class WorkerdPool:
             env_file.write_text(
                 "".join(f"{k}='{v}'\n" for k, v in profile.variables().items())
             )
+            config = self._config_for(profile, index)
             port = free_port()
-            args = [*dev_args(port, state, env_file=env_file), "--config", str(self.config)]
+            args = [*dev_args(port, state, env_file=env_file), "--config", str(config)]
             dev = WranglerDev(
                 self.tools, args, port,
                 self.root / f"wrangler-{index}-{profile.name}.log",
@@ -119,6 +125,17 @@ class WorkerdPool:
             dev.start()
             self.running[profile] = dev
         return self.running[profile]
+
+    def _config_for(self, profile: Profile, index: int) -> Path:
+        """The snapshot's wrangler.jsonc with the profile's NEW_ROOMS limit: a binding's limit
+        is configuration, not a var. Written beside it, so `main` resolves the same."""
+        config = read_jsonc(self.config)
+        for binding in config.get("ratelimits", []):
+            if binding["name"] == "NEW_ROOMS":
+                binding["simple"]["limit"] = profile.new_rooms_per_minute
+        path = self.config.with_name(f"wrangler-{index}.jsonc")
+        path.write_text(json.dumps(config, indent=2))
+        return path
 
     def stop_all(self) -> None:
         for dev in self.running.values():

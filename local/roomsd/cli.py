@@ -23,6 +23,7 @@ from roomsd.config import (
     ConfigError,
     Settings,
     archive_policy_from,
+    count_from,
     ensure_dev_secret,
     guest_tokens_from,
     limits_from,
@@ -32,7 +33,7 @@ from roomsd.config import (
 )
 from roomsd.os_resources import raise_open_file_limit
 from roomsd.rooms import HibernationPolicy
-from roomsd.server import make_app
+from roomsd.server import make_app, runner_options
 
 
 def _count(text: str) -> int:
@@ -286,6 +287,8 @@ def serve(args: argparse.Namespace) -> int:
             open_idle_databases=args.open_idle_databases,
         ),
         log_messages=args.log_messages,
+        new_rooms_per_minute=count_from(values, "NEW_ROOMS_PER_MINUTE", 30),
+        max_connections_per_address=count_from(values, "MAX_CONNECTIONS_PER_ADDRESS", 256),
     )
     open_files, _ = raise_open_file_limit()  # a socket each: 1,024 would cap connections
     prepare_data_dir(settings.data_dir)
@@ -310,7 +313,7 @@ def serve(args: argparse.Namespace) -> int:
     # cyclic collector's reach, a full collection no longer stalls every room for ~35 ms.
     gc.collect()
     gc.freeze()
-    web.run_app(app, sock=sock, print=None, access_log=None)
+    web.run_app(app, sock=sock, print=None, **runner_options(settings))
     return 0
 
 

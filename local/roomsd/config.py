@@ -83,6 +83,20 @@ class Settings:
     group_commit: bool = field(
         default_factory=lambda: os.environ.get("ROOMS_COMMIT_EACH_MESSAGE", "") != "1"
     )
+    # Abuse bounds of the process (docs/security.md): rooms that hold nothing yet one user or
+    # one address may open per minute (Cloudflare: the NEW_ROOMS binding in wrangler.jsonc), and
+    # the WebSockets one client address may hold open across all rooms.
+    new_rooms_per_minute: int = 30
+    max_connections_per_address: int = 256
+    # How long a connection may take to send a complete request head (and stay idle between
+    # requests): slow-header clients hold a socket each (`server.runner_options`).
+    request_head_timeout_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.new_rooms_per_minute < 1 or self.max_connections_per_address < 1:
+            raise ConfigError(
+                "NEW_ROOMS_PER_MINUTE and MAX_CONNECTIONS_PER_ADDRESS must be whole numbers >= 1"
+            )
 
     @property
     def front(self) -> FrontConfig:
@@ -105,6 +119,8 @@ def vars_from(dev_vars: Path) -> dict[str, str]:
         "ROOM_LIMITS",
         "ARCHIVE_POLICY",
         "GUEST_TOKENS",
+        "NEW_ROOMS_PER_MINUTE",
+        "MAX_CONNECTIONS_PER_ADDRESS",
     )
     for key in keys:
         if key in os.environ:
@@ -127,6 +143,16 @@ def _settings(model: type[SettingsModel], raw: str | None, name: str) -> Setting
         return settings_from_json(model, raw, name)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def count_from(values: dict[str, str], name: str, default: int) -> int:
+    """A whole-number setting >= 1 from `.dev.vars` or the environment; ``default`` if unset."""
+    raw = values.get(name, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1 or len(raw) > 9:
+        raise ConfigError(f"{name} must be a whole number from 1 to 999999999, not {raw!r}")
+    return int(raw)
 
 
 def guest_tokens_from(raw: str | None) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 
 from rooms.archive import ArchiveOutcome
 from rooms.auth import Identity
+from rooms.buckets import KeyedBuckets
 from rooms.effects import Log
 from rooms.front import HttpReply
 from rooms.host import ABNORMAL_CLOSURE, ArchiveBindings, RoomHost
@@ -57,6 +58,18 @@ class HibernationPolicy:
             raise ValueError("open_idle_databases must be 0 or more")
 
 
+class NewRoomBudget:
+    """The host's `NewRoomLimiter` in this process: ``per_minute`` rooms that hold nothing yet
+    per key (a user, an address), as a burst that refills over a minute. Cloudflare's
+    `NEW_ROOMS` rate-limiting binding has the same default (wrangler.jsonc)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self._buckets = KeyedBuckets(per_minute, 60.0 / per_minute)
+
+    async def allow(self, key: str) -> bool:
+        return self._buckets.take(key, time.monotonic()) == 0
+
+
 @dataclass(frozen=True)
 class RoomServices:
     """What every local room shares: its limits, hibernation, log, archive and alarms."""
@@ -71,6 +84,7 @@ class RoomServices:
     # (roomsd.output_gate); False: one commit per message, for comparison.
     group_commit: bool = True
     telemetry: Telemetry = field(default_factory=Telemetry)  # shared: GET /metrics reads it
+    new_rooms: NewRoomBudget | None = None
 
 
 class LocalRoom:
@@ -78,6 +92,7 @@ class LocalRoom:
         self.name = name
         self.archive = services.archive
         self.alarms = services.alarms
+        self.new_rooms = services.new_rooms
         self.db_path = db_path
         self.limits = services.limits
         self.policy = services.policy
@@ -121,6 +136,7 @@ class LocalRoom:
                 archive=self.archive,
                 alarms=RoomAlarm(self.alarms, self.name) if self.alarms else None,
                 telemetry=self.telemetry,
+                new_rooms=self.new_rooms,
             )
             self.wakes += 1
         return self._host
@@ -183,9 +199,11 @@ class LocalRoom:
             await self._open_database()
         return self.host()
 
-    async def refusal(self, identity: Identity) -> HttpReply | None:
+    async def refusal(
+        self, identity: Identity, address: str = "", *, opening: bool = True
+    ) -> HttpReply | None:
         async with self._event() as host:
-            return await host.refusal(identity)
+            return await host.refusal(identity, address, opening=opening)
 
     @property
     def busy(self) -> bool:
@@ -203,10 +221,15 @@ class LocalRoom:
             self._after_event()
 
     async def connect(
-        self, ws: LocalSocket, identity: Identity, since: int | None, request_id: str | None = None
+        self,
+        ws: LocalSocket,
+        identity: Identity,
+        since: int | None,
+        request_id: str | None = None,
+        address: str = "",
     ) -> None:
         async with self._event() as host:
-            await host.connect(ws, identity, since, request_id=request_id)
+            await host.connect(ws, identity, since, request_id=request_id, address=address)
 
     async def message(self, ws: LocalSocket, data: str | bytes) -> None:
         # `_event` spelled out: this runs once per frame, and an async context manager costs
@@ -345,7 +368,11 @@ class RoomRegistry:
         return room
 
     def exists(self, name: str) -> bool:
-        return name in self.rooms or (self.rooms_dir / f"{name}.sqlite").exists()
+        """A room exists once it stored something, and while anyone is connected to it."""
+        room = self.rooms.get(name)
+        return (room is not None and len(room.sockets) > 0) or (
+            self.rooms_dir / f"{name}.sqlite"
+        ).exists()
 
     async def call(
         self, room: str, action: str, params: Mapping[str, str]

@@ -24,6 +24,7 @@ from rooms.front import (
     GuestTokenRequest,
     HttpReply,
     admitted_reply,
+    client_address,
     error_reply,
     route,
 )
@@ -40,7 +41,7 @@ from roomsd.d1 import open_d1
 from roomsd.metrics import MetricsEndpoint, live_figures
 from roomsd.os_resources import release_free_memory
 from roomsd.r2 import FileBucket
-from roomsd.rooms import RoomRegistry, RoomServices, close_databases
+from roomsd.rooms import NewRoomBudget, RoomRegistry, RoomServices, close_databases
 from roomsd.sockets import LocalSocket
 
 if TYPE_CHECKING:
@@ -139,7 +140,8 @@ async def front(request: web.Request) -> web.StreamResponse:
         del headers  # not kept alive for the socket's whole life (memory per idle connection)
         return await room_socket(request, decision)
     if isinstance(decision, CheckAdmission):
-        reply = await check_admission(request.app[REGISTRY], decision)
+        address = client_address(request.remote)
+        reply = await check_admission(request.app[REGISTRY], decision, address)
         log.info(http_log_line("check", reply.status, "/rooms/{room}/check"))
         return _reply(reply)
     if isinstance(decision, AdminRequest):
@@ -180,7 +182,8 @@ async def guest_token(request: web.Request, settings: Settings) -> HttpReply:
         return error_reply(408, "request_timeout", "the request body did not arrive in time")
     # A body over the limit is passed on as it is: the issuer answers 413 body_too_large.
     now_ms = int(time.time() * 1000)
-    return issuer.handle(body, request.remote or "", settings.jwt_secret, now_ms, settings.tokens)
+    address = client_address(request.remote)
+    return issuer.handle(body, address, settings.jwt_secret, now_ms, settings.tokens)
 
 
 async def read_at_most(request: web.Request, limit: int) -> bytes:
@@ -194,19 +197,64 @@ async def read_at_most(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def check_admission(registry: RoomRegistry, check: CheckAdmission) -> HttpReply:
+async def check_admission(registry: RoomRegistry, check: CheckAdmission, address: str) -> HttpReply:
     """What an upgrade would get now. A room that does not exist refuses nobody: it is not
-    created (nor woken) for the question."""
+    created (nor woken) for the question, and no new-room budget is spent on it."""
     if not registry.exists(check.room):
         return admitted_reply()
-    refused = await registry.get(check.room).refusal(check.identity)
+    refused = await registry.get(check.room).refusal(check.identity, address, opening=False)
     return refused if refused is not None else admitted_reply()
 
 
+class AddressCounts:
+    """Open WebSockets per client address, across every room: one host may hold at most
+    `Settings.max_connections_per_address` (docs/security.md, "Connections")."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def try_open(self, address: str) -> bool:
+        if not address:
+            return True
+        count = self._open.get(address, 0)
+        if count >= self.limit:
+            return False
+        self._open[address] = count + 1
+        return True
+
+    def closed(self, address: str) -> None:
+        if not address:
+            return
+        count = self._open.pop(address, 0) - 1
+        if count > 0:
+            self._open[address] = count
+
+
+ADDRESSES: web.AppKey[AddressCounts] = web.AppKey("addresses", AddressCounts)
+TOO_MANY_CONNECTIONS = error_reply(
+    429, "too_many_connections", "too many open connections from this address"
+)
+
+
 async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.StreamResponse:
+    addresses = request.app[ADDRESSES]
+    address = client_address(request.remote)
+    if not addresses.try_open(address):
+        log.info(http_log_line("http", 429, "/rooms/{room}/ws", code="too_many_connections"))
+        return _reply(TOO_MANY_CONNECTIONS)
+    try:
+        return await _room_socket(request, upgrade, address)
+    finally:
+        addresses.closed(address)
+
+
+async def _room_socket(
+    request: web.Request, upgrade: ForwardUpgrade, address: str
+) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     room = request.app[REGISTRY].get(upgrade.room)
-    refused = await room.refusal(upgrade.identity)  # the room counts its own refusals
+    refused = await room.refusal(upgrade.identity, address)  # the room counts its own refusals
     # The front's line for this upgrade; the room's `connect` line carries the same request id.
     # Through `room_log`: `log.info` looks up its caller, which gives this coroutine's frame a
     # frame object that then lives as long as the connection (~280 bytes each).
@@ -236,7 +284,9 @@ async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.Stre
     await ws.prepare(request)
     sock = LocalSocket(request, ws, settings.limits.max_backlog_bytes)
     try:
-        await room.connect(sock, upgrade.identity, upgrade.since, upgrade.request_id)
+        await room.connect(
+            sock, upgrade.identity, upgrade.since, request_id=upgrade.request_id, address=address
+        )
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 if msg.data == PING_TEXT:  # setWebSocketAutoResponse: the room stays asleep
@@ -307,6 +357,16 @@ async def _shutdown_sockets(app: web.Application) -> None:
             sock.close(CloseCode.GOING_AWAY, "server shutting down")
 
 
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """How aiohttp serves the app (`web.run_app`, `web.AppRunner`).
+
+    aiohttp's keep-alive timer runs whenever no request is being handled: on a new connection
+    until its request head is complete, and between requests. A client that sends nothing, or
+    dribbles its headers a byte at a time, is closed after `request_head_timeout_s`; a request
+    in progress (a WebSocket included) is not affected."""
+    return {"access_log": None, "keepalive_timeout": settings.request_head_timeout_s}
+
+
 def make_app(settings: Settings) -> web.Application:
     if not settings.jwt_secret:
         raise ValueError("settings.jwt_secret is required")
@@ -335,6 +395,7 @@ def make_app(settings: Settings) -> web.Application:
             archive,
             alarms,
             group_commit=settings.group_commit,
+            new_rooms=NewRoomBudget(settings.new_rooms_per_minute),
         ),
     )
     registry_box.append(registry)
@@ -356,6 +417,7 @@ def make_app(settings: Settings) -> web.Application:
     app[METRICS] = MetricsEndpoint(
         telemetry, registry, settings.admin_token, settings.metrics_token
     )
+    app[ADDRESSES] = AddressCounts(settings.max_connections_per_address)
     app.cleanup_ctx.append(_sweeper)
     app.on_shutdown.append(_shutdown_sockets)
 

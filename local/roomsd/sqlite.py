@@ -22,6 +22,9 @@ class SqliteSql:
     event-loop iteration opens a batch that stays open, each `transaction` inside it is a
     savepoint, and the gate commits the batch before any output leaves the process
     (`roomsd.output_gate`). Without one (tools, tests of the core), every `transaction` commits.
+
+    The file is opened (and so created) by the first statement, not before: `exists` answers
+    from the file system, so a room that only ever had readers leaves no file behind.
     """
 
     def __init__(
@@ -30,15 +33,8 @@ class SqliteSql:
         gate: OutputGate | None = None,
         on_lost: Callable[[Exception], None] | None = None,
     ) -> None:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, like the DO's implicit commits.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash (kill -9); only power loss can roll back.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        # A deleted message's text is zeroed in the file, not left in free space
-        # (docs/protocol.md, "What a delete removes"). It costs writes on deletes only.
-        self._db.execute("PRAGMA secure_delete=ON")
+        self._path = path
+        self._connection: sqlite3.Connection | None = None
         self._depth = 0
         self._gate = gate
         self._batch_open = False
@@ -49,8 +45,31 @@ class SqliteSql:
 
     def open(self) -> None:
         """Have the file open now (`LocalRoom` calls this in a worker thread, so that connecting,
-        which may recover or recreate the WAL, never runs on the event loop)."""
-        self._db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        which may recover or recreate the WAL, never runs on the event loop). A room that never
+        stored anything has no file, and asking creates none."""
+        if self._connection is None and _is_file(self._path):
+            self._db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, like the DO's implicit
+            # commits.
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash (kill -9); only power loss rolls back.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            # A deleted message's text is zeroed in the file, not left in free space
+            # (docs/protocol.md, "What a delete removes"). It costs writes on deletes only.
+            db.execute("PRAGMA secure_delete=ON")
+            self._connection = db
+        return self._connection
+
+    def exists(self) -> bool:
+        if self._connection is None and not _is_file(self._path):
+            return False
+        return bool(self.execute(_ROOM_TABLES_EXIST))
 
     def execute(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
         for param in params:
@@ -139,13 +158,25 @@ class SqliteSql:
 
     def release_memory(self) -> None:
         """Free the page cache and what else this connection can spare (it keeps working)."""
-        self._db.execute("PRAGMA shrink_memory")
+        if self._connection is not None:
+            self._connection.execute("PRAGMA shrink_memory")
 
     def size_bytes(self) -> int:
+        if self._connection is None and not _is_file(self._path):
+            return 0
         page_count = self._db.execute("PRAGMA page_count").fetchone()[0]
         page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
         return int(page_count) * int(page_size)
 
     def close(self) -> None:
         self.settle()  # closing would roll an open batch back
-        self._db.close()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+_ROOM_TABLES_EXIST = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+
+
+def _is_file(path: Path | str) -> bool:
+    return str(path) != ":memory:" and Path(path).is_file()

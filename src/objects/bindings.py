@@ -64,3 +64,17 @@ class DurableObjectAlarms:
 
     async def set(self, at_ms: int) -> None:
         await self._storage.setAlarm(at_ms)
+
+
+class RateLimit:
+    """The host's `NewRoomLimiter` over a Workers rate-limiting binding (`ratelimits` in
+    wrangler.jsonc): ``limit({key})`` answers ``{success}``. Its counts are per Cloudflare
+    location and approximate, which is enough to stop one user creating rooms in bulk."""
+
+    def __init__(self, binding: Any) -> None:
+        self._binding = binding
+
+    async def allow(self, key: str) -> bool:
+        outcome = await self._binding.limit({"key": key})
+        success = outcome["success"] if isinstance(outcome, Mapping) else outcome.success
+        return bool(success)

@@ -26,6 +26,9 @@ def counts_as_open(ready_state: int) -> bool:
     return bool(ready_state == ffi.WS_OPEN)
 
 
+_ROOM_TABLES_EXIST = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+
+
 class DurableObjectSql:
     """The `Sql` port over the object's own `DurableObjectStorage`, not the SDK's wrapper of it.
 
@@ -56,6 +59,11 @@ class DurableObjectSql:
         cursor = self._exec(query, *[ffi.sql_binding(param) for param in params])
         # §4.3: consume the cursor now (no await may come between), and raw() keeps column order.
         return [ffi.row_values(row) for row in cursor.raw()]
+
+    def exists(self) -> bool:
+        # A read of the schema: creates nothing, so a room that never stored a message is an
+        # object with no storage at all (docs/security.md, "Rooms").
+        return bool(self.execute(_ROOM_TABLES_EXIST))
 
     def size_bytes(self) -> int:
         # §4.5: the database's current size in bytes, for operators (read afresh on the raw

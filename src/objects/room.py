@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from workers import DurableObject, Response
 
 from objects import ffi
-from objects.bindings import D1Database, DurableObjectAlarms, R2Bucket
+from objects.bindings import D1Database, DurableObjectAlarms, R2Bucket, RateLimit
 from objects.ffi import JsObject
 from objects.metrics import sink_from_env
 from objects.platform import DurableObjectSql, HibernatableSockets
@@ -44,6 +44,7 @@ from rooms.archive import ArchivePolicy
 from rooms.auth import Identity
 from rooms.front import (
     CHECK_PATH,
+    CLIENT_ADDRESS_HEADER,
     ROOM_NAME,
     ROOM_PATH,
     SUBPROTOCOL,
@@ -62,11 +63,11 @@ from rooms.limits import Limits, SettingsModel, settings_from_json
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
 from rooms.telemetry import Telemetry
 
-# The room's name, so that an object woken by a socket event (no URL to read it from) knows it.
-NAME_SCHEMA = """CREATE TABLE IF NOT EXISTS room_name (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    name TEXT NOT NULL
-)"""
+# Where a room's name is stored: room_meta's 'room' row, written with the room's first message
+# (the store creates its tables then); room_name for rooms created by earlier versions.
+NAME_TABLES = (
+    "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('room_meta', 'room_name')"
+)
 UNNAMED = "?"  # only if an object somehow gets socket events before its first upgrade
 # How the front reaches a room's admin actions: /admin/{room}/{action}?params
 ADMIN_PATH = re.compile(r"/admin/([A-Za-z0-9._-]{1,64})/([a-z]+)")
@@ -81,6 +82,7 @@ class Admission:
     since: int | None
     subprotocol: bool  # whether the client offered ours
     request_id: str | None  # the front's, for the room's `connect` log line
+    address: str  # the client's, as the front forwarded it ("" when unknown)
 
 
 class RoomMismatchError(Exception):
@@ -99,8 +101,6 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         self._sockets = HibernatableSockets(self.ctx)
         # §3.8: the runtime answers the keep-alive itself, without waking the object.
         self.ctx.setWebSocketAutoResponse(ffi.auto_response_pair(PING_TEXT, PONG_TEXT))
-        # §4.6: create tables synchronously here, not in blockConcurrencyWhile.
-        self._sql.execute(NAME_SCHEMA)
         # A bad ROOM_LIMITS or ARCHIVE_POLICY fails here, on every event, rather than at run time.
         self._room_limits = (
             self.limits
@@ -110,6 +110,9 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         # ARCHIVE_POLICY also sets what a room without D1/R2 keeps (its retention window).
         self._policy = _settings(ArchivePolicy, _var(self.env, "ARCHIVE_POLICY"), "ARCHIVE_POLICY")
         self._archive = self._archive_bindings()
+        # Optional: without the binding, opening new rooms is not rate-limited.
+        new_rooms = getattr(self.env, "NEW_ROOMS", None)
+        self._new_rooms = RateLimit(new_rooms) if new_rooms is not None else None
         # One log line per published message only when asked for, as `rooms serve --log-messages`
         # locally: each line is a console.log that the platform collects (and bills); under
         # `wrangler dev` a line cost 0.2 ms in workerd and 4 ms in wrangler's own process
@@ -144,7 +147,11 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
                 return reply_response(checked)
             client, server = ffi.websocket_pair()
             await checked.host.connect(
-                server, checked.identity, checked.since, request_id=checked.request_id
+                server,
+                checked.identity,
+                checked.since,
+                request_id=checked.request_id,
+                address=checked.address,
             )
             # Echo our subprotocol only if the client offered it (the front narrowed the offer).
             echo = {"sec-websocket-protocol": SUBPROTOCOL} if checked.subprotocol else None
@@ -211,31 +218,44 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         except ValueError:
             return error_reply(400, "bad_since", "`since` must be a whole number >= 0")
         host = self._host_for(match.group(1))
-        refused = await host.refusal(identity)
+        address = headers.get(CLIENT_ADDRESS_HEADER, "")
+        refused = await host.refusal(identity, address)
         if refused is not None:
             return refused
         subprotocol = SUBPROTOCOL in offered_subprotocols(headers)
-        return Admission(host, identity, since, subprotocol, request_id_from_forwarded(headers))
+        return Admission(
+            host, identity, since, subprotocol, request_id_from_forwarded(headers), address
+        )
 
     async def _check(self, room: str, request: Any) -> HttpReply:
-        """The front's pre-check of an upgrade: this room's refusal, or admitted. An object
-        that never served a room refuses nobody, and stores nothing for the question."""
-        identity = identity_from_forwarded(lower_headers(request))
+        """The front's pre-check of an upgrade: this room's refusal, or admitted. A room that
+        stored nothing and has nobody in it refuses nobody; nothing is stored for the question,
+        and no new-room budget spent."""
+        headers = lower_headers(request)
+        identity = identity_from_forwarded(headers)
         if identity is None:
             return error_reply(400, "identity_missing", "the request carries no verified identity")
-        stored = self._stored
-        if stored is None:
+        stored = self._stored = self._stored or self._stored_name()
+        if stored is None and not self._sockets.all():
             return admitted_reply()
-        if stored != room:
+        if (stored or self._name) != room:
             raise RoomMismatchError("object serves another room")
-        refused = await self._awake().refusal(identity)
+        address = headers.get(CLIENT_ADDRESS_HEADER, "")
+        refused = await self._awake().refusal(identity, address, opening=False)
         return refused if refused is not None else admitted_reply()
 
     # ----------------------------------------------------------------------- host lifecycle
 
     def _stored_name(self) -> str | None:
-        rows = self._sql.execute("SELECT name FROM room_name WHERE id = 1")
-        return str(rows[0][0]) if rows else None
+        """The name the room stored with its first message; None before (reading writes
+        nothing: a room nobody wrote to leaves no storage behind, docs/security.md)."""
+        tables = {str(row[0]) for row in self._sql.execute(NAME_TABLES)}
+        rows: list[Any] = []
+        if "room_name" in tables:
+            rows = self._sql.execute("SELECT name FROM room_name WHERE id = 1")
+        if not rows and "room_meta" in tables:
+            rows = self._sql.execute("SELECT value FROM room_meta WHERE key = 'room'")
+        return str(rows[0][0]) if rows and rows[0][0] else None
 
     def _new_host(self, name: str) -> RoomHost[JsObject]:
         alarms = DurableObjectAlarms(self.ctx.storage) if self._archive is not None else None
@@ -250,6 +270,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             alarms=alarms,
             retention=self._policy,
             telemetry=self._telemetry,
+            new_rooms=self._new_rooms,
         )
 
     def _archive_bindings(self) -> ArchiveBindings | None:
@@ -285,23 +306,21 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
                 await storage.setAlarm(int(time.time() * 1000) + retry_ms)
 
     async def _admin(self, room: str, action: str, request: Any) -> Response:
-        """An admin action forwarded by the front (only the front can reach an object, §2.3)."""
-        stored = self._stored
-        if stored is None:
+        """An admin action forwarded by the front (only the front can reach an object, §2.3).
+
+        A room that stored nothing exists only while someone is connected to it."""
+        stored = self._stored = self._stored or self._stored_name()
+        if stored is None and not self._sockets.all():
             return reply_response(error_reply(404, "room_not_found", "no such room"))
-        if stored != room:
+        if (stored or self._name) != room:
             raise RoomMismatchError("object serves another room")
         params = query_params(urlsplit(request.url).query)
         result = await self._awake().admin(action, params)
         return reply_response(json_reply(200, result))
 
     def _host_for(self, name: str) -> RoomHost[JsObject]:
-        """The host for an upgrade to ``name``; stores the name the first time."""
-        stored = self._stored
-        if stored is None:
-            self._sql.execute("INSERT INTO room_name (id, name) VALUES (1, ?)", name)
-            self._stored = name
-        elif stored != name:
+        """The host for an upgrade to ``name`` (the store keeps the name with the first message)."""
+        if self._stored is not None and self._stored != name:
             raise RoomMismatchError("object serves another room")  # a front bug; details stay here
         if self._host is None or self._name != name:
             self._name = name

@@ -20,7 +20,7 @@ import msgspec
 from rooms.effects import Broadcast, Close, Effect, Log, ReadArchive, SavePeer, Send, Stored
 from rooms.lifecycle import MessageState, fold, valid_emoji
 from rooms.limits import Limits
-from rooms.peers import Peer
+from rooms.peers import Budget, Peer
 from rooms.protocol import (
     MAX_SIGNAL_DEPTH,
     PING_TEXT,
@@ -79,6 +79,13 @@ class RoomEngine:
         self.limits = limits
         # Rebuilt from socket attachments after hibernation; insertion order = join order.
         self.peers: dict[str, Peer] = {peer.conn_id: peer for peer in peers}
+        # Each user's rate budget, shared by their sockets: rebuilt from the copy in the socket
+        # that spent it last. A user's budget outlives their sockets until it is full again, so
+        # reconnecting does not refill it either.
+        self._budgets: dict[str, Budget] = {}
+        for peer in self.peers.values():
+            budget, known = Budget.of(peer, limits), self._budgets.get(peer.user_id)
+            self._budgets[peer.user_id] = budget if known is None else known.fresher(budget)
         # An operator closed the room to new messages (kept in the store, read once per wake).
         self.closed = bool(store.meta("closed"))
         self._banned: dict[str, int] | None = None  # user id -> until when (ms)
@@ -108,12 +115,13 @@ class RoomEngine:
                 seen[peer.user_id] = _member(peer)
         return sorted(seen.values(), key=lambda m: m.user_id)
 
-    def refusal(self, user_id: str, now_ms: int) -> str | None:
-        """Why a new socket for ``user_id`` is refused (an error code), or None.
+    def refusal(self, user_id: str, now_ms: int, address: str = "") -> str | None:
+        """Why a new socket for ``user_id`` from ``address`` is refused (an error code), or None.
 
         Only joined members count towards `max_members`: sockets that never joined cannot lock
-        a room. They count towards their user's `max_sockets_per_user` and are closed after
-        `hello_timeout_ms` (`silent_sockets`). An operator's ban comes first."""
+        a room. They count towards their user's `max_sockets_per_user` and their address's
+        `max_sockets_per_address`, and are closed after `hello_timeout_ms` (`silent_sockets`).
+        An operator's ban comes first."""
         if self._bans().get(user_id, 0) > now_ms:
             return ErrorCode.BANNED
         if (
@@ -121,6 +129,12 @@ class RoomEngine:
             >= self.limits.max_sockets_per_user
         ):
             return ErrorCode.TOO_MANY_SOCKETS
+        if (
+            address
+            and sum(p.address == address for p in self.peers.values())
+            >= self.limits.max_sockets_per_address
+        ):
+            return ErrorCode.TOO_MANY_FROM_ADDRESS
         if not self._has_room_for(user_id):
             return ErrorCode.ROOM_FULL
         return None
@@ -130,7 +144,14 @@ class RoomEngine:
         return user_id in members or len(members) < self.limits.max_members
 
     def silent_sockets(self, now_ms: int) -> list[Effect]:
-        """Close the sockets that have not joined within `hello_timeout_ms` of connecting."""
+        """Close the sockets that have not joined within `hello_timeout_ms` of connecting.
+
+        Also forgets the budgets of users who left once they are full again (the same as a new
+        user's), so the map stays as small as the room's recent senders."""
+        present = {peer.user_id for peer in self.peers.values()}
+        for user_id, budget in list(self._budgets.items()):
+            if user_id not in present and budget.full_by(self.limits) <= now_ms:
+                del self._budgets[user_id]
         deadline = now_ms - self.limits.hello_timeout_ms
         return [
             Close(conn_id, CloseCode.POLICY_VIOLATION, "join with hello in time")
@@ -140,6 +161,12 @@ class RoomEngine:
 
     def _joined_ids(self, exclude: str | None = None) -> tuple[str, ...]:
         return tuple(c for c, p in self.peers.items() if p.joined and c != exclude)
+
+    def _budget(self, peer: Peer) -> Budget:
+        budget = self._budgets.get(peer.user_id)
+        if budget is None:
+            budget = self._budgets[peer.user_id] = Budget.of(peer, self.limits)
+        return budget
 
     def _user_present(self, user_id: str, exclude: str | None = None) -> bool:
         return any(
@@ -151,6 +178,7 @@ class RoomEngine:
     def connect(self, peer: Peer, since: int | None, now_ms: int) -> list[Effect]:
         """A socket was accepted. It joins now if it named ``since``, else on its `Hello`."""
         self.peers[peer.conn_id] = peer
+        self._budget(peer)
         effects: list[Effect] = [Log("connect", peer.conn_id, peer.user_id)]
         if since is not None:
             effects += self._join(peer, since, now_ms)
@@ -229,8 +257,11 @@ class RoomEngine:
             return self._join(peer, since, now_ms)
         if not peer.joined:
             return self._reject(peer, ErrorCode.HELLO_REQUIRED, "send a hello frame first", now_ms)
-        budget = peer.take_signal_token if isinstance(frame, Signal) else peer.take_token
-        if not budget(self.limits, now_ms):
+        budget = self._budget(peer)
+        take = budget.take_signal if isinstance(frame, Signal) else budget.take
+        allowed = take(self.limits, now_ms)
+        budget.save_to(peer)  # this socket's attachment now holds the freshest copy
+        if not allowed:
             return self._reject(
                 peer,
                 ErrorCode.RATE_LIMITED,

@@ -6,6 +6,7 @@ platform's response or forward the upgrade to the room.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import secrets
@@ -32,7 +33,8 @@ SUBPROTOCOL = "rooms.v1"
 USER_ID_HEADER = "x-rooms-user-id"
 USER_NAME_HEADER = "x-rooms-user-name"
 USER_GUEST_HEADER = "x-rooms-user-guest"
-IDENTITY_HEADERS = (USER_ID_HEADER, USER_NAME_HEADER, USER_GUEST_HEADER)
+CLIENT_ADDRESS_HEADER = "x-rooms-client-address"
+IDENTITY_HEADERS = (USER_ID_HEADER, USER_NAME_HEADER, USER_GUEST_HEADER, CLIENT_ADDRESS_HEADER)
 # The upgrade's request id: in the front's log line and the room's `connect` line, so the two
 # can be joined (the room's later lines for that socket carry its `conn_id`).
 REQUEST_ID_HEADER = "x-rooms-request-id"
@@ -258,10 +260,28 @@ def _token_from_subprotocols(offered: Iterable[str]) -> str | None:
     return None
 
 
+def client_address(raw: str | None) -> str:
+    """The client address that per-address limits count: an IPv4 address as it is, an IPv6
+    one as its /64 (one host gets a whole /64, so single addresses would not limit it), and ""
+    for anything that is not an address (no limit can be keyed on it)."""
+    try:
+        address = ipaddress.ip_address((raw or "").strip())
+    except ValueError:
+        return ""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def forwarded_headers(
-    client_headers: Iterable[tuple[str, str]], identity: Identity, request_id: str | None = None
+    client_headers: Iterable[tuple[str, str]],
+    identity: Identity,
+    request_id: str | None = None,
+    address: str = "",
 ) -> list[tuple[str, str]]:
-    """The headers to forward to the room: client identity copies dropped, ours added."""
+    """The headers to forward to the room: client copies of ours dropped, ours added."""
     kept = [(k, v) for k, v in client_headers if k.lower() not in IDENTITY_HEADERS]
     # Header values must be Latin-1 safe; names may not be, so percent-encode them.
     return [
@@ -270,6 +290,7 @@ def forwarded_headers(
         (USER_NAME_HEADER, _header_safe(identity.name)),
         *([(USER_GUEST_HEADER, "1")] if identity.guest else []),
         *([(REQUEST_ID_HEADER, request_id)] if request_id else []),
+        *([(CLIENT_ADDRESS_HEADER, address)] if address else []),
     ]
 
 

@@ -36,6 +36,7 @@ from rooms.auth import (
     TokenPolicy,
     valid_text,
 )
+from rooms.buckets import KeyedBuckets
 from rooms.front import HttpReply, error_reply
 
 GUEST_PREFIX = "guest-"
@@ -82,8 +83,9 @@ class GuestIssuer:
     ) -> None:
         self.policy = policy or GuestPolicy()
         self._random_user_id = random_user_id
-        # client -> (tokens left, when they were counted, in seconds)
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets = KeyedBuckets(
+            self.policy.burst, self.policy.refill_s, max_keys=self.policy.max_clients
+        )
 
     def refuse_declared_length(self, content_length: str | None) -> HttpReply | None:
         """413 before any byte is read when the declared body is over the limit (or no number).
@@ -110,7 +112,7 @@ class GuestIssuer:
 
         The token carries ``tokens``' audience and issuer and lives no longer than it allows.
         """
-        wait_s = self._take(client, now_ms / 1000)
+        wait_s = self._buckets.take(client, now_ms / 1000)
         if wait_s > 0:
             retry = max(1, round(wait_s + 0.5))
             reply = error_reply(429, "rate_limited", f"too many guest tokens; retry in {retry} s")
@@ -189,24 +191,3 @@ class GuestIssuer:
         if now_s - since > self.policy.max_identity_s:
             return error_reply(401, "token_expired", "this guest identity is too old to renew")
         return user_id, since
-
-    def _take(self, client: str, now_s: float) -> float:
-        """Take one token from ``client``'s bucket: 0 if granted, else seconds until one is."""
-        policy = self.policy
-        tokens, then = self._buckets.pop(client, (float(policy.burst), now_s))
-        tokens = min(float(policy.burst), tokens + max(0.0, now_s - then) / policy.refill_s)
-        if tokens < 1:
-            self._buckets[client] = (tokens, now_s)
-            return (1 - tokens) * policy.refill_s
-        self._buckets[client] = (tokens - 1, now_s)  # re-inserted: the dict stays in LRU order
-        if len(self._buckets) > policy.max_clients:
-            self._prune(now_s)
-        return 0.0
-
-    def _prune(self, now_s: float) -> None:
-        policy = self.policy
-        for key, (tokens, then) in list(self._buckets.items()):
-            if tokens + (now_s - then) / policy.refill_s >= policy.burst:
-                del self._buckets[key]  # full again: the same as never seen
-        while len(self._buckets) > policy.max_clients:
-            del self._buckets[next(iter(self._buckets))]  # the least recently seen

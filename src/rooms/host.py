@@ -64,6 +64,15 @@ Sender = Callable[[str], None]
 Pending = Callable[[], Awaitable[None]] | None
 
 
+class NewRoomLimiter(Protocol):
+    """How often one user, and one client address, may open rooms that hold nothing yet.
+
+    Locally an in-process token bucket; on Cloudflare the Workers rate-limiting binding
+    (docs/security.md, "Rooms"). ``allow`` takes one unit from ``key``'s budget."""
+
+    async def allow(self, key: str) -> bool: ...
+
+
 class Alarms(Protocol):
     """The object's single alarm (Cloudflare: ctx.storage.setAlarm; locally: a scheduler)."""
 
@@ -85,9 +94,11 @@ _REFUSALS = {
     ErrorCode.ROOM_FULL: "the room is full",
     ErrorCode.TOO_MANY_SOCKETS: "this user has too many sockets in this room",
     ErrorCode.BANNED: "an operator has banned this user from this room for now",
+    ErrorCode.TOO_MANY_FROM_ADDRESS: "too many sockets from this address in this room",
 }
 # A close without a code (RFC 6455 7.1.5: the connection ended without a close frame).
 ABNORMAL_CLOSURE = 1006
+NEW_ROOMS_REFUSED = "opening rooms that hold nothing yet too fast; wait a minute"
 # Without an archive, a room prunes itself every this many messages (a DELETE each time).
 PRUNE_EVERY = 100
 
@@ -164,8 +175,10 @@ class RoomHost(Generic[S]):
         alarms: Alarms | None = None,
         retention: ArchivePolicy | None = None,
         telemetry: Telemetry | None = None,
+        new_rooms: NewRoomLimiter | None = None,
     ) -> None:
         self.room = room
+        self._new_rooms = new_rooms
         # Operator counters (rooms.telemetry): a private one when no platform reads them.
         self.telemetry = telemetry = telemetry if telemetry is not None else Telemetry()
         telemetry.rooms_woken += 1
@@ -195,7 +208,7 @@ class RoomHost(Generic[S]):
             peers.append(peer)
             self._by_conn[peer.conn_id] = ws
         self._sql = sql = TimedSql(sql, telemetry.write_time)
-        store = RoomStore(sql)
+        store = RoomStore(sql, room)
         store.count("wakes")
         # The alarm time as last set: kept in memory so a publish reads no SQL to check it.
         stored_alarm = store.meta("alarm_at")
@@ -207,31 +220,56 @@ class RoomHost(Generic[S]):
             else None
         )
 
-    async def refusal(self, identity: Identity) -> HttpReply | None:
-        """The HTTP refusal of a new socket for ``identity``, or None to accept it.
+    async def refusal(
+        self, identity: Identity, address: str = "", *, opening: bool = True
+    ) -> HttpReply | None:
+        """The HTTP refusal of a new socket for ``identity`` from client ``address`` (as
+        `client_address` gives it; empty when unknown), or None to accept it.
 
         Sockets that stayed silent past `hello_timeout_ms` are closed first, so that they never
-        hold a place (checked here, on arrivals, as there is no timer on every platform)."""
+        hold a place (checked here, on arrivals, as there is no timer on every platform). A
+        room that holds nothing yet costs its opener a unit of their new-room budget; a mere
+        question (``opening=False``: the front's pre-check) spends none and is not told."""
         started, now_ms = time.perf_counter(), self._clock_ms()
         await self._apply(self.engine.silent_sockets(now_ms), started)
-        code = self.engine.refusal(identity.user_id, now_ms)
-        if code is None:
-            return None
-        self.telemetry.rejected(code)
-        return error_reply(403, code, _REFUSALS[code])
+        code = self.engine.refusal(identity.user_id, now_ms, address)
+        if code is not None:
+            self.telemetry.rejected(code)
+            return error_reply(403, code, _REFUSALS[code])
+        if opening and self._new_rooms is not None and not self.engine.store.created:
+            keys = [f"user:{identity.user_id}", *([f"address:{address}"] if address else [])]
+            for key in keys:
+                if not await self._new_rooms.allow(key):
+                    code = ErrorCode.TOO_MANY_NEW_ROOMS
+                    self.telemetry.rejected(code)
+                    self._log(log_line(self.room, Log("rejected", None, identity.user_id, code=code)))
+                    return error_reply(429, code, NEW_ROOMS_REFUSED)
+        return None
 
     async def connect(
-        self, ws: S, identity: Identity, since: int | None, request_id: str | None = None
+        self,
+        ws: S,
+        identity: Identity,
+        since: int | None,
+        request_id: str | None = None,
+        address: str = "",
     ) -> str:
-        """Accept ``ws`` into the room; returns its connection id. ``request_id`` (the front's
-        for this upgrade) goes in the `connect` log line, tying it to the front's line."""
+        """Accept ``ws`` into the room from client ``address``; returns its connection id.
+        ``request_id`` (the front's for this upgrade) goes in the `connect` log line, tying it
+        to the front's line."""
         started = time.perf_counter()
         now_ms = self._clock_ms()
         # Drawn here, never at import time: Workers forbid top-level entropy.
         conn_id = secrets.token_hex(8)
         limits = self.engine.limits
         peer = new_peer(
-            conn_id, identity.user_id, identity.name, limits, now_ms, guest=identity.guest
+            conn_id,
+            identity.user_id,
+            identity.name,
+            limits,
+            now_ms,
+            guest=identity.guest,
+            address=address,
         )
         self.sockets.accept(ws, [conn_tag(conn_id), user_tag(identity.user_id)])
         self.sockets.set_attachment(ws, encode_attachment(peer))
@@ -316,6 +354,8 @@ class RoomHost(Generic[S]):
         if self.archiver is None:
             return None
         store = self.engine.store
+        if not store.created:  # nothing stored, nothing to archive (and nothing to create)
+            return ArchiveOutcome([], 0)
         store.set_meta("alarm_at", None)
         self._alarm_at = None
         now_ms = self._clock_ms()

@@ -30,6 +30,11 @@ class Limits(BaseModel):
     burst: int = Field(default=40, ge=1, description="token-bucket size for the rate limit")
     max_members: int = Field(default=1000, ge=1, description="distinct joined users per room")
     max_sockets_per_user: int = Field(default=10, ge=1, description="one user's sockets in a room")
+    # Generous: a whole office or campus may share one address (behind NAT). It stops one host
+    # with many free guest identities from filling a room (docs/security.md).
+    max_sockets_per_address: int = Field(
+        default=100, ge=1, description="sockets from one client address (IPv6: its /64) in a room"
+    )
     hello_timeout_ms: int = Field(
         default=10_000, ge=100, description="a socket that has not joined by then is closed"
     )

@@ -63,6 +63,8 @@ class ErrorCode:
     TOO_MANY_EDITS = "too_many_edits"
     TOO_MANY_REACTIONS = "too_many_reactions"
     BAD_EMOJI = "bad_emoji"
+    TOO_MANY_FROM_ADDRESS = "too_many_from_address"
+    TOO_MANY_NEW_ROOMS = "too_many_new_rooms"
     INTERNAL = "internal"
 
 

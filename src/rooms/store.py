@@ -34,6 +34,11 @@ class Sql(Protocol):
         """The database's size on disk, for operators."""
         ...
 
+    def exists(self) -> bool:
+        """Whether a room's tables were ever created here. Asking must write nothing: a room
+        that never stored a message leaves nothing behind (docs/protocol.md#rooms)."""
+        ...
+
 
 SCHEMA = (
     # Small named values: head, archived seq, the pending segment, counters, the room's name.
@@ -145,25 +150,57 @@ _STATE_COLUMNS = "seq, author, body, edits, edit_seqs, deleted_seq"
 
 
 class RoomStore:
-    """The ordered, gapless message log of one room."""
+    """The ordered, gapless message log of one room.
 
-    def __init__(self, sql: Sql) -> None:
+    A room's tables are created by its first write (normally its first message), never by
+    reading: connecting to a room, joining it and leaving it store nothing, so a name nobody
+    wrote to leaves no file here and no stored object on Cloudflare. Until then every read
+    answers as for an empty room without touching SQL.
+    """
+
+    def __init__(self, sql: Sql, room: str = "") -> None:
         self._sql = sql
-        if not self._schema_ready():
+        self._room = room  # written into room_meta at creation, for operators
+        self._created = sql.exists()
+        if self._created and not self._schema_ready():
             for statement in SCHEMA:
                 sql.execute(statement)
             self._migrate()
         # The store is the room's only writer, so cached values stay true until its next write.
         # A message's insert is its only write: `head` in room_meta is written before a prune
         # only, for when every row is gone.
-        newest = sql.execute("SELECT MAX(seq) FROM messages")[0][0]
-        self._head = max(int(self.meta("head") or 0), int(newest or 0))
+        newest = self._rows("SELECT MAX(seq) FROM messages")
+        self._head = max(int(self.meta("head") or 0), int(newest[0][0] or 0) if newest else 0)
         self._archived = int(self.meta("archived") or 0)
         # Operator counters wait for the room's next write: counting a wake must not cost a
         # write of its own (a billed row write on Cloudflare, a commit on the wake path here).
         self._unsaved_counts: dict[str, int] = {}
         # A delete queued redactions of archived seqs: the archiver should run now.
         self.redaction_due = False
+
+    @property
+    def created(self) -> bool:
+        """Whether this room has stored anything (its tables exist)."""
+        return self._created
+
+    def _rows(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
+        """A read: no rows before the room's tables exist, and no SQL run to find that out."""
+        return self._sql.execute(query, *params) if self._created else []
+
+    def _count(self, query: str, *params: SqlValue) -> int:
+        rows = self._rows(query, *params)
+        return int(rows[0][0] or 0) if rows else 0
+
+    def _create(self) -> None:
+        """Create the room's tables: called by every write, a no-op after the first."""
+        if self._created:
+            return
+        for statement in SCHEMA:
+            self._sql.execute(statement)
+        self._sql.execute(
+            "INSERT OR IGNORE INTO room_meta (key, value) VALUES ('room', ?)", self._room
+        )
+        self._created = True
 
     @property
     def head(self) -> int:
@@ -212,7 +249,7 @@ class RoomStore:
 
     def _original(self, user_id: str, id: str, name: str) -> Message:
         """The message a retransmit repeats, as first stored."""
-        rows = self._sql.execute("SELECT seq FROM dedupe WHERE user_id = ? AND id = ?", user_id, id)
+        rows = self._rows("SELECT seq FROM dedupe WHERE user_id = ? AND id = ?", user_id, id)
         seq = int(rows[0][0] or 0)
         original = self.get(seq)
         if original is not None:
@@ -247,7 +284,7 @@ class RoomStore:
 
     def dedupe_seq(self, user_id: str, id: str) -> int | None:
         """The seq a user's client id already stored, if any (the retransmit check of events)."""
-        rows = self._sql.execute("SELECT seq FROM dedupe WHERE user_id = ? AND id = ?", user_id, id)
+        rows = self._rows("SELECT seq FROM dedupe WHERE user_id = ? AND id = ?", user_id, id)
         return int(rows[0][0] or 0) if rows else None
 
     def _insert_event(
@@ -418,18 +455,18 @@ class RoomStore:
         return self._store_event(write, kind)
 
     def state(self, seq: int) -> MessageState | None:
-        rows = self._sql.execute(f"SELECT {_STATE_COLUMNS} FROM message_state WHERE seq = ?", seq)
+        rows = self._rows(f"SELECT {_STATE_COLUMNS} FROM message_state WHERE seq = ?", seq)
         return _state(rows[0]) if rows else None
 
     def states_between(self, first: int, last: int) -> dict[int, MessageState]:
-        rows = self._sql.execute(
+        rows = self._rows(
             f"SELECT {_STATE_COLUMNS} FROM message_state WHERE seq BETWEEN ? AND ?", first, last
         )
         return {state.seq: state for state in map(_state, rows)}
 
     def reaction_seq(self, target: int, emoji: str, user_id: str) -> int | None:
         """The seq of the event by which ``user_id`` reacted ``emoji`` on ``target``, if any."""
-        rows = self._sql.execute(
+        rows = self._rows(
             "SELECT seq FROM reactions WHERE target = ? AND emoji = ? AND user_id = ?",
             target,
             emoji,
@@ -439,14 +476,14 @@ class RoomStore:
 
     def emoji_on(self, target: int) -> set[str]:
         """The distinct emoji on a message now."""
-        rows = self._sql.execute("SELECT DISTINCT emoji FROM reactions WHERE target = ?", target)
+        rows = self._rows("SELECT DISTINCT emoji FROM reactions WHERE target = ?", target)
         return {str(row[0]) for row in rows}
 
     def reactions_between(
         self, first: int, last: int, user_id: str
     ) -> dict[int, list[ReactionCount]]:
         """Reaction counts per message in [first, last], each emoji in the order it came."""
-        rows = self._sql.execute(
+        rows = self._rows(
             "SELECT target, emoji, COUNT(*), MAX(user_id = ?) FROM reactions "
             "WHERE target BETWEEN ? AND ? GROUP BY target, emoji ORDER BY target, MIN(seq)",
             user_id,
@@ -461,7 +498,7 @@ class RoomStore:
         return counts
 
     def deleted_between(self, first: int, last: int) -> set[int]:
-        rows = self._sql.execute(
+        rows = self._rows(
             "SELECT seq FROM message_state WHERE deleted_seq IS NOT NULL AND seq BETWEEN ? AND ?",
             first,
             last,
@@ -479,14 +516,14 @@ class RoomStore:
         return [redacted(message, deleted) for message in messages]
 
     def pending_redactions(self, limit: int = 1000) -> list[int]:
-        rows = self._sql.execute("SELECT seq FROM redactions ORDER BY seq LIMIT ?", limit)
+        rows = self._rows("SELECT seq FROM redactions ORDER BY seq LIMIT ?", limit)
         return [int(row[0] or 0) for row in rows]
 
     def clear_redactions(self, first: int, last: int) -> None:
         self._sql.execute("DELETE FROM redactions WHERE seq BETWEEN ? AND ?", first, last)
 
     def redaction_count(self) -> int:
-        return int(self._sql.execute("SELECT COUNT(*) FROM redactions")[0][0] or 0)
+        return self._count("SELECT COUNT(*) FROM redactions")
 
     def event_counts(self) -> dict[str, int]:
         """How many edits, deletes, reactions and removed reactions the room has stored."""
@@ -496,7 +533,7 @@ class RoomStore:
     # ----------------------------------------------------------------------- read state
 
     def read_seq(self, user_id: str) -> int:
-        rows = self._sql.execute("SELECT seq FROM read_state WHERE user_id = ?", user_id)
+        rows = self._rows("SELECT seq FROM read_state WHERE user_id = ?", user_id)
         return int(rows[0][0] or 0) if rows else 0
 
     def set_read(self, user_id: str, seq: int, at_ms: int) -> None:
@@ -514,28 +551,29 @@ class RoomStore:
 
     def unread(self, user_id: str, after: int) -> int:
         """Plain messages by others after ``after``, not deleted, among the retained rows."""
-        rows = self._sql.execute(
+        rows = self._rows(
             "SELECT COUNT(*) FROM messages "
             "WHERE seq > ? AND kind IS NULL AND deleted = 0 AND user_id != ?",
             after,
             user_id,
         )
-        return int(rows[0][0] or 0)
+        return int(rows[0][0] or 0) if rows else 0
 
     # ----------------------------------------------------------------------- meta and counters
 
     def meta(self, key: str) -> SqlValue:
-        rows = self._sql.execute("SELECT value FROM room_meta WHERE key = ?", key)
+        rows = self._rows("SELECT value FROM room_meta WHERE key = ?", key)
         return rows[0][0] if rows else None
 
     def metas(self, prefix: str) -> dict[str, SqlValue]:
         """Every meta entry whose key starts with ``prefix``, keyed by the rest of the key."""
-        rows = self._sql.execute(
+        rows = self._rows(
             "SELECT key, value FROM room_meta WHERE substr(key, 1, ?) = ?", len(prefix), prefix
         )
         return {str(key)[len(prefix) :]: value for key, value in rows}
 
     def set_meta(self, key: str, value: SqlValue) -> None:
+        self._create()
         self._sql.execute(
             "INSERT INTO room_meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -545,6 +583,7 @@ class RoomStore:
 
     def bump(self, counter: str, by: int = 1) -> None:
         """Add to a named counter now (see `count` for one that can wait)."""
+        self._create()
         self._sql.execute(
             "INSERT INTO room_meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
@@ -561,19 +600,26 @@ class RoomStore:
         return int(self.meta(name) or 0) + self._unsaved_counts.get(name, 0)
 
     def save_counts(self) -> None:
-        """Write the counters now (before a local room closes its database)."""
-        if self._unsaved_counts:
+        """Write the counters now (before a local room closes its database). A room that never
+        stored anything drops them: counting its wakes must not create it."""
+        if self._unsaved_counts and self._created:
             self._transaction(lambda: None)
 
     def _transaction(self, write: Callable[[], T]) -> T:
         """Run ``write`` atomically, with the counters counted since the last write."""
 
         def write_with_counts() -> T:
+            self._create()
             for counter, by in self._unsaved_counts.items():
                 self.bump(counter, by)
             return write()
 
-        result = self._sql.transaction(write_with_counts)
+        created = self._created
+        try:
+            result = self._sql.transaction(write_with_counts)
+        except BaseException:
+            self._created = created  # the tables were rolled back with the rest
+            raise
         self._unsaved_counts.clear()  # only once the commit succeeded
         return result
 
@@ -626,6 +672,8 @@ class RoomStore:
         a room without one (``archived_only=False``) keeps exactly its retention window. Dedupe
         entries are kept for their own time window, independent of message rows.
         """
+        if not self._created:
+            return 0
         newest_kept = self._head - retain_messages
         cutoff = min(self._archived, newest_kept) if archived_only else newest_kept
         removed = 0
@@ -638,14 +686,14 @@ class RoomStore:
         return removed
 
     def retained_count(self) -> int:
-        return int(self._sql.execute("SELECT COUNT(*) FROM messages")[0][0] or 0)
+        return self._count("SELECT COUNT(*) FROM messages")
 
     def dedupe_count(self) -> int:
-        return int(self._sql.execute("SELECT COUNT(*) FROM dedupe")[0][0] or 0)
+        return self._count("SELECT COUNT(*) FROM dedupe")
 
     def between(self, first: int, last: int) -> list[Message]:
         """The retained messages with first <= seq <= last, oldest first."""
-        rows = self._sql.execute(
+        rows = self._rows(
             f"SELECT {_READ_COLUMNS} FROM messages WHERE seq BETWEEN ? AND ? ORDER BY seq",
             first,
             last,
@@ -655,18 +703,18 @@ class RoomStore:
     # ----------------------------------------------------------------------- reads
 
     def get(self, seq: int) -> Message | None:
-        rows = self._sql.execute(f"SELECT {_READ_COLUMNS} FROM messages WHERE seq = ?", seq)
+        rows = self._rows(f"SELECT {_READ_COLUMNS} FROM messages WHERE seq = ?", seq)
         return _message(rows[0]) if rows else None
 
     def oldest_retained(self) -> int:
         """The lowest seq still stored here (head + 1 when nothing is)."""
-        rows = self._sql.execute("SELECT MIN(seq) FROM messages")
+        rows = self._rows("SELECT MIN(seq) FROM messages")
         low = rows[0][0] if rows else None
         return int(low) if low is not None else self._head + 1
 
     def after(self, since: int, limit: int) -> list[Message]:
         """Up to ``limit`` messages with seq > ``since``, oldest first."""
-        rows = self._sql.execute(
+        rows = self._rows(
             f"SELECT {_READ_COLUMNS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
             since,
             limit,
@@ -675,7 +723,7 @@ class RoomStore:
 
     def before(self, before: int, limit: int) -> list[Message]:
         """Up to ``limit`` messages with seq < ``before``, oldest first."""
-        rows = self._sql.execute(
+        rows = self._rows(
             f"SELECT {_READ_COLUMNS} FROM messages WHERE seq < ? ORDER BY seq DESC LIMIT ?",
             before,
             limit,

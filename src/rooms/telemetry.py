@@ -190,6 +190,7 @@ class TimedSql:
     def __init__(self, sql: Sql, histogram: Histogram) -> None:
         self.execute: Callable[..., list[Sequence[SqlValue]]] = sql.execute
         self.size_bytes = sql.size_bytes
+        self.exists = sql.exists
         self._transaction = sql.transaction
         self._histogram = histogram
 

@@ -8,7 +8,7 @@ import pytest
 
 from rooms.limits import Limits
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
-from tests.core.harness import RoomHarness, run
+from tests.core.harness import MemorySocket, RoomHarness, run
 
 
 @pytest.fixture(params=[False, True], ids=["awake", "hibernate-every-event"])
@@ -251,6 +251,59 @@ def test_rate_limit_state_survives_hibernation() -> None:
     for i in range(3):
         alice.publish(f"m{i}", "x")
     assert [e["code"] for e in alice.take("error")] == ["rate_limited"]
+
+
+@pytest.mark.parametrize("hibernate", [False, True], ids=["awake", "hibernate-every-event"])
+def test_a_users_sockets_share_one_budget_even_across_wakes(hibernate: bool) -> None:
+    """A second and third socket bring no new frames: the budget is the user's. After a wake
+    it is rebuilt from the attachment that spent it last, not from a fuller, older copy."""
+    room = RoomHarness(Limits(messages_per_second=1, burst=2, max_strikes=100),
+                       hibernate_every_event=hibernate)
+    first, second = room.join("alice"), room.join("alice")
+    first.publish("a1", "x")
+    second.publish("a2", "x")
+    third = room.join("alice")  # joins after the budget was spent
+    third.publish("a3", "x")
+    second.publish("a4", "x")
+    assert [a["id"] for c in (first, second, third) for a in c.take("ack")] == ["a1", "a2"]
+    assert sorted(e["ref"] for c in (second, third) for e in c.take("error")) == ["a3", "a4"]
+    bob = room.join("bob")  # another user's budget is untouched
+    bob.publish("b1", "x")
+    assert [a["id"] for a in bob.take("ack")] == ["b1"]
+    room.tick(1000)
+    third.publish("a5", "x")
+    assert [a["id"] for a in third.take("ack")] == ["a5"]
+
+
+def test_a_budget_outlives_the_users_sockets_until_it_is_full_again() -> None:
+    from rooms.auth import Identity
+    room = RoomHarness(Limits(messages_per_second=1, burst=2, max_strikes=100))
+    alice = room.join("alice")
+    alice.publish("a1", "x")
+    alice.publish("a2", "x")
+    alice.leave()
+    again = room.join("alice")
+    again.publish("a3", "x")
+    assert [e["code"] for e in again.take("error")] == ["rate_limited"]
+    again.leave()
+    room.tick(2001)
+    assert run(room.host.refusal(Identity("bob", "Bob"))) is None  # an arrival forgets ...
+    assert "alice" not in room.host.engine._budgets  # ... budgets that are full again
+
+
+def test_sockets_per_address_are_capped_in_a_room() -> None:
+    from rooms.auth import Identity
+    room = RoomHarness(Limits(max_sockets_per_address=2))
+    host = room.host
+    assert run(host.refusal(Identity("a", "A"), "10.0.0.1")) is None
+    for user in ("a", "b"):
+        run(host.connect(MemorySocket(), Identity(user, user), 0, "10.0.0.1"))
+    refused = run(host.refusal(Identity("c", "C"), "10.0.0.1"))
+    assert refused is not None
+    assert (refused.status, json.loads(refused.body)["error"]["code"]) == (
+        403, "too_many_from_address")
+    assert run(host.refusal(Identity("c", "C"), "10.0.0.2")) is None
+    assert run(host.refusal(Identity("c", "C"), "")) is None  # unknown: nothing to count
 
 
 def test_max_members_counts_distinct_users() -> None:

@@ -1,7 +1,9 @@
-"""Operator counters are written with the room's next write, never on their own."""
+"""A room's store writes only when asked to store something: operator counters wait for the
+room's next write, and a room that never stored a message leaves no file at all."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -21,7 +23,7 @@ def test_counts_wait_for_the_next_write_and_then_survive(tmp_path: Path) -> None
     store = RoomStore(sql)
     store.count("wakes")
     store.count("wakes")
-    assert _stored(path, "wakes") is None  # counting alone wrote nothing
+    assert not path.exists()  # counting alone wrote nothing: the file is not even there
     assert store.counter("wakes") == 2  # but operators see it already
     store.append(id="a", user_id="u", name="U", body="hi", sent_ms=1)
     assert _stored(path, "wakes") == 2
@@ -34,9 +36,51 @@ def test_counts_wait_for_the_next_write_and_then_survive(tmp_path: Path) -> None
     assert _stored(path, "wakes") == 3
 
 
+def test_a_room_that_is_only_read_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "room.sqlite"
+    sql = SqliteSql(path)
+    store = RoomStore(sql, "lobby")
+    assert (store.head, store.archived, store.created) == (0, 0, False)
+    assert store.after(0, 10) == []
+    assert store.before(5, 10) == []
+    assert store.get(1) is None
+    assert (store.oldest_retained(), store.retained_count(), store.dedupe_count()) == (1, 0, 0)
+    assert store.choose_segment(100) is None
+    assert store.prune(0, 0) == 0
+    store.count("wakes")
+    store.save_counts()
+    assert sql.size_bytes() == 0
+    sql.close()
+    assert not path.exists()
+
+    again = RoomStore(SqliteSql(path), "lobby")
+    message, _ = again.append(id="a", user_id="u", name="U", body="hi", sent_ms=1)
+    assert (message.seq, again.created) == (1, True)
+    assert _stored(path, "room") == "lobby"  # operators can tell which room a file holds
+
+
+def test_a_failed_first_write_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "room.sqlite"
+    sql = SqliteSql(path)
+    store = RoomStore(sql, "lobby")
+
+    def fail() -> None:
+        store.set_meta("closed", 1)  # creates the tables inside the transaction ...
+        raise RuntimeError("and then the write fails")
+
+    with contextlib.suppress(RuntimeError):
+        store._transaction(fail)
+    assert not store.created
+    assert not sql.exists()
+    store.append(id="a", user_id="u", name="U", body="hi", sent_ms=1)
+    assert store.created
+    assert store.head == 1
+
+
 def test_a_failed_write_keeps_its_counts_for_the_next_one(tmp_path: Path) -> None:
     sql = SqliteSql(tmp_path / "room.sqlite")
     store = RoomStore(sql)
+    store.append(id="first", user_id="u", name="U", body="hi", sent_ms=1)
     store.count("rate_limited")
     sql.execute(
         "CREATE TRIGGER refuse BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'no'); END"
@@ -51,4 +95,5 @@ def test_a_failed_write_keeps_its_counts_for_the_next_one(tmp_path: Path) -> Non
     sql.execute("DROP TRIGGER refuse")
     store.append(id="b", user_id="u", name="U", body="hi", sent_ms=2)
     assert store.counter("rate_limited") == 1
+    assert store.head == 2
     assert _stored(tmp_path / "room.sqlite", "rate_limited") == 1

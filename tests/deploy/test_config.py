@@ -133,3 +133,11 @@ def test_readme_wrangler_commands_exist_in_the_pinned_wrangler(tools: Toolchain)
         assert args[: len(words)] == words, f"wrangler {' '.join(args)}: usage is {usage}"
         for flag in (arg for arg in args if arg.startswith("--")):
             assert flag in result.stdout, f"wrangler {' '.join(words)} has no {flag}"
+
+
+def test_the_new_rooms_binding_matches_the_local_default() -> None:
+    """docs/protocol.md#rooms: one default for both runtimes, 30 rooms a minute."""
+    from roomsd.config import Settings
+
+    (binding,) = [b for b in wrangler_config()["ratelimits"] if b["name"] == "NEW_ROOMS"]
+    assert binding["simple"] == {"limit": Settings().new_rooms_per_minute, "period": 60}

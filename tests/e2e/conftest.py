@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -107,6 +108,21 @@ ARCHIVING = Profile(
     name="archiving",
 )
 """The alarm archives 50 ms after a write, 4 messages a segment, keeping 3 rows; no guests."""
+
+
+ABUSE = Profile(
+    limits=Limits(max_sockets_per_address=3, messages_per_second=0.2, burst=3),
+    new_rooms_per_minute=3,
+    name="abuse",
+)
+"""Tight abuse bounds (tests/e2e/test_abuse.py): 3 sockets per address in a room, 3 frames in a
+burst per user, 3 new rooms a minute per user and per address. Its tests send from loopback
+addresses of their own (`fresh_address`), so that they never share an address's budget."""
+
+
+def fresh_address() -> str:
+    """A loopback address (127.x.y.z) no other test sends from, for per-address limits."""
+    return f"127.{random.randrange(1, 255)}.{random.randrange(256)}.{random.randrange(1, 255)}"
 
 
 def use_profile(profile: Profile) -> pytest.MarkDecorator:
@@ -227,6 +243,7 @@ class LocalService(ServiceBase):
             archive=profile.archive,
             allowed_origins=frozenset(profile.allowed_origins),
             guest_tokens=profile.guest_tokens,
+            new_rooms_per_minute=profile.new_rooms_per_minute,
             hibernation=HibernationPolicy(
                 after_idle_s=3600, every_event=runtime == "local-hibernating"
             ),

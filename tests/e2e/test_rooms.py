@@ -329,11 +329,12 @@ async def test_rate_limited_frames_are_refused_and_other_sockets_are_unaffected(
 ) -> None:
     """Past the burst (3), a publish is refused with rate_limited and its id; nothing stored.
 
-    The bucket is the socket's: the same user's other socket publishes on.
+    The bucket is the user's (their other sockets share it: tests/e2e/test_abuse.py): another
+    user publishes on.
     """
     room = service.room("flood")
     async with await service.connect(room, "alice") as fast, \
-            await service.connect(room, "alice") as calm:
+            await service.connect(room, "bob") as calm:
         await recv_until(fast, "welcome")
         await recv_until(calm, "welcome")
         for i in range(4):

@@ -18,7 +18,7 @@ from rooms.auth import mint_token
 from rooms.limits import Limits
 from roomsd.config import PROJECT_ROOT, Settings
 from roomsd.rooms import HibernationPolicy, RoomRegistry
-from roomsd.server import REGISTRY, make_app
+from roomsd.server import REGISTRY, make_app, runner_options
 from tests.conftest import timeout
 from tests.frames import closed_by_server, recv_json, recv_until
 
@@ -61,7 +61,7 @@ class RunningServer:
 
 
 async def start_server(settings: Settings, port: int = 0) -> RunningServer:
-    runner = web.AppRunner(make_app(settings), access_log=None)
+    runner = web.AppRunner(make_app(settings), **runner_options(settings))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
@@ -77,6 +77,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         jwt_secret=SECRET,
         limits=Limits(messages_per_second=1000, burst=1000),
         hibernation=HibernationPolicy(after_idle_s=3600),
+        new_rooms_per_minute=100_000,  # tests open many rooms; the limit has tests/e2e's own
     )
     return replace(base, **overrides)
 
