@@ -208,7 +208,7 @@ async def check_admission(registry: RoomRegistry, check: CheckAdmission, address
 
 class AddressCounts:
     """Open WebSockets per client address, across every room: one host may hold at most
-    `Settings.max_connections_per_address` (docs/security.md, "Connections")."""
+    `Settings.max_connections_per_address` (docs/security.md, the HTTP table)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

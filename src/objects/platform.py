@@ -62,7 +62,7 @@ class DurableObjectSql:
 
     def exists(self) -> bool:
         # A read of the schema: creates nothing, so a room that never stored a message is an
-        # object with no storage at all (docs/security.md, "Rooms").
+        # object with no storage at all (docs/protocol.md#rooms).
         return bool(self.execute(_ROOM_TABLES_EXIST))
 
     def size_bytes(self) -> int:
@@ -125,6 +125,14 @@ class HibernatableSockets:
 
     def is_open(self, ws: JsObject) -> bool:
         return counts_as_open(ws.readyState)
+
+    def tagged(self, prefix: str) -> str | None:
+        """The rest of the first tag starting with ``prefix`` on any of the object's sockets."""
+        for ws in self._ctx.getWebSockets():
+            for tag in self._ctx.getTags(ws):
+                if isinstance(tag, str) and tag.startswith(prefix):
+                    return tag[len(prefix) :]
+        return None
 
     def attachment(self, ws: JsObject) -> str | None:
         value = ws.deserializeAttachment()  # None (or jsnull) when nothing is attached

@@ -58,7 +58,7 @@ from rooms.front import (
     request_id_from_forwarded,
 )
 from rooms.guest import parse_switch
-from rooms.host import ArchiveBindings, RoomHost
+from rooms.host import ArchiveBindings, RoomHost, room_tag
 from rooms.limits import Limits, SettingsModel, settings_from_json
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
 from rooms.telemetry import Telemetry
@@ -121,7 +121,11 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         # The stored name, read once per instance: it never changes once written, and reading
         # it on every upgrade cost a SELECT (250 us in workerd).
         self._stored = self._stored_name()
-        self._name = self._stored or ffi.object_name(self.ctx)
+        # A room that stored nothing yet and whose id has no name (§2.4) reads it from the tag
+        # its sockets were accepted with (`rooms.host.room_tag`).
+        self._name = (
+            self._stored or ffi.object_name(self.ctx) or self._sockets.tagged(room_tag(""))
+        )
         # Built by the first handler (`_awake`, `_host_for`), synchronously before its first
         # await, so the store's tables exist in time (§4.6) and a failure while rebuilding from
         # storage and sockets is caught and logged by that handler instead of failing __init__.
@@ -248,7 +252,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
 
     def _stored_name(self) -> str | None:
         """The name the room stored with its first message; None before (reading writes
-        nothing: a room nobody wrote to leaves no storage behind, docs/security.md)."""
+        nothing: a room nobody wrote to leaves no storage behind, docs/protocol.md#rooms)."""
         tables = {str(row[0]) for row in self._sql.execute(NAME_TABLES)}
         rows: list[Any] = []
         if "room_name" in tables:

@@ -68,7 +68,7 @@ class NewRoomLimiter(Protocol):
     """How often one user, and one client address, may open rooms that hold nothing yet.
 
     Locally an in-process token bucket; on Cloudflare the Workers rate-limiting binding
-    (docs/security.md, "Rooms"). ``allow`` takes one unit from ``key``'s budget."""
+    (docs/protocol.md#rooms). ``allow`` takes one unit from ``key``'s budget."""
 
     async def allow(self, key: str) -> bool: ...
 
@@ -105,6 +105,12 @@ PRUNE_EVERY = 100
 
 def conn_tag(conn_id: str) -> str:
     return f"c:{conn_id}"
+
+
+def room_tag(room: str) -> str:
+    """The socket tag naming its room (names are at most 64 ASCII characters): how an object
+    woken by a socket event, whose id has no name and which stored nothing yet, finds it."""
+    return f"r:{room}"
 
 
 def user_tag(user_id: str) -> str:
@@ -271,7 +277,9 @@ class RoomHost(Generic[S]):
             guest=identity.guest,
             address=address,
         )
-        self.sockets.accept(ws, [conn_tag(conn_id), user_tag(identity.user_id)])
+        self.sockets.accept(
+            ws, [conn_tag(conn_id), user_tag(identity.user_id), room_tag(self.room)]
+        )
         self.sockets.set_attachment(ws, encode_attachment(peer))
         self._by_conn[conn_id] = ws
         self.telemetry.connections_opened += 1

@@ -297,7 +297,7 @@ def test_sockets_per_address_are_capped_in_a_room() -> None:
     host = room.host
     assert run(host.refusal(Identity("a", "A"), "10.0.0.1")) is None
     for user in ("a", "b"):
-        run(host.connect(MemorySocket(), Identity(user, user), 0, "10.0.0.1"))
+        run(host.connect(MemorySocket(), Identity(user, user), 0, address="10.0.0.1"))
     refused = run(host.refusal(Identity("c", "C"), "10.0.0.1"))
     assert refused is not None
     assert (refused.status, json.loads(refused.body)["error"]["code"]) == (

@@ -251,8 +251,9 @@ def test_a_leave_announced_by_a_woken_room_names_the_member(world: World, how: s
 def test_a_room_whose_id_has_no_name_knows_its_name_after_every_wake(
     world_factory: WorldFactory, expect: Expect
 ) -> None:
-    """The name read from the first upgrade is stored: a room woken by a socket event (no URL)
-    whose `ctx.id.name` is undefined still logs and welcomes under it."""
+    """A room woken by a socket event (no URL) whose `ctx.id.name` is undefined reads its name
+    from its sockets' tags before its first message, and from storage after it: it logs,
+    stores and welcomes under it."""
     world = world_factory(id_has_name=False, LOG_MESSAGES="1")
     world.set_hibernate_every_event(True)
     alice = join(world, "alice", room="blue-room")
@@ -261,6 +262,8 @@ def test_a_room_whose_id_has_no_name_knows_its_name_after_every_wake(
     records = log_records(take_output(world, expect))
     (published,) = [r for r in records if r["event"] == "publish"]
     assert published["room"] == "blue-room"
+    assert world.sql("blue-room", "SELECT value FROM room_meta WHERE key = 'room'") == [
+        {"value": "blue-room"}]  # the name the archive and the directory will use
     bob = join(world, "bob", room="blue-room")
     assert bob.frames("welcome")[0]["room"] == "blue-room"
     assert bob.seqs() == [1]
@@ -349,8 +352,10 @@ def test_two_rooms_are_separate_objects(world: World) -> None:
     bob = join(world, "bob", room="two")
     alice.publish("a", "in one")
     assert bob.frames("message") == []
-    assert world.sql("two", "SELECT COUNT(*) AS n FROM messages") == [{"n": 0}]
-    assert world.sql("one", "SELECT name FROM room_name") == [{"name": "one"}]
+    # Room two stored nothing (no message yet): not even its tables exist.
+    assert world.sql("two", "SELECT name FROM sqlite_master WHERE type = 'table'") == []
+    assert world.sql("one", "SELECT value FROM room_meta WHERE key = 'room'") == [
+        {"value": "one"}]
 
 
 def test_history_pages_backwards(world: World) -> None:
