@@ -95,6 +95,7 @@ class WorkerdPool:
         self.tools = tools
         self.root = root
         self.running: dict[Profile, WranglerDev] = {}
+        self._started = 0
         self._template: Path | None = None
         self.config = snapshot_project(root / "project")
 
@@ -107,7 +108,8 @@ class WorkerdPool:
 
     def get(self, profile: Profile) -> WranglerDev:
         if profile not in self.running:
-            index = len(self.running)
+            # Never reused, even after a failed start: its state directory exists already.
+            index, self._started = self._started, self._started + 1
             state = self.root / f"state-{index}"
             self._migrated_state(state)
             env_file = self.root / f"vars-{index}.env"

@@ -48,7 +48,7 @@ def test_authenticated_upgrade_reaches_the_room(world_any: World) -> None:
     assert info["constructions"] == 1
     (socket,) = info["sockets"]
     conn_id = json.loads(socket["attachment"])["conn_id"]
-    assert socket["tags"] == [f"c:{conn_id}", "u:alice"]
+    assert socket["tags"] == [f"c:{conn_id}", "u:alice", "r:lobby"]
     assert conn_id == welcome["conn_id"]
     result.client.publish("m", "hi")  # rewrites the attachment (the rate-limit bucket)
     (socket,) = world_any.info("lobby")["sockets"]
