@@ -242,6 +242,7 @@ async def room_socket(request: web.Request, upgrade: ForwardUpgrade) -> web.Stre
     address = client_address(request.remote)
     if not addresses.try_open(address):
         log.info(http_log_line("http", 429, "/rooms/{room}/ws", code="too_many_connections"))
+        rejected(request.app[TELEMETRY], TOO_MANY_CONNECTIONS)
         return _reply(TOO_MANY_CONNECTIONS)
     try:
         return await _room_socket(request, upgrade, address)
