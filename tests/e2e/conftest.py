@@ -111,13 +111,21 @@ ARCHIVING = Profile(
 
 
 ABUSE = Profile(
-    limits=Limits(max_sockets_per_address=3, messages_per_second=0.2, burst=3),
+    limits=Limits(
+        max_sockets_per_address=3,
+        messages_per_second=0.2,
+        burst=3,
+        signals_per_second=0.01,
+        signal_burst=20,
+    ),
     new_rooms_per_minute=3,
     name="abuse",
 )
 """Tight abuse bounds (tests/e2e/test_abuse.py): 3 sockets per address in a room, 3 frames in a
-burst per user, 3 new rooms a minute per user and per address. Its tests send from loopback
-addresses of their own (`fresh_address`), so that they never share an address's budget."""
+burst per user, 20 signals and then almost no refill (so that counts never depend on how fast a
+loaded machine delivers them), 3 new rooms a minute per user and per address. Its tests send
+from loopback addresses of their own (`fresh_address`), so that they never share an address's
+budget."""
 
 
 def fresh_address() -> str:

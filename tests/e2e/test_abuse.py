@@ -183,3 +183,30 @@ async def _answers(ws: websockets.ClientConnection, count: int) -> list[dict[str
         if frame["type"] in ("ack", "error"):
             answers.append(frame)
     return answers
+
+
+@use_profile(ABUSE)  # 20 signals in a burst, then one every 100 s
+async def test_signals_are_small_and_on_a_budget_of_their_own(service: ServiceBase) -> None:
+    """A 64 KiB signal used to be relayed to every member, sharing the publish budget. Now a
+    signal's data is at most `max_signal_bytes` (2 KiB), and 25 signals at once exhaust the
+    signal bucket (20) without touching the sender's message budget."""
+    room = await created_room(service, "signals")
+    address = fresh_address()
+    async with (
+        await connect_from(service, address, room, "mallory") as ws,
+        await connect_from(service, address, room, "bystander") as other,
+    ):
+        await recv_until(ws, "welcome")
+        await recv_until(other, "welcome")
+        await ws.send(json.dumps({"type": "signal", "kind": "k", "data": "x" * 4096}))
+        assert (await recv_until(ws, "error"))["code"] == "signal_too_large"
+        for i in range(25):
+            await ws.send(json.dumps({"type": "signal", "kind": "typing", "data": i}))
+        await send_publish(ws, "p")
+        answers = []
+        while not answers or answers[-1]["type"] != "ack":
+            answers.append(await recv_json(ws))
+        limited = [a for a in answers if a["type"] == "error" and a["code"] == "rate_limited"]
+        assert len(limited) == 6  # 20 in the bucket, and the oversized signal took one
+        relayed = [await recv_until(other, "signal") for _ in range(19)]
+        assert [r["data"] for r in relayed] == list(range(19))  # never the 4 KiB one
