@@ -39,27 +39,30 @@ def future() -> int:
     return int(time.time()) + 600
 
 
-BAD_TOKENS = {
-    "missing": (None, "token_missing"),
-    "garbage": ("not-a-jwt", "token_invalid"),
-    "wrong-signature": (
-        jwt.encode({"sub": "a", "exp": future()}, "another-secret-at-least-32-bytes", "HS256"),
-        "token_invalid",
-    ),
-    "alg-none": (unsigned_token({"sub": "a", "exp": future()}), "token_invalid"),
-    "expired": (jwt.encode({"sub": "a", "exp": int(time.time()) - 60}, SECRET,
-                           algorithm="HS256"), "token_expired"),
-    "no-exp": (jwt.encode({"sub": "a"}, SECRET, algorithm="HS256"), "token_claims"),
-    "no-sub": (jwt.encode({"exp": future()}, SECRET, algorithm="HS256"), "token_claims"),
-    "sub-not-string": (jwt.encode({"sub": "", "exp": future()}, SECRET, algorithm="HS256"),
-                       "token_claims"),
-}
+def bad_tokens() -> dict[str, tuple[str | None, str]]:
+    """Made when a test runs, not when tests are collected: a long session (22 min on a loaded
+    machine) outlived tokens that expired 10 minutes after collection."""
+    return {
+        "missing": (None, "token_missing"),
+        "garbage": ("not-a-jwt", "token_invalid"),
+        "wrong-signature": (
+            jwt.encode({"sub": "a", "exp": future()}, "another-secret-at-least-32-bytes", "HS256"),
+            "token_invalid",
+        ),
+        "alg-none": (unsigned_token({"sub": "a", "exp": future()}), "token_invalid"),
+        "expired": (jwt.encode({"sub": "a", "exp": int(time.time()) - 60}, SECRET,
+                               algorithm="HS256"), "token_expired"),
+        "no-exp": (jwt.encode({"sub": "a"}, SECRET, algorithm="HS256"), "token_claims"),
+        "no-sub": (jwt.encode({"exp": future()}, SECRET, algorithm="HS256"), "token_claims"),
+        "sub-not-string": (jwt.encode({"sub": "", "exp": future()}, SECRET, algorithm="HS256"),
+                           "token_claims"),
+    }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+@pytest.mark.parametrize("case", sorted(bad_tokens()))
 async def test_bad_tokens_are_refused_with_401_and_a_code(service: ServiceBase, case: str) -> None:
     """Missing, malformed, forged, alg:none, expired and claim-less tokens never upgrade."""
-    token, code = BAD_TOKENS[case]
+    token, code = bad_tokens()[case]
     url = service.url(service.room("lobby"), **({"token": token} if token else {}))
     await expect_http_error(url, 401, code)
 
