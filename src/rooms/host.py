@@ -248,7 +248,9 @@ class RoomHost(Generic[S]):
                 if not await self._new_rooms.allow(key):
                     code = ErrorCode.TOO_MANY_NEW_ROOMS
                     self.telemetry.rejected(code)
-                    self._log(log_line(self.room, Log("rejected", None, identity.user_id, code=code)))
+                    self._log(
+                        log_line(self.room, Log("rejected", None, identity.user_id, code=code))
+                    )
                     return error_reply(429, code, NEW_ROOMS_REFUSED)
         return None
 
