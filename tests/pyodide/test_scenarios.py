@@ -278,7 +278,8 @@ def test_a_failing_handler_logs_one_line_closes_1011_and_the_room_recovers(
     alice, bob = join(world_any, "alice"), join(world_any, "bob")
     alice.publish("a", "1")
     world_any.evict("lobby")
-    world_any.fail_sql("lobby", "CREATE TABLE IF NOT EXISTS room_meta",
+    # Every rebuild asks the catalogue whether the room stored anything (RoomStore).
+    world_any.fail_sql("lobby", "SELECT 1 FROM sqlite_master",
                        message="secret detail: database or disk is full: SQLITE_FULL")
     bob.hold_closes()
     take_output(world_any, expect)
