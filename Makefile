@@ -67,7 +67,7 @@ deploy: workerd-setup
 bench-pyodide: pyodide-setup
 	$(VENV)/bin/python bench/pyodide_bench.py $(BENCH_ARGS)
 
-## Benchmarks (figures, not tests; ~15 min): the runtime vs plain websockets and Node ws baselines,
+## Benchmarks (figures, not tests; ~30 min): the runtime vs plain websockets and Node ws baselines,
 ## then the Worker in real workerd (wrangler dev) vs Cloudflare's JS chat demo figures.
 bench: setup workerd-setup
 	$(UV) sync --frozen --inexact --python $(PYTHON) --group dev --group bench
