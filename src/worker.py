@@ -23,7 +23,6 @@ from objects.room import Room  # noqa: F401  (§1.1: workerd exports DO classes 
 from objects.web import (
     INTERNAL_ERROR,
     emit,
-    error_code,
     log_failure,
     lower_headers,
     query_params,
@@ -47,6 +46,7 @@ from rooms.front import (
     error_reply,
     forwarded_headers,
     parse_origins,
+    reply_error_code,
     route,
 )
 from rooms.guest import GuestIssuer, parse_switch
@@ -102,7 +102,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             request_method(request), path, query_params(url.query), headers, config, own_origin
         )
         if isinstance(decision, HttpReply):
-            code = error_code(decision)
+            code = reply_error_code(decision)
             if code is not None:
                 fields["code"] = code
             return reply_response(decision)
@@ -113,7 +113,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         if isinstance(decision, CheckAdmission):
             fields.update(room=decision.room, user_id=decision.identity.user_id)
             reply = await self._check(decision, client_address(headers.get("cf-connecting-ip")))
-            code = error_code(reply)
+            code = reply_error_code(reply)
             if code is not None:
                 fields["code"] = code
             return reply_response(reply)
@@ -128,7 +128,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             client = client_address(headers.get("cf-connecting-ip"))
             now_ms = int(time.time() * 1000)
             reply = GUEST_ISSUER.handle(body, client, config.jwt_secret, now_ms, config.tokens)
-            code = error_code(reply)
+            code = reply_error_code(reply)
             if code is not None:
                 fields["code"] = code
             return reply_response(reply)
@@ -185,7 +185,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         reply = await api.handle(
             request_method(request), path, query_params(query), headers, int(time.time() * 1000)
         )
-        code = error_code(reply)
+        code = reply_error_code(reply)
         if code is not None:
             fields["code"] = code
         return reply_response(reply)

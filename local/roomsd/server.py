@@ -26,6 +26,7 @@ from rooms.front import (
     admitted_reply,
     client_address,
     error_reply,
+    reply_error_code,
     route,
 )
 from rooms.guest import GuestIssuer
@@ -33,7 +34,7 @@ from rooms.host import ArchiveBindings
 from rooms.limits import PLATFORM_MAX_MESSAGE_BYTES
 from rooms.logs import http_log_line
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
-from rooms.telemetry import Telemetry, reply_error_code
+from rooms.telemetry import Telemetry
 from roomsd import http_errors
 from roomsd.bindings import AlarmScheduler, LocalD1, LocalR2
 from roomsd.config import Settings

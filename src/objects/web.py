@@ -47,17 +47,6 @@ def query_params(query: str) -> dict[str, str]:
     return params
 
 
-def error_code(reply: HttpReply) -> str | None:
-    """The ``error.code`` of an error reply, for the request log."""
-    if reply.status < 400:
-        return None
-    try:
-        code = json.loads(reply.body)["error"]["code"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return code if isinstance(code, str) else None
-
-
 def emit(line: str) -> None:
     """Write one log line; on Workers, stdout is the console that observability collects."""
     print(line, flush=True)

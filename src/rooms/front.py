@@ -115,6 +115,17 @@ def error_reply(status: int, code: str, message: str) -> HttpReply:
     return HttpReply(status, body)
 
 
+def reply_error_code(reply: HttpReply) -> str | None:
+    """The ``error.code`` of an error reply (for logs and counters; parsed for errors only)."""
+    if reply.status < 400:
+        return None
+    try:
+        code = json.loads(reply.body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
 def json_reply(status: int, value: object) -> HttpReply:
     return HttpReply(status, json.dumps(value).encode())
 

@@ -10,13 +10,11 @@ object owns one and writes what it counted to Workers Analytics Engine every sec
 
 from __future__ import annotations
 
-import json
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from rooms.front import HttpReply
 from rooms.store import Sql, SqlValue
 
 T = TypeVar("T")
@@ -163,17 +161,6 @@ def analytics_points(room: str, t: Telemetry) -> list[DataPoint]:
             }
         )
     return points
-
-
-def reply_error_code(reply: HttpReply) -> str | None:
-    """The ``error.code`` of an error reply (parsed only for errors, which are rare)."""
-    if reply.status < 400:
-        return None
-    try:
-        code = json.loads(reply.body)["error"]["code"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return code if isinstance(code, str) else None
 
 
 def utf8_len(text: str | bytes) -> int:
