@@ -142,9 +142,10 @@ def start_server(
         dev_vars = workdir / "dev.vars"
         dev_vars.write_text(
             f"JWT_SECRET={SECRET}\nADMIN_TOKEN={ADMIN_TOKEN}\nROOM_LIMITS={json.dumps(ROOM_LIMITS)}\n"
-            # One generator opens every new room of a storm from one address and a few users:
-            # the per-user/per-address new-room budget (issue 14) would refuse most of them.
-            "NEW_ROOMS_PER_MINUTE=1000000\n"
+            # One generator opens every new room of a storm from one address and a few users,
+            # and holds thousands of sockets from that address: the new-room budget and the
+            # per-address connection cap (docs/security.md) would refuse most of them.
+            "NEW_ROOMS_PER_MINUTE=1000000\nMAX_CONNECTIONS_PER_ADDRESS=1000000\n"
         )
         # rooms-uvloop (an experiment, not a default): the same runtime on uvloop's event loop.
         launcher = ["-c", UVLOOP_ROOMS] if kind == "rooms-uvloop" else ["-m", "roomsd"]
