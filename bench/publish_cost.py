@@ -8,6 +8,7 @@ that count them. Publishes arrive ``--together`` per event-loop iteration in eac
 (``--each``) at the batch sizes a server sees (1: paced traffic; 10: a busy room).
 
     .venv/bin/python bench/publish_cost.py --rooms 100 --together 1
+    .venv/bin/python bench/publish_cost.py --rooms 100 --first    # a new room's first message
     ROOMS_COMMIT_EACH_MESSAGE=1 .venv/bin/python bench/publish_cost.py --rooms 100 --together 1
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \\
         .venv/bin/python bench/publish_cost.py --rooms 20 --iterations 20
@@ -99,17 +100,89 @@ async def measure(
     }
 
 
+class LoopClock:
+    """The event loop's busy time: the wall time of every callback it runs (the time every
+    other socket waits, whether the callback computes or blocks in a system call), and the CPU
+    time of the loop's thread."""
+
+    def __init__(self) -> None:
+        self.busy = 0.0
+        self.longest = 0.0
+        self._run = asyncio.events.Handle._run
+
+    def __enter__(self) -> LoopClock:
+        run, clock = self._run, self
+
+        def timed(handle: asyncio.events.Handle) -> None:
+            started = time.perf_counter()
+            try:
+                run(handle)
+            finally:
+                took = time.perf_counter() - started
+                clock.busy += took
+                clock.longest = max(clock.longest, took)
+
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+        self.thread_cpu = time.thread_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread_cpu = time.thread_time() - self.thread_cpu
+        asyncio.events.Handle._run = self._run  # type: ignore[method-assign]
+
+
+async def measure_first(rooms: int, members: int, data: Path) -> dict[str, Any]:
+    """A new room's first message: what it costs the event loop (file, tables, first append)."""
+    services = RoomServices(
+        Limits(messages_per_second=1_000_000, burst=1_000_000),
+        HibernationPolicy(after_idle_s=3600),
+        emit=lambda line: None,
+        group_commit=os.environ.get("ROOMS_COMMIT_EACH_MESSAGE", "") != "1",
+    )
+    local_rooms = [LocalRoom(f"r{i}", data / f"r{i}.sqlite", services) for i in range(rooms)]
+    senders: list[tuple[LocalRoom, Any]] = []
+    for room in local_rooms:
+        for m in range(members):
+            sock = CountingSocket()
+            await room.connect(sock, Identity(f"u{m}", f"U{m}"), 0)  # type: ignore[arg-type]
+            if m == 0:
+                senders.append((room, sock))
+    frame = json.dumps({"type": "publish", "id": "first", "body": "x" * 100})
+    started = time.perf_counter()
+    with LoopClock() as clock:
+        # Every room's first message at once, as a ladder step's new rooms send theirs.
+        await asyncio.gather(*(room.message(sock, frame) for room, sock in senders))
+        await asyncio.sleep(0)  # the gate commits
+        await asyncio.sleep(0)
+    wall = time.perf_counter() - started
+    stored = sum((data / f"r{i}.sqlite").exists() for i in range(rooms))
+    return {
+        "first_message_of_new_rooms": rooms,
+        "files_created": stored,
+        "loop_busy_ms_per_room": round(clock.busy / rooms * 1e3, 3),
+        "loop_thread_cpu_ms_per_room": round(clock.thread_cpu / rooms * 1e3, 3),
+        "longest_loop_callback_ms": round(clock.longest * 1e3, 3),
+        "wall_ms": round(wall * 1e3, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--together", type=int, default=1, help="publishes per room per iteration")
     parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument(
+        "--first", action="store_true", help="measure each new room's first message instead"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="publish-cost-") as tmp:
-        result = asyncio.run(
-            measure(args.rooms, args.members, args.together, args.iterations, Path(tmp))
-        )
+        if args.first:
+            result = asyncio.run(measure_first(args.rooms, args.members, Path(tmp)))
+        else:
+            result = asyncio.run(
+                measure(args.rooms, args.members, args.together, args.iterations, Path(tmp))
+            )
     print(json.dumps(result))
 
 

@@ -11,8 +11,10 @@ Cloudflare's input gate does for non-storage I/O).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -28,12 +30,12 @@ from rooms.front import HttpReply
 from rooms.host import ABNORMAL_CLOSURE, ArchiveBindings, RoomHost
 from rooms.limits import Limits
 from rooms.logs import log_line
-from rooms.protocol import CloseCode
+from rooms.protocol import CloseCode, may_store
 from rooms.telemetry import Telemetry
 from roomsd.bindings import AlarmScheduler, RoomAlarm
 from roomsd.output_gate import OutputGate, output_gate
 from roomsd.sockets import LocalSocket, LocalSockets
-from roomsd.sqlite import SqliteSql
+from roomsd.sqlite import SqliteSql, close_connection, prepare_file
 
 log = logging.getLogger("rooms")
 
@@ -42,6 +44,13 @@ log = logging.getLogger("rooms")
 # A room quiet this long, awake or asleep, gives its page cache back (PRAGMA shrink_memory);
 # its next event re-reads the few pages it needs from the file (the OS has them cached).
 QUIET_CACHE_RELEASE_S = 1.0
+
+
+# New rooms' files are made one at a time in one thread: the disk does them one at a time
+# anyway, and every extra thread running beside the event loop takes the GIL from it more often.
+_PREPARER = concurrent.futures.ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="roomsd-prepare"
+)
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,8 @@ class LocalRoom:
         self.telemetry = services.telemetry
         self._sql: SqliteSql | None = None
         self._opening: asyncio.Future[SqliteSql] | None = None  # its file, opening off the loop
+        # Its file, being created off the loop for the first write (`prepare_file`).
+        self._preparing: asyncio.Future[sqlite3.Connection] | None = None
         self._host: RoomHost[LocalSocket] | None = None
         # This room's previous connection, still being closed off the loop: a new one opened
         # meanwhile would wait on its checkpoint with the event loop blocked (busy timeout).
@@ -119,6 +130,11 @@ class LocalRoom:
     @property
     def holds_database(self) -> bool:
         return self._sql is not None
+
+    @property
+    def stored(self) -> bool:
+        """This room has stored something (its open database says; False without one)."""
+        return self._sql is not None and self._sql.exists()
 
     def host(self) -> RoomHost[LocalSocket]:
         """The awake instance, rebuilt from storage and attachments if the room hibernated."""
@@ -182,6 +198,44 @@ class LocalRoom:
         else:  # opened on the loop meanwhile (a synchronous `host()`): keep one connection
             sql.close()
 
+    async def _prepare_database(self) -> RoomHost[LocalSocket]:
+        """Create this room's file in a worker thread before a frame that may write to it, and
+        return the (possibly rebuilt) host.
+
+        Creating a file, setting up its WAL and committing its first tables take ~5 ms of
+        writes and syncs, which every other room would wait out on the event loop: a burst of
+        new rooms' first messages stalled the whole server. The file holds no room until the
+        write itself creates `messages` (`prepare_file`), and is removed if the room is closed
+        without one, so a room nobody wrote to still leaves nothing behind. A failed prepare is
+        only logged: the write then creates the file on the loop, as it always could."""
+        preparing = self._preparing
+        if preparing is None:
+            sql = self._sql
+            loop = asyncio.get_running_loop()
+            preparing = self._preparing = asyncio.ensure_future(
+                loop.run_in_executor(_PREPARER, prepare_file, self.db_path)
+            )
+            preparing.add_done_callback(lambda done: self._prepared(sql, done))
+        with contextlib.suppress(Exception):
+            await asyncio.shield(preparing)  # a cancelled waiter must not lose the connection
+        return await self.wake()
+
+    def _prepared(
+        self, sql: SqliteSql | None, preparing: asyncio.Future[sqlite3.Connection]
+    ) -> None:
+        if self._preparing is preparing:
+            self._preparing = None
+        if preparing.cancelled():
+            return
+        if (error := preparing.exception()) is not None:
+            log.warning(
+                "preparing the file failed room=%s error=%s", self.name, type(error).__name__
+            )
+            return
+        connection = preparing.result()
+        if sql is None or sql is not self._sql or not sql.adopt(connection):
+            close_connection(connection, self.db_path)  # connected meanwhile, or released
+
     def after_close_of(self, closing: asyncio.Future[None]) -> None:
         """Open the database again only once ``closing`` (its old connection's close) is done."""
         self._previous_closing = closing
@@ -241,6 +295,9 @@ class LocalRoom:
                 host = await self.wake()
             else:
                 self.last_event = time.monotonic()
+            sql = self._sql
+            if sql is not None and not sql.is_open and may_store(data):
+                host = await self._prepare_database()  # a new room's first write, most likely
             await host.message(ws, data)
         finally:
             self._in_flight -= 1
@@ -370,9 +427,12 @@ class RoomRegistry:
     def exists(self, name: str) -> bool:
         """A room exists once it stored something, and while anyone is connected to it."""
         room = self.rooms.get(name)
-        return (room is not None and len(room.sockets) > 0) or (
-            self.rooms_dir / f"{name}.sqlite"
-        ).exists()
+        if room is not None:
+            if len(room.sockets) > 0:
+                return True
+            if room.holds_database:  # its file may be one made for a write that stored nothing
+                return room.stored
+        return (self.rooms_dir / f"{name}.sqlite").exists()
 
     async def call(
         self, room: str, action: str, params: Mapping[str, str]

@@ -285,6 +285,25 @@ def decode_client_frame(text: str | bytes) -> AnyClientFrame:
     return frame
 
 
+class _FrameType(msgspec.Struct, frozen=True):
+    type: str = ""
+
+
+_type_decoder = msgspec.json.Decoder(_FrameType)
+# The client frames that may write to the room's storage; every other kind only reads.
+STORING_FRAME_TYPES = frozenset({"publish", "edit", "delete", "react", "read"})
+
+
+def may_store(text: str | bytes) -> bool:
+    """Whether a client frame is of a kind that may write to the room's storage, read from its
+    ``type`` alone (a runtime gets storage ready before handling one). False for anything that
+    does not decode: the room rejects that without writing."""
+    try:
+        return _type_decoder.decode(text).type in STORING_FRAME_TYPES
+    except (msgspec.DecodeError, UnicodeError, RecursionError):
+        return False
+
+
 def encode(frame: ServerFrame | ClientFrame) -> str:
     """Encode a frame as the JSON text that goes on the socket."""
     return _encoder.encode(frame).decode()

@@ -1,6 +1,7 @@
 """A room's database and the event loop: a sleeping room's file is opened in a worker thread,
-never on the loop, and events that arrive while it opens wait for that one open; a quiet room
-gives its page cache back."""
+never on the loop, and events that arrive while it opens wait for that one open; a new room's
+file is created in a worker thread too, and removed again if no write stored anything; a quiet
+room gives its page cache back."""
 
 from __future__ import annotations
 
@@ -59,6 +60,87 @@ async def test_a_sleeping_room_opens_its_file_off_the_event_loop(
         assert len(opened_in) == 1, opened_in
         assert opened_in[0] != threading.main_thread().name
         assert room.holds_database
+
+
+def _record_connects(monkeypatch: pytest.MonkeyPatch, path: Any) -> list[str]:
+    """The thread of every SQLite connection made to ``path`` from now on."""
+    opened_in: list[str] = []
+    connect = sqlite3.connect
+
+    def recording(target: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        if str(target) == str(path):
+            opened_in.append(threading.current_thread().name)
+        return connect(target, *args, **kwargs)
+
+    monkeypatch.setattr(roomsd.sqlite.sqlite3, "connect", recording)
+    return opened_in
+
+
+async def test_a_new_room_creates_its_file_off_the_event_loop(
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creating a file, its WAL and its tables writes and syncs: done in a worker thread when
+    the first frame that may store arrives, not on the loop, and not before (joining and
+    signalling create nothing). Messages arriving meanwhile wait for the same file and keep one
+    gapless order; each is committed before its ack."""
+    server = await server_factory()
+    path = server.settings.data_dir / "rooms" / "fresh.sqlite"
+    opened_in = _record_connects(monkeypatch, path)
+    async with (
+        await server.connect("fresh", "alice") as alice,
+        await server.connect("fresh", "bob") as bob,
+    ):
+        await recv_until(alice, "welcome")
+        await recv_until(bob, "welcome")
+        await alice.send(json.dumps({"type": "signal", "kind": "typing", "data": True}))
+        await recv_until(bob, "signal")
+        assert not path.exists()
+        assert opened_in == []
+        # Two first messages close together: one file (the second waits for it or finds it).
+        await alice.send(json.dumps({"type": "publish", "id": "1", "body": "first"}))
+        await bob.send(json.dumps({"type": "publish", "id": "2", "body": "second"}))
+        acks = [await recv_until(alice, "ack"), await recv_until(bob, "ack")]
+        assert sorted(ack["seq"] for ack in acks) == [1, 2]
+        assert len(opened_in) == 1, opened_in
+        assert opened_in[0] != threading.main_thread().name
+        monkeypatch.undo()
+        with sqlite3.connect(path) as other:  # committed, seen from another connection
+            rows = other.execute("SELECT seq, body FROM messages ORDER BY seq").fetchall()
+        assert sorted(body for _, body in rows) == ["first", "second"]
+
+
+async def test_a_file_made_for_a_write_that_stored_nothing_is_removed(
+    server_factory: ServerFactory,
+) -> None:
+    """A publish the room refuses (a body over the limit) still had the file made for it; the
+    room holds no message, so once it is forgotten nothing of it is left."""
+    server = await server_factory(
+        hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=0)
+    )
+    path = server.settings.data_dir / "rooms" / "refused.sqlite"
+    async with await server.connect("refused", "alice") as alice:
+        welcome = await recv_until(alice, "welcome")
+        too_long = "x" * (welcome["max_body_chars"] + 1)
+        await alice.send(json.dumps({"type": "publish", "id": "1", "body": too_long}))
+        assert (await recv_until(alice, "error"))["code"] == "body_too_long"
+        assert path.exists()  # made for the write, holding no room
+        room = server.registry.rooms["refused"]
+        assert room.holds_database
+    await recv_until_gone(server, "refused")
+    assert not server.registry.exists("refused")  # the admin API finds no room already
+    await close_databases(server.registry.sweep())
+    assert "refused" not in server.registry.rooms
+    assert not path.exists()
+    assert not server.registry.exists("refused")
+
+
+async def recv_until_gone(server: Any, room: str) -> None:
+    """Wait until the server has seen every socket of ``room`` close."""
+    for _ in range(500):
+        if not len(server.registry.rooms[room].sockets):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{room} still has sockets")
 
 
 async def test_an_open_that_fails_fails_the_event_not_the_room(
