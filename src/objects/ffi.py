@@ -91,14 +91,21 @@ def frame_data(message: str | JsObject) -> str | bytes:
     return bytes(message.to_bytes())
 
 
-def row_values(row: Iterable[Any] | JsObject) -> list[Any]:
-    """One row of `cursor.raw()` as a Python list, whether or not the SDK converted it already.
+# JS `Array.from`: a cursor's rows as one JS Array, converted in one crossing (`raw_rows`).
+_array_from = getattr(js.Array, "from")
 
-    Through the SDK's storage wrapper a raw row is a Python list (§4.3); on a raw `SqlStorage`
-    it is a JS Array, converted by `to_py()`. SQL NULL may surface as `jsnull` (Pyodide >= 0.28).
+
+def raw_rows(cursor: JsObject) -> list[list[Any]]:
+    """Every row of a raw `SqlStorage` cursor as Python lists of values in column order, NULL
+    as None (§4.3: `cursor.raw()` yields each row as a JS Array; SQL NULL may surface as
+    `jsnull`, Pyodide >= 0.28).
+
+    The rows are gathered by `Array.from` in JS and converted by one `to_py()`: iterating the
+    cursor from Python costs a crossing per row and another to convert each row, 2x the time of
+    this for the 10-row catalogue a room reads when it wakes (BENCHMARKS.md, round 3).
     """
-    values = row.to_py() if hasattr(row, "to_py") else row
-    return [None if value is jsnull else value for value in values]
+    rows = _array_from(cursor.raw()).to_py()
+    return [[None if value is jsnull else value for value in row] for row in rows]
 
 
 def header_dict(js_headers: JsObject) -> dict[str, str]:

@@ -58,7 +58,7 @@ class DurableObjectSql:
                 raise TypeError("bind int(flag), not bool: Cloudflare stores bools as text")
         cursor = self._exec(query, *[ffi.sql_binding(param) for param in params])
         # §4.3: consume the cursor now (no await may come between), and raw() keeps column order.
-        return [ffi.row_values(row) for row in cursor.raw()]
+        return ffi.raw_rows(cursor)
 
     def exists(self) -> bool:
         # A read of the schema: creates nothing, so a room that never stored a message is an

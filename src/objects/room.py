@@ -61,13 +61,12 @@ from rooms.guest import parse_switch
 from rooms.host import ArchiveBindings, RoomHost, room_tag
 from rooms.limits import Limits, SettingsModel, settings_from_json
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
+from rooms.store import OpenedRoom, open_room, read_catalogue
 from rooms.telemetry import Telemetry
 
-# Where a room's name is stored: room_meta's 'room' row, written with the room's first message
-# (the store creates its tables then); room_name for rooms created by earlier versions.
-NAME_TABLES = (
-    "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('room_meta', 'room_name')"
-)
+# Where rooms created by earlier versions stored their name; newer ones keep it in room_meta's
+# 'room' row, written with the room's first message (the store creates its tables then).
+LEGACY_NAME = "SELECT name FROM room_name WHERE id = 1"
 UNNAMED = "?"  # only if an object somehow gets socket events before its first upgrade
 # How the front reaches a room's admin actions: /admin/{room}/{action}?params
 ADMIN_PATH = re.compile(r"/admin/([A-Za-z0-9._-]{1,64})/([a-z]+)")
@@ -118,14 +117,15 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         # `wrangler dev` a line cost 0.2 ms in workerd and 4 ms in wrangler's own process
         # (BENCHMARKS.md, "On real workerd").
         self._log_messages = parse_switch(_var(self.env, "LOG_MESSAGES"), default=False)
-        # The stored name, read once per instance: it never changes once written, and reading
-        # it on every upgrade cost a SELECT (250 us in workerd).
-        self._stored = self._stored_name()
-        # A room that stored nothing yet and whose id has no name (§2.4) reads it from the tag
-        # its sockets were accepted with (`rooms.host.room_tag`).
-        self._name = (
-            self._stored or ffi.object_name(self.ctx) or self._sockets.tagged(room_tag(""))
-        )
+        # What the room stored (`_read_stored`): read by the first handler that needs it, once
+        # per instance, so that a failure is caught and logged by that handler. The stored name
+        # never changes once written; reading it on every upgrade cost a SELECT (250 us in
+        # workerd).
+        self._was_read = False
+        self._opened: OpenedRoom | None = None
+        self._stored: str | None = None
+        # The name the object was reached by, until the stored one is read (§2.4).
+        self._name = ffi.object_name(self.ctx)
         # Built by the first handler (`_awake`, `_host_for`), synchronously before its first
         # await, so the store's tables exist in time (§4.6) and a failure while rebuilding from
         # storage and sockets is caught and logged by that handler instead of failing __init__.
@@ -239,7 +239,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         identity = identity_from_forwarded(headers)
         if identity is None:
             return error_reply(400, "identity_missing", "the request carries no verified identity")
-        stored = self._stored = self._stored or self._stored_name()
+        stored = self._stored_now()
         if stored is None and not self._sockets.all():
             return admitted_reply()
         if (stored or self._name) != room:
@@ -250,19 +250,46 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
 
     # ----------------------------------------------------------------------- host lifecycle
 
-    def _stored_name(self) -> str | None:
-        """The name the room stored with its first message; None before (reading writes
-        nothing: a room nobody wrote to leaves no storage behind, docs/protocol.md#rooms)."""
-        tables = {str(row[0]) for row in self._sql.execute(NAME_TABLES)}
-        rows: list[Any] = []
-        if "room_name" in tables:
-            rows = self._sql.execute("SELECT name FROM room_name WHERE id = 1")
-        if not rows and "room_meta" in tables:
-            rows = self._sql.execute("SELECT value FROM room_meta WHERE key = 'room'")
-        return str(rows[0][0]) if rows and rows[0][0] else None
+    def _read_stored(self) -> None:
+        """Read what the room stored, once per instance: the catalogue and the room_meta values
+        a wake needs, its name among them (`rooms.store.open_room`: two statements). The first
+        host is built from that, with no statement of its own (nothing is written before it).
+
+        A room that stored nothing yet and whose id has no name (§2.4) reads its name from the
+        tag its sockets were accepted with (`rooms.host.room_tag`)."""
+        if self._was_read:
+            return
+        opened = self._open()
+        self._stored = self._stored_name(opened)
+        self._name = self._stored or self._name or self._sockets.tagged(room_tag(""))
+        self._opened, self._was_read = opened, True
+
+    def _open(self) -> OpenedRoom:
+        """What the room stored; reading writes nothing (a room nobody wrote to leaves no
+        storage behind, docs/protocol.md#rooms). One read of the catalogue serves both
+        "created?" and the schema check: reading sqlite_master creates nothing here."""
+        return open_room(self._sql, read_catalogue(self._sql))
+
+    def _stored_now(self) -> str | None:
+        """The stored name, read again if this instance's host may have stored it since."""
+        self._read_stored()
+        if self._stored is None and self._host is not None:
+            self._stored = self._stored_name(self._open())
+        return self._stored
+
+    def _stored_name(self, opened: OpenedRoom) -> str | None:
+        """The name the room stored with its first message; None before."""
+        if "room_name" in opened.catalogue:  # a room created by an earlier version
+            rows = self._sql.execute(LEGACY_NAME)
+            if rows and rows[0][0]:
+                return str(rows[0][0])
+        return opened.name
 
     def _new_host(self, name: str) -> RoomHost[JsObject]:
         alarms = DurableObjectAlarms(self.ctx.storage) if self._archive is not None else None
+        # What __init__ read serves the first host only: hosts built later (after a failure, or
+        # for another name) read afresh, as the first one may have written since.
+        opened, self._opened = self._opened, None
         return RoomHost(
             name,
             self._sql,
@@ -275,6 +302,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             retention=self._policy,
             telemetry=self._telemetry,
             new_rooms=self._new_rooms,
+            opened=opened,
         )
 
     def _archive_bindings(self) -> ArchiveBindings | None:
@@ -291,9 +319,10 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         never raise (the host reschedules with backoff), so only a bug lands here, and then the
         retry is ours: without an alarm a quiet room would never archive again.
         """
-        if self._name is None:
-            return  # never named: nothing was ever stored, so nothing is waiting
         try:
+            self._read_stored()
+            if self._name is None:
+                return  # never named: nothing was ever stored, so nothing is waiting
             await self._awake().alarm()
             self._write_metrics(force=True)
         except Exception as exc:
@@ -313,7 +342,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         """An admin action forwarded by the front (only the front can reach an object, §2.3).
 
         A room that stored nothing exists only while someone is connected to it."""
-        stored = self._stored = self._stored or self._stored_name()
+        stored = self._stored_now()
         if stored is None and not self._sockets.all():
             return reply_response(error_reply(404, "room_not_found", "no such room"))
         if (stored or self._name) != room:
@@ -324,6 +353,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
 
     def _host_for(self, name: str) -> RoomHost[JsObject]:
         """The host for an upgrade to ``name`` (the store keeps the name with the first message)."""
+        self._read_stored()
         if self._stored is not None and self._stored != name:
             raise RoomMismatchError("object serves another room")  # a front bug; details stay here
         if self._host is None or self._name != name:
@@ -332,7 +362,8 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         return self._host
 
     def _awake(self) -> RoomHost[JsObject]:
-        if self._host is None:  # rebuilt after a failure, or a never-named object
+        if self._host is None:  # the first event's, rebuilt after a failure, or never named
+            self._read_stored()
             self._host = self._new_host(self._name or UNNAMED)
         return self._host
 

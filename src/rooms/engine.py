@@ -87,7 +87,7 @@ class RoomEngine:
             budget, known = Budget.of(peer, limits), self._budgets.get(peer.user_id)
             self._budgets[peer.user_id] = budget if known is None else known.fresher(budget)
         # An operator closed the room to new messages (kept in the store, read once per wake).
-        self.closed = bool(store.meta("closed"))
+        self.closed = bool(store.meta_as_opened("closed"))
         self._banned: dict[str, int] | None = None  # user id -> until when (ms)
 
     # ----------------------------------------------------------------------- queries

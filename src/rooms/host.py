@@ -37,7 +37,7 @@ from rooms.logs import log_line
 from rooms.operator import RoomOperator
 from rooms.peers import Peer, decode_attachment, encode_attachment, new_peer
 from rooms.protocol import CloseCode, ErrorCode, Message, SeqRange
-from rooms.store import RoomStore, Sql
+from rooms.store import OpenedRoom, RoomStore, Sql
 from rooms.telemetry import Telemetry, TimedSql, utf8_len
 
 S = TypeVar("S")
@@ -182,7 +182,10 @@ class RoomHost(Generic[S]):
         retention: ArchivePolicy | None = None,
         telemetry: Telemetry | None = None,
         new_rooms: NewRoomLimiter | None = None,
+        opened: OpenedRoom | None = None,
     ) -> None:
+        """``opened``: what `rooms.store.open_room` read of ``sql`` just before, nothing
+        written since (a platform that needed it already passes it, saving the wake's reads)."""
         self.room = room
         self._new_rooms = new_rooms
         # Operator counters (rooms.telemetry): a private one when no platform reads them.
@@ -214,10 +217,10 @@ class RoomHost(Generic[S]):
             peers.append(peer)
             self._by_conn[peer.conn_id] = ws
         self._sql = sql = TimedSql(sql, telemetry.write_time)
-        store = RoomStore(sql, room)
+        store = RoomStore(sql, room, opened)
         store.count("wakes")
         # The alarm time as last set: kept in memory so a publish reads no SQL to check it.
-        stored_alarm = store.meta("alarm_at")
+        stored_alarm = store.meta_as_opened("alarm_at")
         self._alarm_at = int(stored_alarm) if stored_alarm is not None else None
         self.engine = RoomEngine(room, store, limits, peers, archive=archive is not None)
         self.archiver = (

@@ -8,7 +8,8 @@ every query, so the two runtimes store identical rows.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from rooms.lifecycle import MessageState, redacted, seqs_to_check
@@ -149,6 +150,75 @@ def _state(row: Sequence[SqlValue]) -> MessageState:
 _STATE_COLUMNS = "seq, author, body, edits, edit_seqs, deleted_seq"
 
 
+# What a waking room reads from room_meta (its name, head, archive progress, alarm time and
+# closed flag), in one statement together with the log's newest seq: the NULL key marks the
+# MAX(seq) row (room_meta's keys are never NULL).
+WAKE_KEYS = ("room", "head", "archived", "alarm_at", "closed")
+_WAKE_READ = (
+    "SELECT key, value FROM room_meta WHERE key IN ({}) "
+    "UNION ALL SELECT NULL, MAX(seq) FROM messages"
+).format(", ".join(f"'{key}'" for key in WAKE_KEYS))
+CATALOGUE_READ = "SELECT name, sql FROM sqlite_master"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedRoom:
+    """What a room reads of its storage when it wakes: two statements for a current room."""
+
+    catalogue: Mapping[str, str]  # table or index name -> its CREATE statement
+    meta: Mapping[str, SqlValue] | None  # the WAKE_KEYS found; None: schema to complete first
+    newest: int  # MAX(seq) of the log, 0 when empty
+
+    @property
+    def created(self) -> bool:
+        """Whether the room ever stored anything (its tables exist)."""
+        return "messages" in self.catalogue
+
+    @property
+    def name(self) -> str | None:
+        """The room's name as stored with its first message (None before, or for a room
+        stored before room_meta kept it: see the legacy ``room_name`` table)."""
+        value = (self.meta or {}).get("room")
+        return str(value) if value else None
+
+
+def read_catalogue(sql: Sql) -> dict[str, str]:
+    """Every table and index in the database with its CREATE statement."""
+    return {str(name): str(text) for name, text in sql.execute(CATALOGUE_READ)}
+
+
+def open_room(sql: Sql, catalogue: Mapping[str, str] | None = None) -> OpenedRoom:
+    """Read what a waking room needs: the catalogue (``catalogue``, when the caller has read it
+    already: one read of sqlite_master per wake) and, for a room whose schema is current, the
+    `WAKE_KEYS` and the newest seq in one statement. Writes nothing: a room that never stored a
+    message leaves nothing behind (docs/protocol.md#rooms), which is why, without
+    ``catalogue``, the port's `Sql.exists` is asked first (a local room's file)."""
+    if catalogue is None:
+        catalogue = read_catalogue(sql) if sql.exists() else {}
+    if "messages" not in catalogue:
+        return OpenedRoom(catalogue, {}, 0)
+    if not _schema_ready(catalogue):
+        return OpenedRoom(catalogue, None, 0)
+    return _read_meta(sql, catalogue)
+
+
+def _read_meta(sql: Sql, catalogue: Mapping[str, str]) -> OpenedRoom:
+    meta: dict[str, SqlValue] = {}
+    newest = 0
+    for key, value in sql.execute(_WAKE_READ):
+        if key is None:
+            newest = int(value or 0)
+        else:
+            meta[str(key)] = value
+    return OpenedRoom(catalogue, meta, newest)
+
+
+def _schema_ready(catalogue: Mapping[str, str]) -> bool:
+    """Whether every table and index exists, lifecycle columns included: a current room runs
+    no schema statement on waking (a wake runs this on every event of a hibernating room)."""
+    return catalogue.keys() >= SCHEMA_NAMES and "deleted INTEGER" in catalogue["messages"]
+
+
 class RoomStore:
     """The ordered, gapless message log of one room.
 
@@ -158,25 +228,38 @@ class RoomStore:
     answers as for an empty room without touching SQL.
     """
 
-    def __init__(self, sql: Sql, room: str = "") -> None:
+    def __init__(self, sql: Sql, room: str = "", opened: OpenedRoom | None = None) -> None:
+        """``opened``: what `open_room` read from ``sql`` just before, with nothing written
+        since (a Durable Object reads it in its constructor: its name is in it)."""
         self._sql = sql
         self._room = room  # written into room_meta at creation, for operators
-        self._created = sql.exists()
-        if self._created and not self._schema_ready():
+        if opened is None:
+            opened = open_room(sql)
+        self._created = opened.created
+        if opened.meta is None:  # stored by an older version: complete its schema, then read
             for statement in SCHEMA:
                 sql.execute(statement)
             self._migrate()
+            opened = _read_meta(sql, opened.catalogue)
+        # The room_meta values a wake needs, as read on opening (`meta_as_opened`).
+        self._opened_meta: Mapping[str, SqlValue] = opened.meta or {}
         # The store is the room's only writer, so cached values stay true until its next write.
         # A message's insert is its only write: `head` in room_meta is written before a prune
         # only, for when every row is gone.
-        newest = self._rows("SELECT MAX(seq) FROM messages")
-        self._head = max(int(self.meta("head") or 0), int(newest[0][0] or 0) if newest else 0)
-        self._archived = int(self.meta("archived") or 0)
+        self._head = max(int(self._opened_meta.get("head") or 0), opened.newest)
+        self._archived = int(self._opened_meta.get("archived") or 0)
         # Operator counters wait for the room's next write: counting a wake must not cost a
         # write of its own (a billed row write on Cloudflare, a commit on the wake path here).
         self._unsaved_counts: dict[str, int] = {}
         # A delete queued redactions of archived seqs: the archiver should run now.
         self.redaction_due = False
+
+    def meta_as_opened(self, key: str) -> SqlValue:
+        """One of `WAKE_KEYS` as the store read it on opening, without a statement of its own:
+        for the host and engine built together with the store, before its first write."""
+        if key not in WAKE_KEYS:
+            raise KeyError(f"{key!r} is not read on opening (WAKE_KEYS)")
+        return self._opened_meta.get(key)
 
     @property
     def created(self) -> bool:
@@ -256,16 +339,6 @@ class RoomStore:
             return original
         # The row was pruned: the seq is still the truth, the body no longer here.
         return Message(seq=seq, id=id, user_id=user_id, name=name, body="", sent_ms=0)
-
-    def _schema_ready(self) -> bool:
-        """Whether every table and index exists, lifecycle columns included: one read on wake
-        instead of a dozen statements (a wake runs this on every event of a hibernating room)."""
-        try:
-            rows = self._sql.execute("SELECT name, sql FROM sqlite_master")
-        except Exception:  # a platform that hides its catalogue: create what is missing
-            return False
-        found = {str(name): str(sql) for name, sql in rows}
-        return found.keys() >= SCHEMA_NAMES and "deleted INTEGER" in found["messages"]
 
     def _migrate(self) -> None:
         """Give a room stored before the message lifecycle the columns it needs.

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
-from rooms.store import RoomStore
+import pytest
+
+from rooms.store import RoomStore, SqlValue, open_room, read_catalogue
 from roomsd.sqlite import SqliteSql
 
 
@@ -97,3 +100,46 @@ def test_a_failed_write_keeps_its_counts_for_the_next_one(tmp_path: Path) -> Non
     assert store.counter("rate_limited") == 1
     assert store.head == 2
     assert _stored(tmp_path / "room.sqlite", "rate_limited") == 1
+
+
+def test_a_current_room_wakes_on_two_reads_and_writes_nothing(tmp_path: Path) -> None:
+    """What a Durable Object reads when it wakes (`open_room` with the catalogue it read):
+    one read of sqlite_master and one of room_meta with the newest seq, nothing written; the
+    store and what the host and engine need come from those two reads."""
+    path = tmp_path / "room.sqlite"
+    sql = SqliteSql(path)
+    store = RoomStore(sql, "lobby")
+    for n in range(3):
+        store.append(id=f"m{n}", user_id="u", name="U", body="hi", sent_ms=n)
+    store.set_meta("alarm_at", 1234)
+    store.set_meta("closed", 1)
+    sql.close()
+
+    reopened = SqliteSql(path)
+    statements: list[str] = []
+    execute = reopened.execute
+
+    def counted(query: str, *params: object) -> list[Sequence[SqlValue]]:
+        statements.append(query)
+        return execute(query, *params)  # type: ignore[arg-type]
+
+    reopened.execute = counted  # type: ignore[method-assign]
+    opened = open_room(reopened, read_catalogue(reopened))
+    woken = RoomStore(reopened, "lobby", opened)
+    assert len(statements) == 2
+    assert all(s.lstrip().upper().startswith("SELECT") for s in statements)
+    assert (opened.created, opened.name, woken.head) == (True, "lobby", 3)
+    assert (woken.meta_as_opened("alarm_at"), woken.meta_as_opened("closed")) == (1234, 1)
+    with pytest.raises(KeyError):
+        woken.meta_as_opened("wakes")  # not read on opening: a caller must read it itself
+    assert woken.meta("closed") == 1  # the same value, read afresh
+
+
+def test_a_room_that_never_stored_opens_without_reading_its_tables(tmp_path: Path) -> None:
+    path = tmp_path / "room.sqlite"
+    sql = SqliteSql(path)
+    opened = open_room(sql)  # without a catalogue: asks the port whether anything is stored
+    assert (opened.created, opened.name, opened.newest, dict(opened.meta or {})) == (
+        False, None, 0, {})
+    assert not path.exists()
+    assert RoomStore(sql, "lobby", opened).head == 0

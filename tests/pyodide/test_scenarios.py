@@ -278,8 +278,8 @@ def test_a_failing_handler_logs_one_line_closes_1011_and_the_room_recovers(
     alice, bob = join(world_any, "alice"), join(world_any, "bob")
     alice.publish("a", "1")
     world_any.evict("lobby")
-    # Every rebuild asks the catalogue whether the room stored anything (RoomStore).
-    world_any.fail_sql("lobby", "SELECT 1 FROM sqlite_master",
+    # Every rebuild reads the catalogue first (whether the room stored anything, its schema).
+    world_any.fail_sql("lobby", "SELECT name, sql FROM sqlite_master",
                        message="secret detail: database or disk is full: SQLITE_FULL")
     bob.hold_closes()
     take_output(world_any, expect)
