@@ -301,10 +301,12 @@ export class World {
 
   /** Call a handler on the object, rebuilding it first if needed; args built for its instance. */
   async callObject(slot, method, makeArgs) {
-    const instance = this.instanceFor(slot);
-    const args = makeArgs(slot.gen);
+    // Timed from before the instance is built: an evicted object's constructor (Room.__init__
+    // through the SDK) is part of the event that wakes it.
     const cpu = cpuUsage();
     const started = performance.now();
+    const instance = this.instanceFor(slot);
+    const args = makeArgs(slot.gen);
     let timer;
     try {
       return await Promise.race([
