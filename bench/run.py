@@ -627,13 +627,16 @@ def run_workerd(
         "ADMIN_TOKEN": ADMIN_TOKEN,
         "ROOM_LIMITS": json.dumps(ROOM_LIMITS),
     }
-    farm = wb.WorkerdFarm(workdir, variables)
+    farms = [
+        wb.WorkerdFarm(workdir, variables),
+        wb.WorkerdFarm(workdir, variables, baseline=True),
+    ]
 
     def generate(server: Any, scenario: str, name: str, args: list[str]) -> dict[str, Any]:
         cmd = [PYTHON, "-m", "loadtest", scenario, "--url", server.url, "--secret", SECRET]
         cmd += ["--server-pid", str(server.pid), "--out", str(runs), "--name", name]
         cmd += ["--progress", "none", *(["--uvloop"] if UVLOOP else []), *args]
-        if farm.pin:
+        if farms[0].pin:
             cmd = ["taskset", "-c", wb.GENERATOR_CORE, *cmd]
         log_path = runs / f"{name}.log"
         path = runs / f"{name}.json"
@@ -649,16 +652,7 @@ def run_workerd(
     def show(row: dict[str, Any]) -> None:
         print(f"  {json.dumps(row, default=str)[:400]}", flush=True)
 
-    section: dict[str, Any] = {"pinned": farm.pin, "js_demo": wb.JS_DEMO}
-    for part in parts:
-        if part in wb.LADDERS:
-            section[part] = wb.sweep(farm, part, scale.workerd_duration, generate, show)
-        elif part == "storm-100x10":
-            section[part] = wb.storm(farm, 100, 10, generate, show)
-        elif part == "storm-1x100":
-            section[part] = wb.storm(farm, 1, 100, generate, show)
-        else:
-            raise ValueError(part)
+    section = wb.run_parts(farms, parts, scale.workerd_duration, generate, show)
     log({"scenario": "workerd", "server": "workerd", "parts": list(parts)})
     return section
 

@@ -1,17 +1,23 @@
-"""The Worker in the real workerd (`wrangler dev`, offline) under the same generator.
+"""The Worker in the real workerd (`wrangler dev`, offline), against a JS baseline, same generator.
 
-One `wrangler dev` per sweep (fresh state: D1 migrated, no rooms), pinned with taskset to one
-core (wrangler's node process and both workerd processes: the proxy and the Worker's), with the
-generator pinned to the other core. Every step of a sweep uses new room names, so each step's
-rooms are new objects in the same process.
+Every shape runs twice in the same run, one after the other: on our Python Worker and on the JS
+baseline (bench/baselines/workerd-js: a JavaScript Worker and Durable Object doing the work of
+Cloudflare's chat demo: the WebSocket Hibernation API, one SQLite write per message, a
+broadcast), each on its own fresh `wrangler dev` (fresh state: for ours D1 migrated, no rooms),
+pinned with taskset to one core (wrangler's node process and both workerd processes: the proxy
+and the Worker's), with the generator pinned to the other core. Every step of a sweep uses new
+room names, so each step's rooms are new objects in the same process.
 
-Figures (each compared with Cloudflare's JS chat demo measured the same way, `JS_DEMO`):
+Figures, for ours, the baseline and their ratio:
 
 - fan-out, open loop: the highest rate (deliveries/s) with p99 publish-to-delivery <= 50 ms, and
   the highest rate kept up (deliveries within 5% of offered, drained), for 1 x 100 and 100 x 10;
-- deliveries per workerd CPU-second: CPU of the whole wrangler process tree (/proc) while sending,
-  at the highest rate kept up;
+- deliveries per CPU-second: CPU of the whole wrangler process tree (/proc) while sending, at
+  the highest rate kept up, and at the highest rate both kept up;
 - connect storms into new rooms: 1,000 clients into 100 rooms, 100 clients into 1 room.
+
+`JS_DEMO` keeps the figures of Cloudflare's demo itself, measured by hand before the baseline
+existed, for a footnote.
 """
 
 from __future__ import annotations
@@ -43,11 +49,12 @@ from workerd.wrangler import (  # noqa: E402
     read_jsonc,
 )
 
+JS_BASELINE = ROOT / "bench" / "baselines" / "workerd-js"
 SERVER_CORE = "1"
 GENERATOR_CORE = "0"
 P99_BOUND_MS = 50.0
 # Cloudflare's JS chat demo (a storage write per message), measured by hand on this machine the
-# same way (issue 15, item 9): the figures to reach.
+# same way before bench/baselines/workerd-js existed: only a footnote now.
 JS_DEMO: dict[str, Any] = {
     "fanout-1x100": {
         "max_at_p99_50ms": 10_000,
@@ -64,6 +71,8 @@ LADDERS = {
     "fanout-1x100": (1, 100, 10, (10, 20, 40, 60, 80, 100, 120, 140, 170, 200)),
     "fanout-100x10": (100, 10, 1, (0.5, 1, 2, 3, 4, 5, 6, 8, 10, 14)),
 }
+# Connect storms into new rooms: rooms x clients.
+STORMS = {"storm-100x10": (100, 10), "storm-1x100": (1, 100)}
 
 
 def tree_cpu_s(root: int) -> float:
@@ -130,26 +139,52 @@ class Workerd:
 
 
 class WorkerdFarm:
-    """Starts pinned `wrangler dev`s on fresh copies of one migrated state."""
+    """Starts pinned `wrangler dev`s on fresh state: our Worker, or the JS baseline."""
 
-    def __init__(self, workdir: Path, variables: dict[str, str], root: Path = ROOT) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        variables: dict[str, str],
+        root: Path = ROOT,
+        *,
+        baseline: bool = False,
+    ) -> None:
         self.tools = Toolchain.installed()
-        self.workdir = workdir
+        self.baseline = baseline
+        self.label = "js" if baseline else "ours"
+        self.workdir = workdir / self.label
+        self.workdir.mkdir(parents=True, exist_ok=True)
         # wrangler dev rebuilds and reloads the Worker whenever a file under src/ changes, so it
         # serves a snapshot of the project: edits made meanwhile never restart a measurement.
-        self.root = snapshot(root, workdir / "project")
+        if baseline:
+            self.root = self.workdir / "project"
+            if not self.root.exists():
+                shutil.copytree(JS_BASELINE, self.root, ignore=shutil.ignore_patterns(".wrangler"))
+        else:
+            self.root = snapshot(root, self.workdir / "project")
         self.variables = variables
-        self.template = workdir / "workerd-template"
+        self.template = self.workdir / "workerd-template"
         self.count = 0
         self.pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 
     def _state(self) -> Path:
-        if not self.template.exists():
-            apply_migrations(self.tools, self.template)
         self.count += 1
         state = self.workdir / f"workerd-state-{self.count}"
+        if self.baseline:  # no D1: an empty directory
+            state.mkdir()
+            return state
+        if not self.template.exists():
+            apply_migrations(self.tools, self.template)
         shutil.copytree(self.template, state)
         return state
+
+    def _args(self, port: int, state: Path, env_file: Path) -> list[str]:
+        if not self.baseline:
+            return dev_args(port, state, env_file=env_file)
+        # The JS baseline needs none of the Python flags dev_args adds; the rest is the same.
+        args = ["dev", "--ip", "127.0.0.1", "--port", str(port), "--persist-to", str(state)]
+        args += ["--inspector-port", str(free_port()), "--show-interactive-dev-session=false"]
+        return [*args, "--live-reload=false", "--env-file", str(env_file)]
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Workerd]:
@@ -157,7 +192,7 @@ class WorkerdFarm:
         env_file = self.workdir / "workerd.env"
         env_file.write_text("".join(f"{k}='{v}'\n" for k, v in self.variables.items()))
         port = free_port()
-        args = dev_args(port, state, env_file=env_file)
+        args = self._args(port, state, env_file)
         inspector_port = int(args[args.index("--inspector-port") + 1])
         cmd = self.tools.wrangler_command(*args)
         if self.pin:
@@ -261,11 +296,12 @@ def sweep(
                 "--concurrency", "100", "--connect-timeout", "60", "--drain-timeout", "15",
                 "--room-prefix", f"{name}-{rate:g}-",
             ]  # fmt: skip
-            result = loadtest(server, "fanout", f"workerd-{name}-{rate:g}".replace(".", "p"), args)
+            run_name = f"{farm.label}-workerd-{name}-{rate:g}".replace(".", "p")
+            result = loadtest(server, "fanout", run_name, args)
             step = step_summary(result, offered, result.get("server", {}).get("cpu_s_sending", 0))
             step["rate_per_room"] = rate
             steps.append(step)
-            log({"scenario": f"workerd {name} {rate:g}/s/room", "server": "workerd", **step})
+            log({"scenario": f"workerd {name} {rate:g}/s/room", "server": farm.label, **step})
             # Past the latency bound, on up to the rate it no longer keeps up with.
             if not step["kept_up"]:
                 misses += 1
@@ -278,7 +314,7 @@ def sweep(
     top = max(kept, key=lambda s: s["offered_per_s"], default=None)
     return {
         "scenario": f"workerd {name}",
-        "server": "workerd",
+        "server": farm.label,
         "steps": steps,
         "max_at_p99_50ms": best["deliveries_per_s"] if best else None,
         "p50_at_max_ms": best["p50_ms"] if best else None,
@@ -303,12 +339,12 @@ def storm(
             "--connect-timeout", "60", "--room-prefix", f"{name}-",
         ]  # fmt: skip
         cpu_before = tree_cpu_s(server.pid)
-        result = loadtest(server, "connect-storm", f"workerd-{name}", args)
+        result = loadtest(server, "connect-storm", f"{farm.label}-workerd-{name}", args)
         cpu = tree_cpu_s(server.pid) - cpu_before
     c = result["connect"]
     row = {
         "scenario": f"workerd {name}",
-        "server": "workerd",
+        "server": farm.label,
         "connections": c["ok"],
         "failed": c["failed"],
         "wall_s": c["wall_s"],
@@ -320,77 +356,160 @@ def storm(
     return row
 
 
+def run_parts(
+    farms: list[WorkerdFarm],
+    parts: tuple[str, ...],
+    duration: float,
+    loadtest: LoadtestFn,
+    log: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Each part on each farm (ours, then the JS baseline), one fresh `wrangler dev` each."""
+    section: dict[str, Any] = {"pinned": all(f.pin for f in farms), "js_demo_by_hand": JS_DEMO}
+    for part in parts:
+        runs: dict[str, Any] = {}
+        for farm in farms:
+            if part in LADDERS:
+                runs[farm.label] = sweep(farm, part, duration, loadtest, log)
+            elif part in STORMS:
+                runs[farm.label] = storm(farm, *STORMS[part], loadtest, log)
+            else:
+                raise ValueError(part)
+        runs["order_ok"] = all(run["order_ok"] for run in runs.values())
+        section[part] = runs
+    return section
+
+
+def same_rate(
+    ours: dict[str, Any], js: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The steps of both sweeps at the highest rate both kept up with, if any."""
+    theirs = {s["rate_per_room"]: s for s in js["steps"] if s["kept_up"]}
+    both = [
+        (s, theirs[s["rate_per_room"]])
+        for s in ours["steps"]
+        if s["kept_up"] and s["rate_per_room"] in theirs
+    ]
+    return max(both, key=lambda pair: pair[0]["rate_per_room"], default=None)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "none"
+    return f"{v:,.0f}" if isinstance(v, int | float) and v >= 100 else f"{v}"
+
+
+def _ratio(ours: Any, js: Any) -> str:
+    if not ours or not js:
+        return "-"
+    return f"{ours / js:.2f}"
+
+
 def markdown(section: dict[str, Any]) -> list[str]:
     """The "On real workerd" tables for the generated part of BENCHMARKS.md."""
     lines = [
         "",
         "### On real workerd (`wrangler dev`)",
         "",
-        "workerd pinned to one core, the generator to the other; open loop, 100-character "
-        "bodies, latency from the intended send time; one fresh `wrangler dev` per sweep. "
-        "Deliveries per CPU-second: CPU of the whole wrangler process tree while sending, at "
-        "the highest rate kept up. JS demo: Cloudflare's JS chat demo measured the same way "
-        "by hand.",
+        "Our Worker and the JS baseline (`bench/baselines/workerd-js`: a JavaScript Worker and "
+        "Durable Object doing the work of Cloudflare's chat demo: Hibernation API, one SQLite "
+        "write per message, a broadcast) in the same run, on the same pinned wrangler and "
+        "workerd, one after the other for each shape. workerd pinned to one core, the generator "
+        "to the other; open loop, 100-character bodies, latency from the intended send time; one "
+        "fresh `wrangler dev` per sweep. CPU is the whole wrangler process tree's while sending. "
+        "The ratio column is ours / JS: above 1 is better for deliveries, below 1 for seconds "
+        "and CPU per connection.",
         "",
-        "| shape | figure | ours | JS demo |",
-        "|---|---|---|---|",
+        "| shape | figure | ours | JS baseline | ours / JS |",
+        "|---|---|---|---|---|",
     ]
-
-    def fmt(v: Any, unit: str = "") -> str:
-        if v is None:
-            return "none"
-        return f"{v:,.0f}{unit}" if isinstance(v, int | float) and v >= 100 else f"{v}{unit}"
-
     for name, label in (("fanout-1x100", "1 x 100"), ("fanout-100x10", "100 x 10")):
-        run = section.get(name)
-        demo = JS_DEMO[name]
-        if run is None:
+        runs = section.get(name)
+        if runs is None:
             continue
-        p50 = f" (p50 {run['p50_at_max_ms']:.1f} ms)" if run.get("p50_at_max_ms") else ""
+        ours, js = runs["ours"], runs["js"]
+
+        def p50(run: dict[str, Any]) -> str:
+            at = run.get("p50_at_max_ms")
+            return f" (p50 {at:.1f} ms)" if at else ""
+
         lines.append(
-            f"| {label} | max deliveries/s at p99 <= 50 ms | {fmt(run['max_at_p99_50ms'])}{p50} "
-            f"| {fmt(demo['max_at_p99_50ms'])} |"
+            f"| {label} | max deliveries/s at p99 <= 50 ms | {_fmt(ours['max_at_p99_50ms'])}"
+            f"{p50(ours)} | {_fmt(js['max_at_p99_50ms'])}{p50(js)} | "
+            f"{_ratio(ours['max_at_p99_50ms'], js['max_at_p99_50ms'])} |"
         )
         lines.append(
-            f"| {label} | highest rate kept up, deliveries/s | {fmt(run['kept_up'])} | "
-            f"{fmt(demo['kept_up']) if demo['kept_up'] else '-'} |"
+            f"| {label} | highest rate kept up, deliveries/s | {_fmt(ours['kept_up'])} | "
+            f"{_fmt(js['kept_up'])} | {_ratio(ours['kept_up'], js['kept_up'])} |"
         )
         lines.append(
-            f"| {label} | deliveries per CPU-second | {fmt(run['per_cpu_s'])} | "
-            f"{fmt(demo['per_cpu_s']) if demo['per_cpu_s'] else '-'} |"
+            f"| {label} | deliveries per CPU-second there | {_fmt(ours['per_cpu_s'])} | "
+            f"{_fmt(js['per_cpu_s'])} | {_ratio(ours['per_cpu_s'], js['per_cpu_s'])} |"
         )
+        pair = same_rate(ours, js)
+        if pair is not None:
+            a, b = pair
+            lines.append(
+                f"| {label} | deliveries per CPU-second at the same rate "
+                f"({a['offered_per_s']:,.0f}/s, the highest both kept up) | "
+                f"{_fmt(a['per_cpu_s'])} | {_fmt(b['per_cpu_s'])} | "
+                f"{_ratio(a['per_cpu_s'], b['per_cpu_s'])} |"
+            )
     for name, label in (
         ("storm-100x10", "1,000 clients into 100 new rooms"),
         ("storm-1x100", "100 clients into 1 new room"),
     ):
-        run = section.get(name)
-        if run is None:
+        runs = section.get(name)
+        if runs is None:
             continue
-        c = run["connect_ms"]
+        ours, js = runs["ours"], runs["js"]
+
+        def connected(run: dict[str, Any]) -> str:
+            c = run["connect_ms"]
+            return f"{run['wall_s']:.2f} ({c['p50']:.0f} / {c['p99']:.0f}; {run['failed']} failed)"
+
+        def per_conn(run: dict[str, Any]) -> float | None:
+            n = run["connections"]
+            return round(1000 * run["cpu_s"] / n, 1) if n else None
+
         lines.append(
-            f"| {label} | seconds to connect all (handshake p50 / p99 ms) | {run['wall_s']:.2f} "
-            f"({c['p50']:.0f} / {c['p99']:.0f}; {run['failed']} failed) | "
-            f"{JS_DEMO[name]['wall_s']} |"
+            f"| {label} | seconds to connect all (handshake p50 / p99 ms) | {connected(ours)} | "
+            f"{connected(js)} | {_ratio(ours['wall_s'], js['wall_s'])} |"
         )
-    for name in ("fanout-1x100", "fanout-100x10"):
-        run = section.get(name)
-        if run is None:
+        lines.append(
+            f"| {label} | CPU ms per connection | {_fmt(per_conn(ours))} | {_fmt(per_conn(js))} "
+            f"| {_ratio(per_conn(ours), per_conn(js))} |"
+        )
+    demo = JS_DEMO
+    lines += [
+        "",
+        "Measured by hand before the baseline existed (issue 15), Cloudflare's own chat demo on "
+        "this machine: 1 x 100 "
+        f"{demo['fanout-1x100']['per_cpu_s']:,} deliveries per CPU-second at "
+        f"{demo['fanout-1x100']['kept_up']:,}/s, 100 x 10 "
+        f"{demo['fanout-100x10']['per_cpu_s']:,}, 1,000 clients into 100 rooms "
+        f"{demo['storm-100x10']['wall_s']} s, 100 into 1 room {demo['storm-1x100']['wall_s']} s.",
+    ]
+    for name in LADDERS:
+        runs = section.get(name)
+        if runs is None:
             continue
         lines += [
             "",
-            f"Steps of the {name} sweep on workerd:",
+            f"Steps of the {name} sweep:",
             "",
-            "| msg/s/room | offered del/s | delivered/s | p50 / p99 / max ms | CPU s "
+            "| server | msg/s/room | offered del/s | delivered/s | p50 / p99 / max ms | CPU s "
             "| del per CPU-s | kept up | order |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for s in run["steps"]:
-            lines.append(
-                f"| {s['rate_per_room']:g} | {s['offered_per_s']:,.0f} | "
-                f"{(s['deliveries_per_s'] or 0):,.0f} | {s['p50_ms']} / {s['p99_ms']} / "
-                f"{s['max_ms']} | {s['cpu_s_sending']} | {fmt(s['per_cpu_s'])} | "
-                f"{'yes' if s['kept_up'] else 'no'} | {'ok' if s['order_ok'] else '**FAILED**'} |"
-            )
+        for label in ("ours", "js"):
+            for s in runs[label]["steps"]:
+                lines.append(
+                    f"| {label} | {s['rate_per_room']:g} | {s['offered_per_s']:,.0f} | "
+                    f"{(s['deliveries_per_s'] or 0):,.0f} | {s['p50_ms']} / {s['p99_ms']} / "
+                    f"{s['max_ms']} | {s['cpu_s_sending']} | {_fmt(s['per_cpu_s'])} | "
+                    f"{'yes' if s['kept_up'] else 'no'} | "
+                    f"{'ok' if s['order_ok'] else '**FAILED**'} |"
+                )
     return lines
 
 

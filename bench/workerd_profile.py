@@ -125,6 +125,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "profiles")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--name", default=None)
+    parser.add_argument(
+        "--js",
+        action="store_true",
+        help="serve the JS baseline (bench/baselines/workerd-js) instead of our Worker",
+    )
     parser.add_argument("--no-profile", action="store_true", help="only measure CPU")
     parser.add_argument(
         "--storm",
@@ -135,10 +140,11 @@ def main() -> int:
     if args.storm:
         return storm(args)
     variables = {"JWT_SECRET": SECRET, "ROOM_LIMITS": json.dumps(ROOM_LIMITS)}
-    name = args.name or f"workerd-{args.rooms}x{args.clients}-{args.rate:g}"
+    kind = "js" if args.js else "workerd"
+    name = args.name or f"{kind}-{args.rooms}x{args.clients}-{args.rate:g}"
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rooms-wprof-") as tmp:
-        farm = wb.WorkerdFarm(Path(tmp), variables, root=args.root)
+        farm = wb.WorkerdFarm(Path(tmp), variables, root=args.root, baseline=args.js)
         with farm.running() as server:
             inspector = Inspector(server.inspector_port)
             inspector.call("Profiler.enable")
@@ -196,6 +202,8 @@ def main() -> int:
             f"{d['latency_ms']['p99']} ms, acked {result['publish']['acked']}, order "
             f"{result['order']['ok']}"
         )
+        for example in result["order"].get("examples", [])[:3]:
+            print(f"  order: {example}")
     if args.no_profile:
         return 0
     path = args.out / f"{name}.cpuprofile"
@@ -211,10 +219,11 @@ def main() -> int:
 def storm(args: argparse.Namespace) -> int:
     """Profile a whole connect storm: CPU per connection by process, and the V8 profile."""
     variables = {"JWT_SECRET": SECRET, "ROOM_LIMITS": json.dumps(ROOM_LIMITS)}
-    name = args.name or f"workerd-storm-{args.rooms}x{args.clients}"
+    kind = "js" if args.js else "workerd"
+    name = args.name or f"{kind}-storm-{args.rooms}x{args.clients}"
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rooms-wprof-") as tmp:
-        farm = wb.WorkerdFarm(Path(tmp), variables, root=args.root)
+        farm = wb.WorkerdFarm(Path(tmp), variables, root=args.root, baseline=args.js)
         with farm.running() as server:
             inspector = Inspector(server.inspector_port)
             inspector.call("Profiler.enable")
