@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,69 @@ def inclusive_times(profile: dict[str, Any], names: list[str]) -> dict[str, floa
     return dict(out)
 
 
+class Perf:
+    """`perf record` of the wrangler tree's workerd processes: CPU samples, native symbols.
+
+    V8's profiler samples wall time on the isolate's thread, so on a loaded machine its
+    shares follow the scheduler as much as the code; perf counts CPU, kernel included, and
+    names workerd's C++ (the binary is not stripped). JIT code (JavaScript, and the Pyodide
+    interpreter's wasm) has no symbols here and is counted as one bucket.
+    """
+
+    def __init__(self, root_pid: int, data: Path, hz: int) -> None:
+        self.hz = hz
+        self.data = data
+        self.pids = {
+            int(k.rpartition(":")[2])
+            for k in wb.cpu_by_process(root_pid)
+            if k.startswith("workerd")
+        }
+        self.proc = subprocess.Popen(
+            ["perf", "record", "-F", str(hz), "-o", str(data), "-p", ",".join(map(str, self.pids))],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # perf attaches
+
+    def stop(self) -> dict[int, Counter[str]]:
+        """Samples per symbol, per workerd pid."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(60)
+        script = subprocess.run(
+            ["perf", "script", "-i", str(self.data), "-F", "pid,sym,dso"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        out: dict[int, Counter[str]] = {pid: Counter() for pid in self.pids}
+        for line in script.splitlines():
+            pid_text, _, rest = line.strip().partition(" ")
+            if not pid_text.isdigit():
+                continue
+            sym, _, dso = rest.strip().rpartition(" (")
+            dso = dso.rstrip(")").rsplit("/", 1)[-1]
+            if dso in ("", "unknown", "[unknown]") or sym in ("", "[unknown]"):
+                key = f"[JIT: JS and wasm] ({dso or 'unknown'})"
+            else:
+                key = f"{sym[:110]} ({dso})"
+            out.setdefault(int(pid_text), Counter())[key] += 1
+        return out
+
+    def report(self, samples: dict[int, Counter[str]], per: float, unit: str, top: int) -> None:
+        for pid, counts in sorted(samples.items(), key=lambda kv: -sum(kv[1].values())):
+            total = sum(counts.values())
+            if not total:
+                continue
+            ms = 1000 * total / self.hz
+            print(
+                f"perf, workerd {pid}: {total} samples = {ms:.0f} ms CPU, "
+                f"{1000 * ms / per:.0f} us per {unit}"
+            )
+            for sym, n in counts.most_common(top):
+                cost = 1e6 * n / self.hz / per
+                print(f"{cost:9.1f} us {100 * n / total:5.1f}%  {sym}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=int, default=1)
@@ -132,11 +196,19 @@ def main() -> int:
     )
     parser.add_argument("--no-profile", action="store_true", help="only measure CPU")
     parser.add_argument(
+        "--perf",
+        action="store_true",
+        help="record the workerd processes with `perf` (CPU by native symbol) instead of V8",
+    )
+    parser.add_argument("--perf-hz", type=int, default=1999)
+    parser.add_argument(
         "--storm",
         action="store_true",
         help="profile a connect storm (--rooms x --clients into new rooms) instead of a fan-out",
     )
     args = parser.parse_args()
+    if args.perf:
+        args.no_profile = True
     if args.storm:
         return storm(args)
     variables = {"JWT_SECRET": SECRET, "ROOM_LIMITS": json.dumps(ROOM_LIMITS)}
@@ -173,12 +245,14 @@ def main() -> int:
                 print(log.read_text(errors="replace")[-3000:])
                 raise SystemExit("the generator never started sending")
             time.sleep(1.0)
+            perf = Perf(server.pid, Path(tmp) / "perf.data", args.perf_hz) if args.perf else None
             cpu0 = wb.tree_cpu_s(server.pid)
             per0 = wb.cpu_by_process(server.pid)
             if not args.no_profile:
                 inspector.call("Profiler.start")
             time.sleep(args.seconds)
             profile = {} if args.no_profile else inspector.call("Profiler.stop")["profile"]
+            perf_samples = perf.stop() if perf else {}
             cpu = wb.tree_cpu_s(server.pid) - cpu0
             per = {
                 k: round(v - per0.get(k, 0.0), 2) for k, v in wb.cpu_by_process(server.pid).items()
@@ -204,6 +278,8 @@ def main() -> int:
         )
         for example in result["order"].get("examples", [])[:3]:
             print(f"  order: {example}")
+    if perf:
+        perf.report(perf_samples, publishes, "publish", args.top)
     if args.no_profile:
         return 0
     path = args.out / f"{name}.cpuprofile"
@@ -235,12 +311,14 @@ def storm(args: argparse.Namespace) -> int:
             if farm.pin:
                 cmd = ["taskset", "-c", wb.GENERATOR_CORE, *cmd]
             env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'local'}", "PATH": "/usr/bin:/bin"}
+            perf = Perf(server.pid, Path(tmp) / "perf.data", args.perf_hz) if args.perf else None
             cpu0 = wb.tree_cpu_s(server.pid)
             per0 = wb.cpu_by_process(server.pid)
             if not args.no_profile:
                 inspector.call("Profiler.start")
             subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)
             profile = {} if args.no_profile else inspector.call("Profiler.stop")["profile"]
+            perf_samples = perf.stop() if perf else {}
             cpu = wb.tree_cpu_s(server.pid) - cpu0
             per = {
                 k: round(v - per0.get(k, 0.0), 2) for k, v in wb.cpu_by_process(server.pid).items()
@@ -257,6 +335,8 @@ def storm(args: argparse.Namespace) -> int:
     if result:
         c = result["connect"]
         print(f"connect: {c['ok']} ok, {c['failed']} failed, {c['wall_s']} s, {c['time_ms']}")
+    if perf:
+        perf.report(perf_samples, n, "connection", args.top)
     if args.no_profile:
         return 0
     path = args.out / f"{name}.cpuprofile"
