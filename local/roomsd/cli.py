@@ -123,10 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--open-idle-databases",
         type=_count,
-        default=64,
+        default=16,
         metavar="N",
-        help="hibernated rooms that keep their SQLite connection open, most recent first; "
-        "each costs ~150 KiB, reopening one ~2 ms (default: %(default)s)",
+        help="quiet rooms (hibernated, or awake and quiet for 3 s) that keep their SQLite "
+        "connection open, most recent first; each costs ~100-150 KiB, reopening one ~2 ms "
+        "of a worker thread (default: %(default)s)",
     )
     serve.add_argument(
         "--hibernate-every-event",

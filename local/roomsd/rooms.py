@@ -44,6 +44,9 @@ log = logging.getLogger("rooms")
 # A room quiet this long, awake or asleep, gives its page cache back (PRAGMA shrink_memory);
 # its next event re-reads the few pages it needs from the file (the OS has them cached).
 QUIET_CACHE_RELEASE_S = 1.0
+# An awake room quiet this long may close its database altogether, as a hibernated room does
+# (`HibernationPolicy.open_idle_databases`): its next event reopens it in a worker thread.
+QUIET_DATABASE_CLOSE_S = 2.0
 
 
 # New rooms' files are made one at a time in one thread: the disk does them one at a time
@@ -57,10 +60,11 @@ _PREPARER = concurrent.futures.ThreadPoolExecutor(
 class HibernationPolicy:
     after_idle_s: float = 10.0
     every_event: bool = False
-    # Hibernated rooms whose SQLite connection stays open, most recently active first. An open
-    # connection costs ~150 KiB, and reopening one ~2 ms (SQLite recreates and fsyncs the WAL),
-    # so the rooms likeliest to wake soon keep theirs and memory stays bounded.
-    open_idle_databases: int = 64
+    # Quiet rooms (hibernated, or awake and quiet for QUIET_DATABASE_CLOSE_S) whose SQLite
+    # connection stays open, most recently active first. An open connection costs ~100-150 KiB,
+    # and reopening one ~2 ms of a worker thread (SQLite recreates and syncs the WAL), so the
+    # rooms likeliest to be busy again soon keep theirs and memory stays bounded.
+    open_idle_databases: int = 16
 
     def __post_init__(self) -> None:
         if self.open_idle_databases < 0:
@@ -133,7 +137,7 @@ class LocalRoom:
 
     @property
     def stored(self) -> bool:
-        """This room has stored something (its open database says; False without one)."""
+        """This room has stored something (its database says, connecting if it must)."""
         return self._sql is not None and self._sql.exists()
 
     def host(self) -> RoomHost[LocalSocket]:
@@ -198,27 +202,28 @@ class LocalRoom:
         else:  # opened on the loop meanwhile (a synchronous `host()`): keep one connection
             sql.close()
 
-    async def _prepare_database(self) -> RoomHost[LocalSocket]:
-        """Create this room's file in a worker thread before a frame that may write to it, and
-        return the (possibly rebuilt) host.
+    async def _connect_off_loop(self, for_write: bool) -> None:
+        """Connect this room's database in a worker thread, creating its file first if it has
+        none (for a frame that may write to it): the room's next statements then find it open.
 
         Creating a file, setting up its WAL and committing its first tables take ~5 ms of
         writes and syncs, which every other room would wait out on the event loop: a burst of
-        new rooms' first messages stalled the whole server. The file holds no room until the
-        write itself creates `messages` (`prepare_file`), and is removed if the room is closed
-        without one, so a room nobody wrote to still leaves nothing behind. A failed prepare is
-        only logged: the write then creates the file on the loop, as it always could."""
+        new rooms' first messages stalled the whole server. A new file holds no room until the
+        write itself creates `messages` (`prepare_file`), and is removed if the room's
+        connection is closed without one, so a room nobody wrote to still leaves nothing
+        behind. An existing file (a quiet room whose connection was closed) is opened and read
+        here. A failure is only logged: the room then connects on the loop, as it always could.
+        """
         preparing = self._preparing
         if preparing is None:
             sql = self._sql
             loop = asyncio.get_running_loop()
             preparing = self._preparing = asyncio.ensure_future(
-                loop.run_in_executor(_PREPARER, prepare_file, self.db_path)
+                loop.run_in_executor(_PREPARER, prepare_file, self.db_path, for_write)
             )
             preparing.add_done_callback(lambda done: self._prepared(sql, done))
         with contextlib.suppress(Exception):
             await asyncio.shield(preparing)  # a cancelled waiter must not lose the connection
-        return await self.wake()
 
     def _prepared(
         self, sql: SqliteSql | None, preparing: asyncio.Future[sqlite3.Connection]
@@ -249,8 +254,11 @@ class LocalRoom:
                 await asyncio.shield(closing)  # a cancelled waiter must not cancel the close
             if self._previous_closing is closing:
                 self._previous_closing = None
-        if self._host is None and self._sql is None:
+        sql = self._sql
+        if self._host is None and sql is None:
             await self._open_database()
+        elif sql is not None and not sql.is_open and self.db_path.exists():
+            await self._connect_off_loop(for_write=False)  # closed while the room was quiet
         return self.host()
 
     async def refusal(
@@ -296,8 +304,11 @@ class LocalRoom:
             else:
                 self.last_event = time.monotonic()
             sql = self._sql
-            if sql is not None and not sql.is_open and may_store(data):
-                host = await self._prepare_database()  # a new room's first write, most likely
+            if sql is not None and not sql.is_open:  # a new room, or one quiet for a while
+                writes = may_store(data)
+                if writes or self.db_path.exists():
+                    await self._connect_off_loop(for_write=writes)
+                    host = await self.wake()
             await host.message(ws, data)
         finally:
             self._in_flight -= 1
@@ -335,12 +346,16 @@ class LocalRoom:
 
     def hibernate(self) -> None:
         """Drop the in-memory instance; sockets stay open, storage stays on disk."""
-        if self._host is not None:
-            try:
-                self._host.engine.store.save_counts()
-            except Exception:  # operator counters only; the room's messages are committed
-                log.exception("saving counters failed room=%s", self.name)
+        self._save_counts()
         self._host = None
+
+    def _save_counts(self) -> None:
+        if self._host is None or not self.database_open:  # a closed one wrote them as it closed
+            return
+        try:
+            self._host.engine.store.save_counts()
+        except Exception:  # operator counters only; the room's messages are committed
+            log.exception("saving counters failed room=%s", self.name)
 
     def release_cache(self, now: float) -> bool:
         """Give the database's page cache back if the room has been quiet; True if it did."""
@@ -356,6 +371,18 @@ class LocalRoom:
         sql.release_memory()
         self._cache_released_at = self.last_event
         return True
+
+    @property
+    def database_open(self) -> bool:
+        return self._sql is not None and self._sql.is_open
+
+    def release_connection(self) -> SqliteSql | None:
+        """Hand over the database's connection, detached, for the caller to close; the room
+        stays awake, and its next event connects again off the loop (`wake`)."""
+        if self._sql is None or self.busy:
+            return None
+        self._save_counts()  # while the connection is open: writing them later would reopen it
+        return self._sql.detach()
 
     def release_database(self) -> SqliteSql | None:
         """Hibernate and hand over the database connection, detached, for the caller to close."""
@@ -430,7 +457,7 @@ class RoomRegistry:
         if room is not None:
             if len(room.sockets) > 0:
                 return True
-            if room.holds_database:  # its file may be one made for a write that stored nothing
+            if room.database_open:  # its file may be one made for a write that stored nothing
                 return room.stored
         return (self.rooms_dir / f"{name}.sqlite").exists()
 
@@ -444,15 +471,25 @@ class RoomRegistry:
 
     def sweep(self, now: float | None = None) -> list[ClosingDatabase]:
         """Hibernate idle rooms, forget idle rooms with no sockets, and keep at most
-        `open_idle_databases` hibernated rooms' connections open.
+        `open_idle_databases` quiet rooms' connections open: hibernated rooms, and awake ones
+        quiet for `QUIET_DATABASE_CLOSE_S`.
 
         Returns the connections to close, detached from their rooms: see `close_databases`.
         """
         now = time.monotonic() if now is None else now
         to_close: list[ClosingDatabase] = []
-        falling_asleep: list[LocalRoom] = []
+        quiet: list[LocalRoom] = []  # falling asleep, or awake and quiet with an open database
         for name, room in list(self.rooms.items()):
-            if room.busy or now - room.last_event < self.policy.after_idle_s:
+            if room.busy:
+                continue
+            idle = now - room.last_event
+            if idle < self.policy.after_idle_s:
+                if (
+                    idle >= QUIET_DATABASE_CLOSE_S
+                    and room.database_open
+                    and name not in self._idle_open
+                ):
+                    quiet.append(room)
                 continue
             if not len(room.sockets):
                 del self.rooms[name]
@@ -460,15 +497,19 @@ class RoomRegistry:
                 self._hand_over(room, to_close)
             elif room.awake:
                 room.hibernate()
-                falling_asleep.append(room)
-        for room in sorted(falling_asleep, key=lambda r: r.last_event):
+                quiet.append(room)
+        for room in sorted(quiet, key=lambda r: r.last_event):
             self._idle_open[room.name] = None
             self._idle_open.move_to_end(room.name)
         while len(self._idle_open) > self.policy.open_idle_databases:
             name, _ = self._idle_open.popitem(last=False)
-            sleeper = self.rooms.get(name)
-            if sleeper is not None and not sleeper.awake:
-                self._hand_over(sleeper, to_close)
+            oldest = self.rooms.get(name)
+            if oldest is None:
+                continue
+            if not oldest.awake:
+                self._hand_over(oldest, to_close)
+            elif now - oldest.last_event >= QUIET_DATABASE_CLOSE_S:  # else: busy again, keeps it
+                self._hand_over(oldest, to_close, keep_awake=True)
         return to_close
 
     def release_quiet_caches(self, now: float | None = None) -> int:
@@ -476,8 +517,10 @@ class RoomRegistry:
         now = time.monotonic() if now is None else now
         return sum(room.release_cache(now) for room in list(self.rooms.values()))
 
-    def _hand_over(self, room: LocalRoom, to_close: list[ClosingDatabase]) -> None:
-        sql = room.release_database()
+    def _hand_over(
+        self, room: LocalRoom, to_close: list[ClosingDatabase], *, keep_awake: bool = False
+    ) -> None:
+        sql = room.release_connection() if keep_awake else room.release_database()
         if sql is None:
             return
         closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()

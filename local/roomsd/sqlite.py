@@ -68,6 +68,16 @@ class SqliteSql:
         self._connection = connection
         return True
 
+    def detach(self) -> SqliteSql | None:
+        """Commit, then hand this database's connection over in a new `SqliteSql` (for closing
+        it in a worker thread); this one connects again when next used."""
+        if self._connection is None:
+            return None
+        self.settle()
+        detached = SqliteSql(self._path)
+        detached._connection, self._connection = self._connection, None
+        return detached
+
     @property
     def _db(self) -> sqlite3.Connection:
         if self._connection is None:
@@ -183,11 +193,11 @@ class SqliteSql:
             close_connection(connection, self._path)
 
 
-def prepare_file(path: Path | str) -> sqlite3.Connection:
-    """Create a room's file ahead of its first write, with every table but `messages`, and
-    return the open connection (run in a worker thread: creating a file, setting up its WAL
-    and writing the WAL's first frames take file creations, deletions and syncs that the event
-    loop would otherwise wait out, ~6 ms a room here).
+def prepare_file(path: Path | str, for_write: bool = True) -> sqlite3.Connection:
+    """Connect a room's file, creating it ahead of its first write (``for_write``) with every
+    table but `messages`, and return the open connection. Run in a worker thread: creating a
+    file, setting up its WAL and writing the WAL's first frames take file creations, deletions
+    and syncs that the event loop would otherwise wait out, ~6 ms a room here.
 
     The file starts as a copy of one made once per process (`_prepared_image`): one file
     created and synced, instead of a rollback journal made, synced and deleted to switch it to
@@ -196,13 +206,17 @@ def prepare_file(path: Path | str) -> sqlite3.Connection:
     directory with a new file), is written and synced in this thread too, not by the room's
     first message. Without `messages` the file holds no room yet (`SqliteSql.exists`): the
     room's first write creates that table in the same transaction as the message. Until then,
-    closing the connection removes the file (`close_connection`). For a file that already
-    exists, this only connects."""
+    closing the connection removes the file (`close_connection`).
+
+    A file that exists is connected and its schema read; for a write, the WAL's first frame
+    is written too (`_start_wal`). Without ``for_write`` no file is created."""
+    if not for_write or Path(path).exists():
+        return _reopen(path, for_write)
     image = _prepared_image()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        return _connect(path)
+        return _reopen(path, for_write)
     try:
         # No main file, so a WAL left here is from an old file: never replay it into this one.
         for suffix in ("-wal", "-shm"):
@@ -228,6 +242,39 @@ def prepare_file(path: Path | str) -> sqlite3.Connection:
         close_connection(db, path)
         raise
     return db
+
+
+def _reopen(path: Path | str, for_write: bool) -> sqlite3.Connection:
+    db = _connect(path)
+    try:
+        db.execute(_ROOM_TABLES_EXIST).fetchall()  # reads the schema here, not on the loop
+        if for_write:
+            _start_wal(db, path)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _start_wal(db: sqlite3.Connection, path: Path | str) -> None:
+    """Write the first frame of an empty WAL: SQLite syncs a WAL's header with its first frame,
+    and the directory with a new WAL file. Closing a room's last connection deletes its WAL,
+    so without this a reopened room's next message would do those syncs on the event loop.
+    Rewriting `user_version` with its own value changes no data but writes a page."""
+    try:
+        if os.path.getsize(f"{path}-wal") > 0:
+            return  # it has frames already (left by a crash and recovered): no header to write
+    except OSError:
+        pass
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        db.execute(f"PRAGMA user_version = {version}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 _image: bytes | None = None

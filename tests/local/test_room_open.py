@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 import roomsd.sqlite
-from roomsd.rooms import HibernationPolicy, LocalRoom, close_databases
+from roomsd.rooms import QUIET_DATABASE_CLOSE_S, HibernationPolicy, LocalRoom, close_databases
 from roomsd.sqlite import SqliteSql
 from tests.local.conftest import ServerFactory, recv_until
 
@@ -132,6 +132,45 @@ async def test_a_file_made_for_a_write_that_stored_nothing_is_removed(
     assert "refused" not in server.registry.rooms
     assert not path.exists()
     assert not server.registry.exists("refused")
+
+
+async def test_an_awake_quiet_room_closes_its_database_and_reopens_it_off_the_loop(
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `open_idle_databases` quiet rooms, an awake room quiet for a while gives its whole
+    connection back (its host stays); its next frames, a read and then a write, find the file
+    opened again in a worker thread, and its log goes on gapless."""
+    server = await server_factory(
+        hibernation=HibernationPolicy(after_idle_s=3600, open_idle_databases=0)
+    )
+    path = server.settings.data_dir / "rooms" / "lull.sqlite"
+    async with await server.connect("lull", "alice") as alice:
+        await recv_until(alice, "welcome")
+        await alice.send(json.dumps({"type": "publish", "id": "1", "body": "before"}))
+        await recv_until(alice, "ack")
+        room = server.registry.rooms["lull"]
+        assert server.registry.sweep(time.monotonic()) == []  # not quiet long enough yet
+        later = time.monotonic() + QUIET_DATABASE_CLOSE_S + 0.5
+        await close_databases(server.registry.sweep(later))
+        assert room.awake
+        assert not room.database_open
+        assert room.wakes == 1
+        opened_in = _record_connects(monkeypatch, path)
+        async with await server.connect("lull", "bob", since=0) as bob:  # a join reads the log
+            assert (await recv_until(bob, "welcome"))["head"] == 1
+            assert (await recv_until(bob, "message"))["body"] == "before"  # the replay
+            assert len(opened_in) == 1, opened_in
+            await close_databases(server.registry.sweep(time.monotonic() + 10))
+            assert not room.database_open
+            await alice.send(json.dumps({"type": "history", "before": 5}))  # a read
+            history = await recv_until(alice, "history")
+            assert [m["body"] for m in history["messages"]] == ["before"]
+            await alice.send(json.dumps({"type": "publish", "id": "2", "body": "after"}))
+            assert (await recv_until(alice, "ack"))["seq"] == 2
+            assert (await recv_until(bob, "message"))["seq"] == 2
+        assert len(opened_in) == 2, opened_in  # the join's reopen, then the read's
+        assert threading.main_thread().name not in opened_in
+        assert room.wakes == 1  # the same host all along
 
 
 async def recv_until_gone(server: Any, room: str) -> None:
