@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -46,10 +47,6 @@ class DurableObjectSql:
         # Bound once: a method looked up on a JS object is a crossing of its own on every call.
         self._exec = self._sql.exec
         self._transaction_sync = self._storage.transactionSync
-        # transactionSync calls one long-lived JS function, which runs whatever is pending.
-        self._pending: Callable[[], Any] | None = None
-        self._result: Any = None
-        self._run_pending = ffi.persistent_function(self._run)
 
     def execute(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
         for param in params:
@@ -74,18 +71,41 @@ class DurableObjectSql:
         # §4.4: BEGIN is refused on SQLite objects; transactionSync commits fn's writes together
         # and rolls back when it raises. The result stays on the Python side instead of making a
         # round trip through JS (where a tuple would become a PyProxy).
-        outer, self._pending = self._pending, fn
+        pending = _Pending(fn)
+        _PENDING.append(pending)
         try:
-            self._transaction_sync(self._run_pending)
-            result: T = self._result
+            self._transaction_sync(_run_innermost())
+            result: T = pending.result
             return result
         finally:
-            self._pending, self._result = outer, None
+            _PENDING.pop()
 
-    def _run(self) -> None:
-        fn = self._pending
-        assert fn is not None
-        self._result = fn()
+
+class _Pending:
+    """A transaction's function and, once it ran, its result."""
+
+    __slots__ = ("fn", "result")
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+
+
+# The transactions under way, innermost last. transactionSync calls its function synchronously,
+# so one JS function for the whole isolate serves every object: a proxy made per object (per
+# wake) cost a `create_proxy` each time and was never destroyed.
+_PENDING: list[_Pending] = []
+
+
+def _run() -> None:
+    pending = _PENDING[-1]
+    pending.result = pending.fn()
+
+
+@functools.cache
+def _run_innermost() -> JsObject:
+    """The JS function transactionSync calls: runs the innermost pending transaction."""
+    return ffi.persistent_function(_run)
 
 
 class HibernatableSockets:
