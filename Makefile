@@ -69,12 +69,14 @@ bench-pyodide: pyodide-setup
 
 ## Benchmarks (figures, not tests; ~30 min): the runtime vs plain websockets and Node ws baselines,
 ## then the Worker in real workerd (wrangler dev) vs Cloudflare's JS chat demo figures, then the
-## Worker in Pyodide (~1 min; its own block of BENCHMARKS.md). BENCH_ARGS go to bench/run.py.
+## Worker in Pyodide (~1 min; its own block of BENCHMARKS.md), run even if bench/run.py failed.
+## BENCH_ARGS go to bench/run.py.
 bench: setup workerd-setup
 	$(UV) sync --frozen --inexact --python $(PYTHON) --group dev --group bench
 	npm ci --prefix bench/baselines/node --no-audit --no-fund
-	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
-	$(VENV)/bin/python bench/pyodide_bench.py --write-benchmarks --rounds 20
+	status=0; $(VENV)/bin/python bench/run.py $(BENCH_ARGS) || status=$$?; \
+	$(VENV)/bin/python bench/pyodide_bench.py --write-benchmarks --rounds 20 || status=1; \
+	exit $$status
 
 ## Only the real-workerd part of `make bench` (~6 min).
 bench-workerd: setup workerd-setup
