@@ -119,6 +119,7 @@ class LocalRoom:
         self._opening: asyncio.Future[SqliteSql] | None = None  # its file, opening off the loop
         # Its file, being created off the loop for the first write (`prepare_file`).
         self._preparing: asyncio.Future[sqlite3.Connection] | None = None
+        self._fileless: SqliteSql | None = None  # this database, known to have no file
         self._host: RoomHost[LocalSocket] | None = None
         # This room's previous connection, still being closed off the loop: a new one opened
         # meanwhile would wait on its checkpoint with the event loop blocked (busy timeout).
@@ -202,6 +203,17 @@ class LocalRoom:
         else:  # opened on the loop meanwhile (a synchronous `host()`): keep one connection
             sql.close()
 
+    def _has_file(self, sql: SqliteSql) -> bool:
+        """Whether the room's file exists. ``sql`` without a file gets one only by connecting,
+        so a no is remembered until its connection is released: a room that nobody writes to
+        is not asked of the file system on every event (a storm of joins asks thousands)."""
+        if self._fileless is sql:
+            return False
+        if self.db_path.exists():
+            return True
+        self._fileless = sql
+        return False
+
     async def _connect_off_loop(self, for_write: bool) -> None:
         """Connect this room's database in a worker thread, creating its file first if it has
         none (for a frame that may write to it): the room's next statements then find it open.
@@ -257,7 +269,7 @@ class LocalRoom:
         sql = self._sql
         if self._host is None and sql is None:
             await self._open_database()
-        elif sql is not None and not sql.is_open and self.db_path.exists():
+        elif sql is not None and not sql.is_open and self._has_file(sql):
             await self._connect_off_loop(for_write=False)  # closed while the room was quiet
         return self.host()
 
@@ -306,7 +318,7 @@ class LocalRoom:
             sql = self._sql
             if sql is not None and not sql.is_open:  # a new room, or one quiet for a while
                 writes = may_store(data)
-                if writes or self.db_path.exists():
+                if writes or self._has_file(sql):
                     await self._connect_off_loop(for_write=writes)
                     host = await self.wake()
             await host.message(ws, data)
@@ -382,6 +394,7 @@ class LocalRoom:
         if self._sql is None or self.busy:
             return None
         self._save_counts()  # while the connection is open: writing them later would reopen it
+        self._fileless = None  # closing may leave the file, or remove it: ask again
         return self._sql.detach()
 
     def release_database(self) -> SqliteSql | None:
