@@ -164,8 +164,8 @@ def markdown(figures: dict[str, Any], environment: dict[str, Any]) -> str:
         f"Measured {environment['date']} at commit `{environment['commit']}` on "
         f"{environment['cpus']} cores: Pyodide {figures['pyodide']} (Python {figures['python']}) "
         f"on Node {figures['node']} with the JS fakes of tests/pyodide; load average at start "
-        f"{load}, at the end {load_end}. Reproduce with `make bench-pyodide "
-        f'BENCH_ARGS="--write-benchmarks"`.',
+        f"{load}, at the end {load_end}. Reproduce with `{environment['command']}` (the last "
+        f"step of `make bench`).",
         "",
         "### The Worker in Pyodide",
         "",
@@ -217,6 +217,7 @@ def environment(loadavg_at_start: tuple[float, ...]) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "loadavg_at_start": list(loadavg_at_start),
         "loadavg_at_end": list(os.getloadavg()),
+        "command": " ".join([".venv/bin/python", "bench/pyodide_bench.py", *sys.argv[1:]]),
     }
 
 
