@@ -31,7 +31,7 @@ from roomsd.config import (
     token_policy_of,
     vars_from,
 )
-from roomsd.os_resources import raise_open_file_limit
+from roomsd.os_resources import limit_malloc_arenas, raise_open_file_limit
 from roomsd.rooms import HibernationPolicy
 from roomsd.server import make_app, runner_options
 
@@ -292,6 +292,7 @@ def serve(args: argparse.Namespace) -> int:
         max_connections_per_address=count_from(values, "MAX_CONNECTIONS_PER_ADDRESS", 256),
     )
     open_files, _ = raise_open_file_limit()  # a socket each: 1,024 would cap connections
+    limit_malloc_arenas()  # before any worker thread allocates (memory per idle connection)
     prepare_data_dir(settings.data_dir)
     sock = bind_port(settings.host, settings.port)
     try:
