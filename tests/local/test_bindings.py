@@ -55,6 +55,15 @@ def test_project_migrations_apply_cleanly(tmp_path: Path) -> None:
     db.close()
 
 
+def test_d1_commits_without_a_sync_per_batch(tmp_path: Path) -> None:
+    """WAL with synchronous NORMAL, as the room files: D1 batches run on the event loop, and
+    with FULL every new room's directory row synced the WAL there while every room waited."""
+    db, _ = open_d1(tmp_path / "d1.sqlite", PROJECT_ROOT / "migrations")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    db.close()
+
+
 def test_bucket_writes_atomically_and_refuses_escaping_keys(tmp_path: Path) -> None:
     """put replaces whole objects; keys cannot climb out of the bucket directory."""
     bucket = FileBucket(tmp_path / "r2")
