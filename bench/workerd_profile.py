@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -114,6 +115,32 @@ def inclusive_times(profile: dict[str, Any], names: list[str]) -> dict[str, floa
     return dict(out)
 
 
+# perf symbol -> a coarse part of workerd, first match wins (regexes over "symbol (object)").
+PERF_PARTS: tuple[tuple[str, str], ...] = (
+    ("JIT code: JS, and for ours Pyodide's wasm", r"^\[JIT"),
+    ("kernel (sockets, scheduling, page faults)", r"\(\[kernel"),
+    ("V8 compiling JS and wasm (tier-up)", r"compiler::|turboshaft|maglev|Maglev|baseline::"),
+    ("inspector: console.log to wrangler", r"v8_crdtp|inspector|Inspector|V8Console"),
+    ("wasm runtime (V8)", r"Wasm|wasm::|Liftoff"),
+    ("GC (V8, cppgc)", r"Marking|Sweep|Scaveng|GlobalHandles|cppgc|Heap::|Evacuat|Compactor"),
+    ("V8 runtime and builtins", r"^(v8::|Builtins_)"),
+    ("SQLite", r"^(sqlite3|wal|pcache|yy_|btree|pager|vdbe|jsonTranslate)"),
+    ("malloc (tcmalloc)", r"(?i)tcmalloc"),
+    (
+        "workerd I/O, promises, JS API (kj, workerd::, hyper, tokio)",
+        r"kj|workerd|tokio|hyper|capnp",
+    ),
+    ("libc", r"\(libc"),
+)
+
+
+def perf_part(symbol: str) -> str:
+    for part, pattern in PERF_PARTS:
+        if re.search(pattern, symbol):
+            return part
+    return "other"
+
+
 class Perf:
     """`perf record` of the wrangler tree's workerd processes: CPU samples, native symbols.
 
@@ -143,7 +170,7 @@ class Perf:
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(60)
         script = subprocess.run(
-            ["perf", "script", "-i", str(self.data), "-F", "pid,sym,dso"],
+            ["perf", "script", "-i", str(self.data), "-F", "pid,ip,sym,dso"],
             capture_output=True,
             text=True,
             check=False,
@@ -153,6 +180,7 @@ class Perf:
             pid_text, _, rest = line.strip().partition(" ")
             if not pid_text.isdigit():
                 continue
+            _ip, _, rest = rest.strip().partition(" ")  # symbols resolve only with the ip
             sym, _, dso = rest.strip().rpartition(" (")
             dso = dso.rstrip(")").rsplit("/", 1)[-1]
             if dso in ("", "unknown", "[unknown]") or sym in ("", "[unknown]"):
@@ -172,6 +200,18 @@ class Perf:
                 f"perf, workerd {pid}: {total} samples = {ms:.0f} ms CPU, "
                 f"{1000 * ms / per:.0f} us per {unit}"
             )
+            by_dso: Counter[str] = Counter()
+            for sym, n in counts.items():
+                by_dso[sym.rpartition(" (")[2].rstrip(")")] += n
+            print(
+                "  by object: "
+                + ", ".join(f"{dso} {100 * n / total:.1f}%" for dso, n in by_dso.most_common(6))
+            )
+            parts: Counter[str] = Counter()
+            for sym, n in counts.items():
+                parts[perf_part(sym)] += n
+            for part, n in parts.most_common():
+                print(f"  {1e6 * n / self.hz / per:9.1f} us {100 * n / total:5.1f}%  {part}")
             for sym, n in counts.most_common(top):
                 cost = 1e6 * n / self.hz / per
                 print(f"{cost:9.1f} us {100 * n / total:5.1f}%  {sym}")
@@ -201,6 +241,13 @@ def main() -> int:
         help="record the workerd processes with `perf` (CPU by native symbol) instead of V8",
     )
     parser.add_argument("--perf-hz", type=int, default=1999)
+    parser.add_argument(
+        "--warm",
+        type=int,
+        default=0,
+        help="with --storm: first connect this many clients (10 a room) unmeasured, so the "
+        "measured storm finds the isolate warm (code compiled, modules imported)",
+    )
     parser.add_argument(
         "--storm",
         action="store_true",
@@ -304,13 +351,19 @@ def storm(args: argparse.Namespace) -> int:
             inspector = Inspector(server.inspector_port)
             inspector.call("Profiler.enable")
             inspector.call("Profiler.setSamplingInterval", interval=args.interval_us)
-            cmd = [sys.executable, "-m", "loadtest", "connect-storm", "--url", server.url]
-            cmd += ["--secret", SECRET, "--rooms", str(args.rooms), "--clients", str(args.clients)]
-            cmd += ["--concurrency", "100", "--connect-timeout", "60", "--progress", "none"]
-            cmd += ["--out", tmp, "--room-prefix", f"storm-{time.time_ns()}-"]
-            if farm.pin:
-                cmd = ["taskset", "-c", wb.GENERATOR_CORE, *cmd]
+
+            def storm_command(rooms: int, clients: int, prefix: str) -> list[str]:
+                cmd = [sys.executable, "-m", "loadtest", "connect-storm", "--url", server.url]
+                cmd += ["--secret", SECRET, "--rooms", str(rooms), "--clients", str(clients)]
+                cmd += ["--concurrency", "100", "--connect-timeout", "60", "--progress", "none"]
+                cmd += ["--out", tmp, "--room-prefix", f"{prefix}-{time.time_ns()}-"]
+                return ["taskset", "-c", wb.GENERATOR_CORE, *cmd] if farm.pin else cmd
+
             env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'local'}", "PATH": "/usr/bin:/bin"}
+            if args.warm:
+                warm = storm_command(max(1, args.warm // 10), 10, "warm")
+                subprocess.run(warm, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)
+            cmd = storm_command(args.rooms, args.clients, "storm")
             perf = Perf(server.pid, Path(tmp) / "perf.data", args.perf_hz) if args.perf else None
             cpu0 = wb.tree_cpu_s(server.pid)
             per0 = wb.cpu_by_process(server.pid)
