@@ -67,8 +67,9 @@ deploy: workerd-setup
 bench-pyodide: pyodide-setup
 	$(VENV)/bin/python bench/pyodide_bench.py $(BENCH_ARGS)
 
-## Benchmarks (figures, not tests; ~30 min): the runtime vs plain websockets and Node ws baselines,
-## then the Worker in real workerd (wrangler dev) vs Cloudflare's JS chat demo figures, then the
+## Benchmarks (figures, not tests; ~35 min): the runtime vs plain websockets and Node ws baselines,
+## then the Worker in real workerd (wrangler dev) vs a JS Durable Object baseline run alongside
+## (bench/baselines/workerd-js), then the
 ## Worker in Pyodide (~1 min; its own block of BENCHMARKS.md), run even if bench/run.py failed.
 ## BENCH_ARGS go to bench/run.py.
 bench: setup workerd-setup
@@ -78,7 +79,7 @@ bench: setup workerd-setup
 	$(VENV)/bin/python bench/pyodide_bench.py --write-benchmarks --rounds 20 || status=1; \
 	exit $$status
 
-## Only the real-workerd part of `make bench` (~6 min).
+## Only the real-workerd part of `make bench`, ours and the JS baseline (~11 min).
 bench-workerd: setup workerd-setup
 	$(UV) sync --frozen --inexact --python $(PYTHON) --group dev --group bench
 	$(VENV)/bin/python bench/run.py --only workerd $(BENCH_ARGS)
