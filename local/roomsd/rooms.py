@@ -170,24 +170,25 @@ class LocalRoom:
         sql.on_commit = self.telemetry.commit_time.observe
         return sql
 
-    def _opened_database(self, gate: OutputGate | None) -> SqliteSql:
+    def _opened_database(self, gate: OutputGate | None, for_write: bool) -> SqliteSql:
         sql = self._new_database(gate)
-        sql.open()  # read the file here, in the worker thread
+        sql.open(for_write)  # read the file here, in the worker thread
         return sql
 
-    async def _open_database(self) -> None:
+    async def _open_database(self, for_write: bool = False) -> None:
         """Open this room's existing file in a worker thread, not on the event loop.
 
         Opening reads the file and may have to recover or recreate its WAL (writes and fsyncs,
-        ~2 ms here, more on a busy disk): every other room would wait meanwhile. A room with
-        no file has nothing to read; it is left to `host()`. Events arriving meanwhile wait
-        for the same open."""
+        ~2 ms here, more on a busy disk): every other room would wait meanwhile; for an event
+        that may write, the new WAL's first frame is written there too. A room with no file
+        has nothing to read; it is left to `host()`. Events arriving meanwhile wait for the
+        same open."""
         opening = self._opening
         if opening is None:
             if not self.db_path.exists():
                 return
             opening = self._opening = asyncio.ensure_future(
-                asyncio.to_thread(self._opened_database, self._gate())
+                asyncio.to_thread(self._opened_database, self._gate(), for_write)
             )
             opening.add_done_callback(self._opened)
         await asyncio.shield(opening)  # a cancelled waiter must not lose the connection
@@ -257,9 +258,9 @@ class LocalRoom:
         """Open the database again only once ``closing`` (its old connection's close) is done."""
         self._previous_closing = closing
 
-    async def wake(self) -> RoomHost[LocalSocket]:
+    async def wake(self, for_write: bool = False) -> RoomHost[LocalSocket]:
         """`host()` for event handlers: first waits out a close of this room's old connection,
-        then opens its file off the event loop."""
+        then opens its file off the event loop (``for_write``: for a frame that may write)."""
         closing = self._previous_closing
         if closing is not None:
             if not closing.done():
@@ -268,9 +269,9 @@ class LocalRoom:
                 self._previous_closing = None
         sql = self._sql
         if self._host is None and sql is None:
-            await self._open_database()
+            await self._open_database(for_write)
         elif sql is not None and not sql.is_open and self._has_file(sql):
-            await self._connect_off_loop(for_write=False)  # closed while the room was quiet
+            await self._connect_off_loop(for_write)  # closed while the room was quiet
         return self.host()
 
     async def refusal(
@@ -312,7 +313,7 @@ class LocalRoom:
         try:
             host = self._host
             if host is None or self._previous_closing is not None:
-                host = await self.wake()
+                host = await self.wake(may_store(data))
             else:
                 self.last_event = time.monotonic()
             sql = self._sql

@@ -48,12 +48,15 @@ class SqliteSql:
         self.on_lost = on_lost
         self.on_commit: Callable[[float], None] | None = None
 
-    def open(self) -> None:
+    def open(self, for_write: bool = False) -> None:
         """Have the file open now (`LocalRoom` calls this in a worker thread, so that connecting,
-        which may recover or recreate the WAL, never runs on the event loop). A room that never
-        stored anything has no file, and asking creates none."""
+        which may recover or recreate the WAL, never runs on the event loop); ``for_write``
+        also writes the new WAL's first frame (`_start_wal`). A room that never stored anything
+        has no file, and asking creates none."""
         if self._connection is None and _is_file(self._path):
             self._db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            if for_write:
+                _start_wal(self._db, self._path)
 
     @property
     def is_open(self) -> bool:
