@@ -160,6 +160,16 @@ def unwrapped(binding: Any) -> JsObject:
     return getattr(binding, "_binding", binding)
 
 
+def unwrapped_env(env: Any) -> JsObject:
+    """The JS env behind the SDK's wrapper of it (``_env``), or ``env`` itself."""
+    return getattr(env, "_env", env)
+
+
+def unwrapped_context(ctx: Any) -> JsObject:
+    """The JS ``DurableObjectState`` behind the SDK's wrapper of it (``_ctx``), or ``ctx``."""
+    return getattr(ctx, "_ctx", ctx)
+
+
 def sql_binding(value: Any) -> Any:
     """A value to bind in a raw ``sql.exec``: None as JS null (passed bare it is undefined)."""
     return jsnull if value is None else value

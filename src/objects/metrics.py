@@ -13,6 +13,7 @@ refuses.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from objects import ffi
@@ -53,15 +54,26 @@ class AnalyticsSink:
         write_points(self.dataset, analytics_points(room, self.telemetry.drain()))
 
 
-def sink_from_env(env: Any, telemetry: Telemetry) -> AnalyticsSink | None:
-    """The object's sink, or None without the binding; a bad METRICS_FLUSH_MS is a ValueError
-    (the object fails loudly, like a bad ROOM_LIMITS)."""
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """What ``env`` says about metrics: the dataset and how often to write to it."""
+
+    dataset: Any
+    flush_ms: int
+
+    def sink(self, telemetry: Telemetry) -> AnalyticsSink:
+        return AnalyticsSink(self.dataset, telemetry, self.flush_ms)
+
+
+def metrics_settings(env: Any) -> MetricsSettings | None:
+    """None without the binding; a bad METRICS_FLUSH_MS is a ValueError (the object fails
+    loudly, like a bad ROOM_LIMITS)."""
     dataset = dataset_of(env)
     if dataset is None:
         return None
     raw = ffi.var_text(getattr(env, "METRICS_FLUSH_MS", None))
     flush_ms = DEFAULT_FLUSH_MS if raw is None else parse_flush_ms(raw)
-    return AnalyticsSink(dataset, telemetry, flush_ms)
+    return MetricsSettings(dataset, flush_ms)
 
 
 def parse_flush_ms(raw: str) -> int:

@@ -30,7 +30,7 @@ from workers import DurableObject, Response
 from objects import ffi
 from objects.bindings import D1Database, DurableObjectAlarms, R2Bucket, RateLimit
 from objects.ffi import JsObject
-from objects.metrics import sink_from_env
+from objects.metrics import MetricsSettings, metrics_settings
 from objects.platform import DurableObjectSql, HibernatableSockets
 from objects.web import (
     INTERNAL_ERROR,
@@ -96,27 +96,31 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
 
     def __init__(self, ctx: Any, env: Any) -> None:
         super().__init__(ctx, env)
-        self._sql = DurableObjectSql(self.ctx.storage)
-        self._sockets = HibernatableSockets(self.ctx)
+        # The raw ctx: the SDK's wrapper checks each attribute's JS class on its first read, on
+        # every wake (the storage port unwraps ctx.storage anyway).
+        raw_ctx = ffi.unwrapped_context(self.ctx)
+        self._sql = DurableObjectSql(raw_ctx.storage)
+        self._sockets = HibernatableSockets(raw_ctx)
         # §3.8: the runtime answers the keep-alive itself, without waking the object.
-        self.ctx.setWebSocketAutoResponse(ffi.auto_response_pair(PING_TEXT, PONG_TEXT))
-        # A bad ROOM_LIMITS or ARCHIVE_POLICY fails here, on every event, rather than at run time.
+        raw_ctx.setWebSocketAutoResponse(ffi.auto_response_pair(PING_TEXT, PONG_TEXT))
+        # What env says, read once per isolate and env (`_deployment`). A bad ROOM_LIMITS or
+        # ARCHIVE_POLICY fails here, on every event, rather than at run time.
+        deployment = _deployment(self.env)
         self._room_limits = (
             self.limits
             if self.limits is not None
-            else _settings(Limits, _var(self.env, "ROOM_LIMITS"), "ROOM_LIMITS")
+            else _settings(Limits, deployment.room_limits, "ROOM_LIMITS")
         )
         # ARCHIVE_POLICY also sets what a room without D1/R2 keeps (its retention window).
-        self._policy = _settings(ArchivePolicy, _var(self.env, "ARCHIVE_POLICY"), "ARCHIVE_POLICY")
-        self._archive = self._archive_bindings()
+        self._policy = deployment.policy
+        self._archive = deployment.archive
         # Optional: without the binding, opening new rooms is not rate-limited.
-        new_rooms = getattr(self.env, "NEW_ROOMS", None)
-        self._new_rooms = RateLimit(new_rooms) if new_rooms is not None else None
+        self._new_rooms = deployment.new_rooms
         # One log line per published message only when asked for, as `rooms serve --log-messages`
         # locally: each line is a console.log that the platform collects (and bills); under
         # `wrangler dev` a line cost 0.2 ms in workerd and 4 ms in wrangler's own process
         # (BENCHMARKS.md, "On real workerd").
-        self._log_messages = parse_switch(_var(self.env, "LOG_MESSAGES"), default=False)
+        self._log_messages = deployment.log_messages
         # What the room stored (`_read_stored`): read by the first handler that needs it, once
         # per instance, so that a failure is caught and logged by that handler. The stored name
         # never changes once written; reading it on every upgrade cost a SELECT (250 us in
@@ -125,14 +129,15 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         self._opened: OpenedRoom | None = None
         self._stored: str | None = None
         # The name the object was reached by, until the stored one is read (§2.4).
-        self._name = ffi.object_name(self.ctx)
+        self._name = ffi.object_name(raw_ctx)
         # Built by the first handler (`_awake`, `_host_for`), synchronously before its first
         # await, so the store's tables exist in time (§4.6) and a failure while rebuilding from
         # storage and sockets is caught and logged by that handler instead of failing __init__.
         self._host: RoomHost[JsObject] | None = None
         # Operator figures, written to Analytics Engine when METRICS is bound (objects.metrics).
         self._telemetry = Telemetry()
-        self._metrics = sink_from_env(self.env, self._telemetry)
+        metrics = deployment.metrics
+        self._metrics = metrics.sink(self._telemetry) if metrics is not None else None
 
     # ----------------------------------------------------------------------- workerd handlers
 
@@ -305,12 +310,6 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             opened=opened,
         )
 
-    def _archive_bindings(self) -> ArchiveBindings | None:
-        db, bucket = getattr(self.env, "DB", None), getattr(self.env, "ARCHIVE", None)
-        if db is None or bucket is None:
-            return None  # without D1/R2 the room keeps its retention window only
-        return ArchiveBindings(D1Database(db), R2Bucket(bucket), self._policy)
-
     async def alarm(self, alarm_info: Any = None) -> None:
         """§4.9: archive what is waiting; the host sets the next alarm itself (with backoff).
 
@@ -389,6 +388,53 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         # yet or already closed; the failure logged above is what matters.
         with contextlib.suppress(Exception):
             self._sockets.close(ws, CloseCode.INTERNAL_ERROR, "internal error")
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """What a room object reads of ``env``: vars parsed and bindings wrapped as ports.
+
+    Read through the SDK's env wrapper, each binding costs crossings to check its JS class, and
+    every wake of every object used to read eight of them. The ports hold no state of their
+    own, so objects of one isolate share them."""
+
+    env: JsObject  # the raw JS env this was read from
+    room_limits: str | None  # the ROOM_LIMITS text, parsed by `_settings` (a class may fix it)
+    policy: ArchivePolicy
+    archive: ArchiveBindings | None  # without D1/R2 the room keeps its retention window only
+    new_rooms: RateLimit | None
+    log_messages: bool
+    metrics: MetricsSettings | None
+
+
+# The isolate's last `Deployment`, used again only for the very same env object (JS identity:
+# a JsProxy's == is JavaScript's ===). Another env, as a test harness running several
+# deployments in one isolate has, reads afresh; a read that raised is not kept.
+_last_deployment: list[Deployment] = []
+
+
+def _deployment(env: Any) -> Deployment:
+    raw = ffi.unwrapped_env(env)
+    if _last_deployment and _last_deployment[0].env == raw:
+        return _last_deployment[0]
+    policy = _settings(ArchivePolicy, _var(env, "ARCHIVE_POLICY"), "ARCHIVE_POLICY")
+    db, bucket = getattr(env, "DB", None), getattr(env, "ARCHIVE", None)
+    new_rooms = getattr(env, "NEW_ROOMS", None)
+    deployment = Deployment(
+        env=raw,
+        room_limits=_var(env, "ROOM_LIMITS"),
+        policy=policy,
+        archive=(
+            ArchiveBindings(D1Database(db), R2Bucket(bucket), policy)
+            if db is not None and bucket is not None
+            else None
+        ),
+        new_rooms=RateLimit(new_rooms) if new_rooms is not None else None,
+        log_messages=parse_switch(_var(env, "LOG_MESSAGES"), default=False),
+        metrics=metrics_settings(env),
+    )
+    _last_deployment[:] = [deployment]
+    return deployment
 
 
 @functools.lru_cache(maxsize=16)

@@ -285,6 +285,34 @@ def test_settings_vars_may_be_json_objects(world_factory: WorldFactory) -> None:
     assert [r[1:3] for r in segment_rows(world)] == [(1, 4), (5, 5)]  # max_segment=4
 
 
+def test_deployments_sharing_an_isolate_keep_their_own_settings(
+    world_factory: WorldFactory,
+) -> None:
+    """An object reads env once per isolate and env object (objects.room `_deployment`): two
+    deployments in one isolate, their objects rebuilt on every event in turn, each keep their
+    own ROOM_LIMITS and archive policy."""
+    worlds = [
+        world_factory(ARCHIVE_POLICY=json.dumps(POLICY),
+                      ROOM_LIMITS=json.dumps({**LIMITS, "max_history_page": page}))
+        for page in (2, 3)
+    ]
+    readers = []
+    for world in worlds:
+        world.set_hibernate_every_event(True)
+        publish(world, 5)
+        reader = join(world, "reader", since=None)
+        reader.send({"type": "hello"})
+        readers.append(reader)
+    for _ in range(2):
+        for reader, page in zip(readers, (2, 3), strict=True):
+            reader.send({"type": "history", "limit": 50})
+            (got,) = reader.take("history")
+            assert [m["seq"] for m in got["messages"]] == list(range(6 - page, 6))
+    for world in worlds:
+        world.alarm("lobby")
+        assert [r[1:3] for r in segment_rows(world)] == [(1, 4), (5, 5)]  # max_segment=4
+
+
 @pytest.mark.parametrize("var", ["ROOM_LIMITS", "ARCHIVE_POLICY"])
 def test_a_bad_settings_var_fails_every_event_and_says_which(
     world_factory: WorldFactory, var: str
