@@ -81,11 +81,11 @@ class RoomEngine:
         self.peers: dict[str, Peer] = {peer.conn_id: peer for peer in peers}
         # Each user's rate budget, shared by their sockets: rebuilt from the copy in the socket
         # that spent it last. A user's budget outlives their sockets until it is full again, so
-        # reconnecting does not refill it either.
+        # reconnecting does not refill it either. Built when the user first needs it (a wake
+        # then builds one, not one per member), from the sockets present at the wake
+        # (`_woken_copies`); a socket leaving first hands its copy over (`forget`).
         self._budgets: dict[str, Budget] = {}
-        for peer in self.peers.values():
-            budget, known = Budget.of(peer, limits), self._budgets.get(peer.user_id)
-            self._budgets[peer.user_id] = budget if known is None else known.fresher(budget)
+        self._woken_copies: dict[str, list[Peer]] | None = None
         # An operator closed the room to new messages (kept in the store, read once per wake).
         self.closed = bool(store.meta_as_opened("closed"))
         self._banned: dict[str, int] | None = None  # user id -> until when (ms)
@@ -165,8 +165,29 @@ class RoomEngine:
     def _budget(self, peer: Peer) -> Budget:
         budget = self._budgets.get(peer.user_id)
         if budget is None:
-            budget = self._budgets[peer.user_id] = Budget.of(peer, self.limits)
+            budget = self._budgets[peer.user_id] = self._rebuilt_budget(peer)
         return budget
+
+    def _rebuilt_budget(self, peer: Peer) -> Budget:
+        """``peer``'s user's budget, not built since the wake: the freshest copy among the
+        sockets the room woke with (`Budget.fresher`), or ``peer``'s own when it has none."""
+        if self._woken_copies is None:  # once per wake, on the first budget needed
+            self._woken_copies = {}
+            for woken in self.peers.values():
+                self._woken_copies.setdefault(woken.user_id, []).append(woken)
+        budget: Budget | None = None
+        for copy in self._woken_copies.pop(peer.user_id, ()):
+            held = Budget.of(copy, self.limits)
+            budget = held if budget is None else budget.fresher(held)
+        return budget if budget is not None else Budget.of(peer, self.limits)
+
+    def forget(self, conn_id: str) -> Peer | None:
+        """Stop tracking a socket. Its user's budget is built first if it was not yet, so that
+        the copy this socket holds is not lost: closing a socket never refills a budget."""
+        peer = self.peers.get(conn_id)
+        if peer is not None and peer.user_id not in self._budgets:
+            self._budget(peer)
+        return self.peers.pop(conn_id, None)
 
     def _user_present(self, user_id: str, exclude: str | None = None) -> bool:
         return any(
@@ -193,7 +214,7 @@ class RoomEngine:
         tracks the socket still announces the leave, under the member's own name, so a member
         never lingers as a ghost.
         """
-        peer = self.peers.pop(gone.conn_id, None) or gone
+        peer = self.forget(gone.conn_id) or gone
         effects: list[Effect] = [Log("disconnect", peer.conn_id, peer.user_id)]
         if not peer.joined or self._user_present(peer.user_id):
             return effects

@@ -329,7 +329,7 @@ class RoomHost(Generic[S]):
         self._by_conn.pop(peer.conn_id, None)
         self._senders.pop(peer.conn_id, None)
         if peer.closed:  # we closed it and announced the leave already
-            self.engine.peers.pop(peer.conn_id, None)
+            self.engine.forget(peer.conn_id)
             return
         self.telemetry.closed(code)
         await self._apply(self.engine.disconnect(peer, self._clock_ms()), started)

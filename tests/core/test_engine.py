@@ -275,6 +275,23 @@ def test_a_users_sockets_share_one_budget_even_across_wakes(hibernate: bool) -> 
     assert [a["id"] for a in third.take("ack")] == ["a5"]
 
 
+def test_a_socket_closing_right_after_a_wake_takes_no_budget_with_it() -> None:
+    """A woken room builds a user's budget when first needed, from the sockets it woke with.
+    The socket that spent it closing before then must not leave the older, fuller copy of the
+    user's other socket as the budget: closing a socket never refills it."""
+    room = RoomHarness(Limits(messages_per_second=1, burst=2, max_strikes=100))
+    spender, other = room.join("alice"), room.join("alice")
+    spender.publish("a1", "x")
+    spender.publish("a2", "x")
+    room.hibernate()
+    spender.leave()  # the first event after the wake
+    other.publish("a3", "x")
+    assert [e["code"] for e in other.take("error")] == ["rate_limited"]
+    room.tick(1000)
+    other.publish("a4", "x")
+    assert [a["id"] for a in other.take("ack")] == ["a4"]
+
+
 def test_a_budget_outlives_the_users_sockets_until_it_is_full_again() -> None:
     from rooms.auth import Identity
     room = RoomHarness(Limits(messages_per_second=1, burst=2, max_strikes=100))
