@@ -587,6 +587,9 @@ async def test_an_evicted_object_is_rebuilt_by_its_next_event(
     assert info["auto_response_timestamp"] == "JsProxy:Date"
     inits = await events_of(probe_worker, obj, "init")
     assert [i["constructions"] for i in inits] == [1, 2]
+    # Rebuilt with the same JS env object as every object of the isolate before it: what
+    # objects.room relies on to read env once per isolate (it checks, so this is speed only).
+    assert [i["same_env"] for i in inits] == [True, True]
 
 
 async def test_an_idle_object_is_evicted_and_rebuilt_while_its_sockets_stay_open(
@@ -625,3 +628,4 @@ async def test_an_idle_object_is_evicted_and_rebuilt_while_its_sockets_stay_open
     assert (await command(p, op="info"))["constructions"] == 2
     inits = await events_of(probe_worker, idle, "init")
     assert [i["constructions"] for i in inits] == [1, 2]
+    assert [i["same_env"] for i in inits] == [True, True]  # one env object per isolate

@@ -31,6 +31,9 @@ from workers import DurableObject, Response, WorkerEntrypoint
 # as the isolate; an evicted object runs __init__ again in the same isolate.
 CONSTRUCTIONS: dict[str, int] = {}
 KEPT: dict[str, Any] = {}  # WebSocket objects kept across an eviction (op "keep")
+# The raw JS env the isolate's first object was constructed with (objects.room keeps what it
+# read of env for the very same env object: whether later objects get that object is recorded).
+FIRST_ENV: list[Any] = []
 
 EVENTS_SCHEMA = """CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -131,7 +134,11 @@ class Probe(DurableObject):  # type: ignore[misc]
         self.sql = self.ctx.storage.sql
         self.sql.exec(EVENTS_SCHEMA)
         self.sql.exec(CONFIG_SCHEMA)
-        self.record("init", {"constructions": CONSTRUCTIONS[self.name]})
+        raw_env = self.env._env  # behind the SDK's wrapper
+        if not FIRST_ENV:
+            FIRST_ENV.append(raw_env)
+        same_env = bool(FIRST_ENV[0] == raw_env)  # a JsProxy's == is JavaScript's ===
+        self.record("init", {"constructions": CONSTRUCTIONS[self.name], "same_env": same_env})
         self.ctx.setWebSocketAutoResponse(js.WebSocketRequestResponsePair.new("ping", "pong"))
 
     # ----------------------------------------------------------------------------- helpers
