@@ -69,6 +69,13 @@ def mapped(items: JsObject, fn: JsObject) -> list[Any]:
     return [None if value is jsnull else value for value in values]
 
 
+def mapped_as_is(items: JsObject, fn: JsObject) -> list[Any]:
+    """`mapped` without replacing JS null: for a caller that checks each value's type anyway
+    (a pass over the list less when a room wakes with many sockets)."""
+    values: list[Any] = items.map(fn).to_py()
+    return values
+
+
 def websocket_pair() -> tuple[JsObject, JsObject]:
     """A new (client, server) pair; the server end is what the Durable Object accepts (§3.1)."""
     client, server = js.WebSocketPair.new().object_values()
