@@ -9,6 +9,10 @@ and writes the raw profile for DevTools or speedscope.
     PYTHONPATH=src:local .venv/bin/python bench/workerd_profile.py --rooms 1 --clients 100 \\
         --rate 20 --seconds 6
     ... --root /tmp/copy-of-the-project   # an instrumented copy (src/ edited), same harness
+    ... --js                              # the JS baseline (bench/baselines/workerd-js) instead
+    ... --perf                            # CPU by native symbol and by part, with `perf record`
+    ... --compare                         # --perf on ours, then on the JS baseline, side by side
+    ... --storm --rooms 20 --clients 10 --warm 200   # per connection, in a warmed-up process
 
 Python frames are not visible to V8: time in Python shows as wasm functions of the interpreter
 (`_PyEval_EvalFrameDefault` and friends); time in the FFI shows as Pyodide's JS glue; time in
@@ -190,7 +194,12 @@ class Perf:
             out.setdefault(int(pid_text), Counter())[key] += 1
         return out
 
-    def report(self, samples: dict[int, Counter[str]], per: float, unit: str, top: int) -> None:
+    def report(
+        self, samples: dict[int, Counter[str]], per: float, unit: str, top: int
+    ) -> list[dict[str, float]]:
+        """Prints each process's parts and symbols; returns its parts (us per ``unit``),
+        the busiest process (the Worker's) first."""
+        out: list[dict[str, float]] = []
         for pid, counts in sorted(samples.items(), key=lambda kv: -sum(kv[1].values())):
             total = sum(counts.values())
             if not total:
@@ -215,6 +224,24 @@ class Perf:
             for sym, n in counts.most_common(top):
                 cost = 1e6 * n / self.hz / per
                 print(f"{cost:9.1f} us {100 * n / total:5.1f}%  {sym}")
+            us = {part: 1e6 * n / self.hz / per for part, n in parts.items()}
+            out.append({"all": 1e6 * total / self.hz / per, **us})
+        return out
+
+
+Parts = list[dict[str, float]]
+
+
+def compare(ours: Parts, js: Parts, unit: str) -> None:
+    """Our parts beside the baseline's, per process (the Worker's workerd, then the proxy)."""
+    for label, a, b in zip(
+        ("the Worker's workerd", "wrangler's proxy workerd"), ours, js, strict=False
+    ):
+        print(f"\n{label}, us of CPU per {unit}:")
+        print(f"{'ours':>9} {'JS':>9} {'diff':>9}  part")
+        for part in sorted(set(a) | set(b), key=lambda k: -(a.get(k, 0) - b.get(k, 0))):
+            x, y = a.get(part, 0.0), b.get(part, 0.0)
+            print(f"{x:9.0f} {y:9.0f} {x - y:+9.0f}  {part}")
 
 
 def main() -> int:
@@ -253,11 +280,28 @@ def main() -> int:
         action="store_true",
         help="profile a connect storm (--rooms x --clients into new rooms) instead of a fan-out",
     )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="with --perf: run ours, then the JS baseline, and print their parts side by side",
+    )
     args = parser.parse_args()
-    if args.perf:
-        args.no_profile = True
-    if args.storm:
-        return storm(args)
+    if args.perf or args.compare:
+        args.perf = args.no_profile = True
+    run = storm if args.storm else fanout
+    if not args.compare:
+        run(args)
+        return 0
+    args.js = False
+    ours = run(args)
+    args.js = True
+    js = run(args)
+    compare(ours, js, "connection" if args.storm else "publish")
+    return 0
+
+
+def fanout(args: argparse.Namespace) -> Parts:
+    """Profile a fan-out at a fixed rate: CPU per publish by process, and V8's or perf's profile."""
     variables = {"JWT_SECRET": SECRET, "ROOM_LIMITS": json.dumps(ROOM_LIMITS)}
     kind = "js" if args.js else "workerd"
     name = args.name or f"{kind}-{args.rooms}x{args.clients}-{args.rate:g}"
@@ -325,10 +369,9 @@ def main() -> int:
         )
         for example in result["order"].get("examples", [])[:3]:
             print(f"  order: {example}")
-    if perf:
-        perf.report(perf_samples, publishes, "publish", args.top)
+    parts = perf.report(perf_samples, publishes, "publish", args.top) if perf else []
     if args.no_profile:
-        return 0
+        return parts
     path = args.out / f"{name}.cpuprofile"
     path.write_text(json.dumps(profile))
     own, total = self_times(profile)
@@ -336,10 +379,10 @@ def main() -> int:
     print(f"{'self ms':>9} {'%':>6}  function")
     for fn, ms in own.most_common(args.top):
         print(f"{ms:9.1f} {100 * ms / total:6.1f}  {fn}")
-    return 0
+    return parts
 
 
-def storm(args: argparse.Namespace) -> int:
+def storm(args: argparse.Namespace) -> Parts:
     """Profile a whole connect storm: CPU per connection by process, and the V8 profile."""
     variables = {"JWT_SECRET": SECRET, "ROOM_LIMITS": json.dumps(ROOM_LIMITS)}
     kind = "js" if args.js else "workerd"
@@ -388,17 +431,16 @@ def storm(args: argparse.Namespace) -> int:
     if result:
         c = result["connect"]
         print(f"connect: {c['ok']} ok, {c['failed']} failed, {c['wall_s']} s, {c['time_ms']}")
-    if perf:
-        perf.report(perf_samples, n, "connection", args.top)
+    parts = perf.report(perf_samples, n, "connection", args.top) if perf else []
     if args.no_profile:
-        return 0
+        return parts
     path = args.out / f"{name}.cpuprofile"
     path.write_text(json.dumps(profile))
     own, total = self_times(profile)
     print(f"profile: {path} ({total:.0f} ms sampled)")
     for fn, ms in own.most_common(args.top):
         print(f"{ms:9.1f} {100 * ms / total:6.1f}  {fn}")
-    return 0
+    return parts
 
 
 if __name__ == "__main__":
