@@ -9,6 +9,8 @@ that count them. Publishes arrive ``--together`` per event-loop iteration in eac
 
     .venv/bin/python bench/publish_cost.py --rooms 100 --together 1
     .venv/bin/python bench/publish_cost.py --rooms 100 --first    # a new room's first message
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        .venv/bin/python bench/publish_cost.py --socket-path 300   # instructions: 0 vs 300
     ROOMS_COMMIT_EACH_MESSAGE=1 .venv/bin/python bench/publish_cost.py --rooms 100 --together 1
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \\
         .venv/bin/python bench/publish_cost.py --rooms 20 --iterations 20
@@ -166,6 +168,47 @@ async def measure_first(rooms: int, members: int, data: Path) -> dict[str, Any]:
     }
 
 
+class _Transport:
+    """A transport that takes every write at once: what is left is the socket's own code."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class _Request:
+    def __init__(self) -> None:
+        self.transport = _Transport()
+
+
+class _WebSocket:
+    closed = False
+
+
+async def measure_socket_path(rounds: int, members: int = 100) -> dict[str, Any]:
+    """``rounds`` broadcasts to ``members`` real `LocalSocket`s, each flushed by the real
+    flusher; compare the instructions of 0 rounds with N under callgrind (the machine's load
+    does not move those)."""
+    from roomsd.sockets import LocalSocket, _flusher
+
+    socks = [LocalSocket(_Request(), _WebSocket(), 1 << 30) for _ in range(members)]  # type: ignore[arg-type]
+    flusher = _flusher()
+    started = time.process_time()
+    for i in range(rounds):
+        text = json.dumps({"type": "message", "seq": i, "body": "x" * 100})
+        for sock in socks:
+            sock.send(text)
+        flusher._flush()
+    cpu = time.process_time() - started
+    deliveries = rounds * members
+    return {"deliveries": deliveries, "cpu_ns_per_delivery": round(cpu / max(deliveries, 1) * 1e9)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=int, default=100)
@@ -175,7 +218,13 @@ def main() -> None:
     parser.add_argument(
         "--first", action="store_true", help="measure each new room's first message instead"
     )
+    parser.add_argument(
+        "--socket-path", type=int, metavar="ROUNDS", help="only the socket send/flush path"
+    )
     args = parser.parse_args()
+    if args.socket_path is not None:
+        print(json.dumps(asyncio.run(measure_socket_path(args.socket_path))))
+        return
     with tempfile.TemporaryDirectory(prefix="publish-cost-") as tmp:
         if args.first:
             result = asyncio.run(measure_first(args.rooms, args.members, Path(tmp)))

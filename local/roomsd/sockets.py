@@ -229,17 +229,22 @@ class LocalSocket:
         if gate.holding:  # the writer task's path: the flusher may not have run yet
             gate.release()
         queue = self._queue
-        frames: list[bytes] = []
-        size = 0
-        for frame in queue:
-            if isinstance(frame, tuple):  # a close marker: the writer task sends it
-                break
-            frames.append(frame)
-            size += len(frame)
-        if frames:
-            del queue[: len(frames)]
-            transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
-            self._backlog_bytes -= size
+        if len(queue) == 1 and type(frame := queue[0]) is bytes:  # most flushes: one frame
+            queue.clear()
+            transport.write(frame)
+            self._backlog_bytes -= len(frame)
+        else:
+            frames: list[bytes] = []
+            size = 0
+            for queued in queue:
+                if isinstance(queued, tuple):  # a close marker: the writer task sends it
+                    break
+                frames.append(queued)
+                size += len(queued)
+            if frames:
+                del queue[: len(frames)]
+                transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                self._backlog_bytes -= size
         if transport.get_write_buffer_size() > _HIGH_WATER_BYTES:
             self._blocked = True
             self._start_writer()
