@@ -267,6 +267,9 @@ def step_summary(result: dict[str, Any], offered: float, cpu_s: float) -> dict[s
         "p99_ms": lat["p99"],
         "max_ms": lat.get("max"),
         "cpu_s_sending": round(cpu_s, 2),
+        # Runnable but waiting for the pinned core (other processes on it): a step not kept up
+        # with a wait near its CPU was starved by the machine, not by its own work.
+        "cpu_wait_s_sending": result.get("server", {}).get("cpu_wait_s_sending"),
         "per_cpu_s": round(in_window / cpu_s) if cpu_s and in_window else None,
         "kept_up": kept_up,
         "order_ok": result["order"]["ok"],
@@ -495,18 +498,21 @@ def markdown(section: dict[str, Any]) -> list[str]:
             continue
         lines += [
             "",
-            f"Steps of the {name} sweep:",
+            f"Steps of the {name} sweep (CPU s: the wrangler tree's while sending; CPU wait s: how "
+            "long its threads were runnable but waiting for the core, i.e. other processes had "
+            "it; a step not kept up with a large wait was starved by the machine):",
             "",
             "| server | msg/s/room | offered del/s | delivered/s | p50 / p99 / max ms | CPU s "
-            "| del per CPU-s | kept up | order |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| CPU wait s | del per CPU-s | kept up | order |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for label in ("ours", "js"):
             for s in runs[label]["steps"]:
                 lines.append(
                     f"| {label} | {s['rate_per_room']:g} | {s['offered_per_s']:,.0f} | "
                     f"{(s['deliveries_per_s'] or 0):,.0f} | {s['p50_ms']} / {s['p99_ms']} / "
-                    f"{s['max_ms']} | {s['cpu_s_sending']} | {_fmt(s['per_cpu_s'])} | "
+                    f"{s['max_ms']} | {s['cpu_s_sending']} | {_fmt(s.get('cpu_wait_s_sending'))} | "
+                    f"{_fmt(s['per_cpu_s'])} | "
                     f"{'yes' if s['kept_up'] else 'no'} | "
                     f"{'ok' if s['order_ok'] else '**FAILED**'} |"
                 )

@@ -95,6 +95,11 @@ def markdown(result: dict[str, Any]) -> str:
             f"| server CPU s (sending) / peak RSS MB | {_num(server.get('cpu_s_sending'))} / "
             f"{_num(server.get('peak_rss_mb'))} |"
         )
+        if server.get("cpu_wait_s_sending") is not None:
+            lines.append(
+                "| server waiting for a CPU s (sending; runnable, another process on it) | "
+                f"{_num(server['cpu_wait_s_sending'])} |"
+            )
         if server.get("rss_per_connection_kb") is not None:
             lines.append(f"| server RSS per connection (KiB) | {server['rss_per_connection_kb']} |")
     gen = result["generator"]

@@ -189,6 +189,22 @@ def process_tree(root: int) -> list[int]:
     return out
 
 
+def _run_queue_wait_s(pid: int) -> float:
+    """Seconds ``pid``'s threads spent runnable but waiting for a CPU (0 without schedstat)."""
+    total = 0
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])  # on CPU, waiting on a run queue, slices (ns)
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just exited, or a kernel without schedstat
+    return total / 1e9
+
+
 @dataclass
 class ServerSampler:
     """CPU seconds and memory of a local server process, read from /proc at marked moments."""
@@ -197,13 +213,16 @@ class ServerSampler:
     marks: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def read(self) -> dict[str, float] | None:
-        """The server's CPU seconds and memory, summed over its process tree.
+        """The server's CPU seconds, CPU wait and memory, summed over its process tree.
 
         One process for the local runtime; `wrangler dev` is node plus two workerd processes.
+        ``wait_s`` is how long its threads were runnable but waiting for a CPU (schedstat): on
+        a shared machine, a server that falls behind with a large wait was starved, not slow.
         """
         ticks = os.sysconf("SC_CLK_TCK")
-        cpu = rss = peak = 0.0
+        cpu = rss = peak = wait = 0.0
         for pid in process_tree(self.pid):
+            wait += _run_queue_wait_s(pid)
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rpartition(")")[2].split()
@@ -219,7 +238,13 @@ class ServerSampler:
             cpu += (int(fields[11]) + int(fields[12])) / ticks
             rss += int(status["VmRSS"].split()[0]) / 1024
             peak += int(status["VmHWM"].split()[0]) / 1024
-        return {"cpu_s": cpu, "rss_mb": rss, "peak_rss_mb": peak, "at": time.monotonic()}
+        return {
+            "cpu_s": cpu,
+            "wait_s": wait,
+            "rss_mb": rss,
+            "peak_rss_mb": peak,
+            "at": time.monotonic(),
+        }
 
     def mark(self, name: str) -> None:
         sample = self.read()
@@ -236,6 +261,9 @@ class ServerSampler:
             cpu = marks["t_end"]["cpu_s"] - marks["go"]["cpu_s"]
             out["cpu_s_sending"] = round(cpu, 2)
             out["cpu_util_sending"] = round(cpu / duration_s, 3) if duration_s else None
+            if "wait_s" in marks["go"] and "wait_s" in marks["t_end"]:
+                wait = marks["t_end"]["wait_s"] - marks["go"]["wait_s"]
+                out["cpu_wait_s_sending"] = round(wait, 2)
         if "start" in marks and end:
             out["cpu_s_total"] = round(end["cpu_s"] - marks["start"]["cpu_s"], 2)
         if "start" in marks and "connected" in marks and connected:
