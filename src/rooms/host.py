@@ -457,18 +457,8 @@ class RoomHost(Generic[S]):
                 case Broadcast(conn_ids, text):
                     telemetry.deliveries += len(conn_ids)
                     telemetry.bytes_out += utf8_len(text) * len(conn_ids)
-                    # `_send` inlined for the senders already made: a call less per delivery.
-                    senders = self._senders
                     for conn_id in conn_ids:
-                        send = senders.get(conn_id)
-                        if send is None:
-                            send = self._new_sender(conn_id)
-                            if send is None:
-                                continue
-                        try:
-                            send(text)
-                        except Exception as exc:
-                            self._send_failed(conn_id, exc)
+                        self._send(conn_id, text)
                 case SavePeer(peer):
                     self._save_peer(peer)
                 case Close(conn_id, code, reason):
@@ -537,28 +527,16 @@ class RoomHost(Generic[S]):
     def _send(self, conn_id: str, text: str) -> None:
         send = self._senders.get(conn_id)
         if send is None:
-            send = self._new_sender(conn_id)
-            if send is None:
+            ws = self._by_conn.get(conn_id)
+            if ws is None:
                 return
+            send = self._senders[conn_id] = self._make_sender(ws)
         try:
             send(text)
-        except Exception as exc:
-            self._send_failed(conn_id, exc)
-
-    def _new_sender(self, conn_id: str) -> Sender | None:
-        """The connection's sender, made on its first send (None: not connected here)."""
-        ws = self._by_conn.get(conn_id)
-        if ws is None:
-            return None
-        send = self._senders[conn_id] = self._make_sender(ws)
-        return send
-
-    def _send_failed(self, conn_id: str, exc: Exception) -> None:
-        """A send raised: the socket is gone, or cut off (a slow consumer): no more sends to
-        it, and it is closed once the batch of effects is done."""
-        self._log(log_line(self.room, Log("send_failed", conn_id, code=type(exc).__name__)))
-        self._senders[conn_id] = _unreachable
-        self._unreachable.append(conn_id)
+        except Exception as exc:  # gone, or cut off (a slow consumer): no more sends to it
+            self._log(log_line(self.room, Log("send_failed", conn_id, code=type(exc).__name__)))
+            self._senders[conn_id] = _unreachable
+            self._unreachable.append(conn_id)
 
     async def _close(self, conn_id: str, code: int, reason: str) -> None:
         """Close a socket and announce the leave now: its close event may never reach us."""
