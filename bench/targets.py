@@ -281,7 +281,8 @@ def headline(results: dict[str, Any]) -> list[dict[str, Any]]:
                 base,
                 ours,
                 r,
-                None if r is None else r >= 1,
+                # No step within the bound is a miss, not "n/a".
+                (ours is not None and r is not None and r >= 1) if base is not None else None,
             )
             each = section.get("rooms-each", {}).get("max_at_p99_bound")
             row(
