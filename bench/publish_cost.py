@@ -59,9 +59,10 @@ class CountingSocket:
         self.is_open = False
 
 
-async def measure(
-    rooms: int, members: int, together: int, iterations: int, data: Path
-) -> dict[str, Any]:
+async def connected_rooms(
+    rooms: int, members: int, data: Path
+) -> tuple[RoomServices, list[tuple[LocalRoom, Any]]]:
+    """``rooms`` real rooms of ``members`` counting sockets each, and each room's first socket."""
     services = RoomServices(
         Limits(messages_per_second=1_000_000, burst=1_000_000),
         HibernationPolicy(after_idle_s=3600),
@@ -76,6 +77,13 @@ async def measure(
             await room.connect(sock, Identity(f"u{m}", f"U{m}"), 0)  # type: ignore[arg-type]
             if m == 0:
                 senders.append((room, sock))
+    return services, senders
+
+
+async def measure(
+    rooms: int, members: int, together: int, iterations: int, data: Path
+) -> dict[str, Any]:
+    services, senders = await connected_rooms(rooms, members, data)
     # One warm-up round: every room has its file, tables and statements.
     for room, sock in senders:
         await room.message(sock, json.dumps({"type": "publish", "id": "warm", "body": "x"}))
@@ -135,20 +143,7 @@ class LoopClock:
 
 async def measure_first(rooms: int, members: int, data: Path) -> dict[str, Any]:
     """A new room's first message: what it costs the event loop (file, tables, first append)."""
-    services = RoomServices(
-        Limits(messages_per_second=1_000_000, burst=1_000_000),
-        HibernationPolicy(after_idle_s=3600),
-        emit=lambda line: None,
-        group_commit=os.environ.get("ROOMS_COMMIT_EACH_MESSAGE", "") != "1",
-    )
-    local_rooms = [LocalRoom(f"r{i}", data / f"r{i}.sqlite", services) for i in range(rooms)]
-    senders: list[tuple[LocalRoom, Any]] = []
-    for room in local_rooms:
-        for m in range(members):
-            sock = CountingSocket()
-            await room.connect(sock, Identity(f"u{m}", f"U{m}"), 0)  # type: ignore[arg-type]
-            if m == 0:
-                senders.append((room, sock))
+    _, senders = await connected_rooms(rooms, members, data)
     frame = json.dumps({"type": "publish", "id": "first", "body": "x" * 100})
     started = time.perf_counter()
     with LoopClock() as clock:
