@@ -136,11 +136,10 @@ class HibernatableSockets:
         """Every socket with its attachment and whether it is open, as `all`, `attachment` and
         `is_open` would give them, in three crossings: the map runs in JS (§3.10)."""
         sockets = self._ctx.getWebSockets()
-        attachments = ffi.mapped_as_is(sockets, self._deserialize)  # a str, or null: nothing
-        states = ffi.mapped_as_is(sockets, self._ready_state)
-        is_open = ffi.WS_OPEN  # `counts_as_open`, inlined: this runs once per socket
+        attachments = ffi.mapped(sockets, self._deserialize)  # a str, or null: nothing
+        states = ffi.mapped(sockets, self._ready_state)
         return [
-            (ws, value if isinstance(value, str) else None, state == is_open)
+            (ws, value if isinstance(value, str) else None, counts_as_open(state))
             for ws, value, state in zip(sockets.to_py(depth=1), attachments, states, strict=True)
         ]
 
