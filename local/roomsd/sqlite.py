@@ -329,11 +329,14 @@ def _connect(path: Path | str) -> sqlite3.Connection:
 
 
 _ROOM_TABLES_EXIST = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
-# What `prepare_file` creates: everything the first write would, but the `messages` table.
+# What `prepare_file` creates: everything the first write would, but the `messages` table and
+# what is defined on it (its trigger).
 _PREPARED_TABLES = tuple(
     statement
     for statement in SCHEMA
-    if statement.startswith("CREATE") and "EXISTS messages " not in statement
+    if statement.startswith("CREATE")
+    and "EXISTS messages " not in statement
+    and " ON messages" not in statement
 )
 _PREPARED_ROWS = tuple(statement for statement in SCHEMA if not statement.startswith("CREATE"))
 

@@ -61,7 +61,7 @@ from rooms.guest import parse_switch
 from rooms.host import ArchiveBindings, RoomHost, room_tag
 from rooms.limits import Limits, SettingsModel, settings_from_json
 from rooms.protocol import PING_TEXT, PONG_TEXT, CloseCode
-from rooms.store import OpenedRoom, open_room, read_catalogue
+from rooms.store import OpenedRoom, open_room, open_room_at_once, read_catalogue
 from rooms.telemetry import Telemetry
 
 # Where rooms created by earlier versions stored their name; newer ones keep it in room_meta's
@@ -257,14 +257,16 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
 
     def _read_stored(self) -> None:
         """Read what the room stored, once per instance: the catalogue and the room_meta values
-        a wake needs, its name among them (`rooms.store.open_room`: two statements). The first
-        host is built from that, with no statement of its own (nothing is written before it).
+        a wake needs, its name among them, in one statement for a room that stored messages
+        (`rooms.store.open_room_at_once`; one that did not fails it, then reads its catalogue).
+        The first host is built from that, with no statement of its own (nothing is written
+        before it).
 
         A room that stored nothing yet and whose id has no name (§2.4) reads its name from the
         tag its sockets were accepted with (`rooms.host.room_tag`)."""
         if self._was_read:
             return
-        opened = self._open()
+        opened = open_room_at_once(self._sql) or self._open()
         self._stored = self._stored_name(opened)
         self._name = self._stored or self._name or self._sockets.tagged(room_tag(""))
         self._opened, self._was_read = opened, True

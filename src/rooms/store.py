@@ -96,6 +96,15 @@ SCHEMA = (
     )""",
     # Seqs blanked by a delete that an R2 segment may still hold: the archiver rewrites them.
     "CREATE TABLE IF NOT EXISTS redactions (seq INTEGER PRIMARY KEY)",
+    # Every row stored in the log claims its (user, client id) key in the same statement, so a
+    # message is one statement (`RoomStore.append`): on Cloudflare each statement is a call
+    # into the runtime and back, the largest fixed cost of a publish that we can remove.
+    # A key already claimed fails the insert, and the row with it.
+    """CREATE TRIGGER IF NOT EXISTS claim_client_id AFTER INSERT ON messages
+    BEGIN
+        INSERT INTO dedupe (user_id, id, seq, at_ms)
+        VALUES (NEW.user_id, NEW.id, NEW.seq, NEW.sent_ms);
+    END""",
     "INSERT OR IGNORE INTO room_meta (key, value) VALUES ('head', 0)",
     "INSERT OR IGNORE INTO room_meta (key, value) VALUES ('archived', 0)",
 )
@@ -158,14 +167,26 @@ _WAKE_READ = (
     "SELECT key, value FROM room_meta WHERE key IN ({}) "
     "UNION ALL SELECT NULL, MAX(seq) FROM messages"
 ).format(", ".join(f"'{key}'" for key in WAKE_KEYS))
-CATALOGUE_READ = "SELECT name, sql FROM sqlite_master"
+# Only the `messages` table's statement is read: `_schema_ready` looks at no other, and the rest
+# of the text would be converted for nothing on every wake of a Durable Object.
+_CATALOGUE_COLUMNS = "name, CASE WHEN name = 'messages' THEN sql ELSE '' END"
+CATALOGUE_READ = f"SELECT {_CATALOGUE_COLUMNS} FROM sqlite_master"
+# The catalogue and `_WAKE_READ` in one statement, for a room whose tables exist (its first
+# column says which part a row belongs to). Naming room_meta and messages, it fails where
+# they do not exist, and the caller reads the catalogue first (`open_room_at_once`).
+_OPEN_READ = (
+    f"SELECT 'table', {_CATALOGUE_COLUMNS} FROM sqlite_master "
+    "UNION ALL SELECT 'meta', key, value FROM room_meta WHERE key IN ({}) "
+    "UNION ALL SELECT 'newest', NULL, MAX(seq) FROM messages"
+).format(", ".join(f"'{key}'" for key in WAKE_KEYS))
 
 
 @dataclass(frozen=True, slots=True)
 class OpenedRoom:
     """What a room reads of its storage when it wakes: two statements for a current room."""
 
-    catalogue: Mapping[str, str]  # table or index name -> its CREATE statement
+    # Every table, index and trigger by name -> its CREATE statement for `messages`, "" else.
+    catalogue: Mapping[str, str]
     meta: Mapping[str, SqlValue] | None  # the WAKE_KEYS found; None: schema to complete first
     newest: int  # MAX(seq) of the log, 0 when empty
 
@@ -183,8 +204,35 @@ class OpenedRoom:
 
 
 def read_catalogue(sql: Sql) -> dict[str, str]:
-    """Every table and index in the database with its CREATE statement."""
+    """Every table, index and trigger in the database (`OpenedRoom.catalogue`)."""
     return {str(name): str(text) for name, text in sql.execute(CATALOGUE_READ)}
+
+
+def open_room_at_once(sql: Sql) -> OpenedRoom | None:
+    """`open_room` in one statement instead of two, for a room that stored messages; None
+    when its tables do not exist (nothing stored yet, or stored by a version before room_meta):
+    then the caller reads the catalogue and opens from it. What a room that stored messages
+    reads on every wake; one that never did pays a failed statement, so a caller that asks
+    again and again (a room nobody wrote to) reads the catalogue first instead."""
+    try:
+        rows = sql.execute(_OPEN_READ)
+    except Exception as exc:  # sqlite3 and workerd raise different types, with this text
+        if "no such table" in str(exc):
+            return None
+        raise
+    catalogue: dict[str, str] = {}
+    meta: dict[str, SqlValue] = {}
+    newest = 0
+    for part, key, value in rows:
+        if part == "table":
+            catalogue[str(key)] = str(value)
+        elif part == "meta":
+            meta[str(key)] = value
+        else:
+            newest = int(value or 0)
+    if not _schema_ready(catalogue):
+        return OpenedRoom(catalogue, None, 0)
+    return OpenedRoom(catalogue, meta, newest)
 
 
 def open_room(sql: Sql, catalogue: Mapping[str, str] | None = None) -> OpenedRoom:
@@ -300,26 +348,23 @@ class RoomStore:
 
         def write() -> tuple[Message, bool]:
             seq = self._head + 1
-            # Claiming the (user, id) key is the retransmit check: one statement, not two.
-            claimed = self._sql.execute(
-                "INSERT INTO dedupe (user_id, id, seq, at_ms) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (user_id, id) DO NOTHING RETURNING seq",
-                user_id,
-                id,
-                seq,
-                sent_ms,
-            )
-            if not claimed:
-                return self._original(user_id, id, name), True
-            self._sql.execute(
-                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            # One statement: the row is stored unless its key was claimed before (a
+            # retransmit), and the trigger claims the key for it (SCHEMA, claim_client_id).
+            stored = self._sql.execute(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) SELECT ?, ?, ?, ?, ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM dedupe WHERE user_id = ? AND id = ?) "
+                "RETURNING seq",
                 seq,
                 id,
                 user_id,
                 name,
                 body,
                 sent_ms,
+                user_id,
+                id,
             )
+            if not stored:
+                return self._original(user_id, id, name), True
             message = Message(
                 seq=seq, id=id, user_id=user_id, name=name, body=body, sent_ms=sent_ms
             )
@@ -372,15 +417,9 @@ class RoomStore:
         body: str = "",
         emoji: str | None = None,
     ) -> Message:
-        """Write one event under the next seq, with its dedupe entry (inside a transaction)."""
+        """Write one event under the next seq (inside a transaction); the trigger claims its
+        dedupe key (SCHEMA, claim_client_id)."""
         seq = self._head + 1
-        self._sql.execute(
-            "INSERT INTO dedupe (user_id, id, seq, at_ms) VALUES (?, ?, ?, ?)",
-            user_id,
-            id,
-            seq,
-            sent_ms,
-        )
         self._sql.execute(
             f"INSERT INTO messages ({_MESSAGE_COLUMNS}, kind, target, emoji) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

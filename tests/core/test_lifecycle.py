@@ -287,7 +287,8 @@ def test_a_v1_client_sees_a_gapless_stream_of_message_frames(room: RoomHarness) 
 
 
 def test_plain_publish_costs_no_extra_sql(room: RoomHarness) -> None:
-    """The publish hot path issues the same statements as before lifecycle events existed."""
+    """The publish hot path is one statement: the message's row, whose trigger claims its
+    dedupe key (each statement is a call into the runtime on Cloudflare)."""
     statements: list[str] = []
     execute = room.sql.execute
 
@@ -302,7 +303,7 @@ def test_plain_publish_costs_no_extra_sql(room: RoomHarness) -> None:
     alice.publish("m0", "warm")
     statements.clear()
     alice.publish("m1", "one")
-    expected = ["INSERT dedupe", "INSERT messages"]
+    expected = ["INSERT messages"]
     if room.hibernate_every_event:  # the wake after the event reads the room's catalogue
         statements = [s for s in statements if s in expected]
     assert statements == expected
@@ -323,6 +324,49 @@ def test_a_room_stored_before_lifecycle_events_gains_their_columns() -> None:
     assert event.seq == 2
     assert [m.body for m in store.after(0, 10)] == ["", ""]
     RoomStore(sql)  # waking again changes nothing
+
+
+def test_a_room_stored_before_the_claiming_trigger_gets_it_and_keeps_its_keys() -> None:
+    """A room stored by the version that claimed dedupe keys with a statement of its own (no
+    `claim_client_id` trigger) gains the trigger on its next wake; the keys it stored still
+    make retransmits, and new messages and events claim theirs through the trigger."""
+    sql = SqliteSql(":memory:")
+    old = RoomStore(sql, "lobby")
+    old.append(id="m1", user_id="alice", name="Alice", body="one", sent_ms=1)
+    sql.execute("DROP TRIGGER claim_client_id")  # as the earlier version left the room
+    sql.execute("INSERT INTO messages (seq, id, user_id, name, body, sent_ms) "
+                "VALUES (2, 'm2', 'alice', 'Alice', 'two', 2)")
+    sql.execute("INSERT INTO dedupe (user_id, id, seq, at_ms) VALUES ('alice', 'm2', 2, 2)")
+    store = RoomStore(sql, "lobby")  # the wake completes the schema
+    assert sql.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'") == [
+        ("claim_client_id",)]
+    again, duplicate = store.append(id="m2", user_id="alice", name="Alice", body="x", sent_ms=3)
+    assert (again.seq, again.body, duplicate) == (2, "two", True)
+    third, duplicate = store.append(id="m3", user_id="alice", name="Alice", body="3", sent_ms=4)
+    assert (third.seq, duplicate) == (3, False)
+    assert store.append(id="m3", user_id="alice", name="Alice", body="y", sent_ms=5) == (
+        third, True)
+    event = store.delete(id="d1", user_id="alice", name="Alice", target=1, author="alice",
+                         sent_ms=6)
+    assert store.dedupe_seq("alice", "d1") == event.seq == 4
+    assert sql.execute("SELECT user_id, id, seq, at_ms FROM dedupe ORDER BY seq") == [
+        ("alice", "m1", 1, 1), ("alice", "m2", 2, 2), ("alice", "m3", 3, 4),
+        ("alice", "d1", 4, 6)]
+
+
+def test_a_message_whose_key_cannot_be_claimed_is_not_stored() -> None:
+    """The message's row and its key are one statement: when claiming the key fails, the row
+    goes too, the head stays, and the next message takes the seq."""
+    sql = SqliteSql(":memory:")
+    store = RoomStore(sql, "lobby")
+    store.append(id="m1", user_id="alice", name="Alice", body="one", sent_ms=1)
+    sql.execute("CREATE TRIGGER refuse BEFORE INSERT ON dedupe WHEN NEW.id = 'bad' "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    with pytest.raises(Exception, match="refused"):
+        store.append(id="bad", user_id="alice", name="Alice", body="lost", sent_ms=2)
+    assert (store.head, [m.id for m in store.after(0, 10)]) == (1, ["m1"])
+    second, duplicate = store.append(id="m2", user_id="alice", name="Alice", body="2", sent_ms=3)
+    assert (second.seq, duplicate) == (2, False)
 
 
 def test_the_local_database_file_keeps_no_deleted_text(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rooms.store import RoomStore, SqlValue, open_room, read_catalogue
+from rooms.store import RoomStore, SqlValue, open_room, open_room_at_once, read_catalogue
 from roomsd.sqlite import SqliteSql
 
 
@@ -143,3 +143,63 @@ def test_a_room_that_never_stored_opens_without_reading_its_tables(tmp_path: Pat
         False, None, 0, {})
     assert not path.exists()
     assert RoomStore(sql, "lobby", opened).head == 0
+
+
+def _counting(sql: SqliteSql) -> list[str]:
+    statements: list[str] = []
+    execute = sql.execute
+
+    def counted(query: str, *params: object) -> list[Sequence[SqlValue]]:
+        statements.append(query)
+        return execute(query, *params)  # type: ignore[arg-type]
+
+    sql.execute = counted  # type: ignore[method-assign]
+    return statements
+
+
+def test_a_room_that_stored_messages_opens_in_one_statement(tmp_path: Path) -> None:
+    """What a Durable Object reads first when it wakes (`open_room_at_once`): the catalogue,
+    the room_meta values and the newest seq in one SELECT, the same as `open_room` reads in
+    two."""
+    path = tmp_path / "room.sqlite"
+    sql = SqliteSql(path)
+    store = RoomStore(sql, "lobby")
+    for n in range(3):
+        store.append(id=f"m{n}", user_id="u", name="U", body="hi", sent_ms=n)
+    store.set_meta("alarm_at", 1234)
+    sql.close()
+    reopened = SqliteSql(path)
+    statements = _counting(reopened)
+    opened = open_room_at_once(reopened)
+    assert opened is not None
+    assert [s.split()[0] for s in statements] == ["SELECT"]
+    assert opened == open_room(reopened, read_catalogue(reopened))
+    assert (opened.created, opened.name, opened.newest) == (True, "lobby", 3)
+    assert opened.meta == {
+        "room": "lobby", "head": 0, "archived": 0, "alarm_at": 1234}
+
+
+def test_opening_at_once_leaves_rooms_without_tables_to_the_catalogue(tmp_path: Path) -> None:
+    """A room that stored nothing (no tables) or was stored before room_meta existed: None,
+    and the caller reads the catalogue; other failures are not taken for either."""
+    empty = SqliteSql(tmp_path / "empty.sqlite")
+    assert open_room_at_once(empty) is None
+    v1 = SqliteSql(tmp_path / "v1.sqlite")
+    v1.execute("CREATE TABLE messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, "
+               "user_id TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL, "
+               "sent_ms INTEGER NOT NULL)")
+    assert open_room_at_once(v1) is None
+    assert open_room(v1, read_catalogue(v1)).meta is None  # its schema is completed on opening
+    current = SqliteSql(tmp_path / "current.sqlite")
+    RoomStore(current, "lobby").append(id="m", user_id="u", name="U", body="hi", sent_ms=1)
+    current.execute("DROP TRIGGER claim_client_id")  # stored by an earlier version
+    behind = open_room_at_once(current)
+    assert behind is not None
+    assert (behind.created, behind.meta) == (True, None)
+
+    def broken(query: str, *params: object) -> list[Sequence[SqlValue]]:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    current.execute = broken  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        open_room_at_once(current)

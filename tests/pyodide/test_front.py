@@ -235,7 +235,7 @@ def test_a_failing_room_gets_a_generic_500_and_one_log_line(world: World, expect
     """The room fails during the upgrade (its storage is full): the client gets the generic 500,
     and the log one line naming the handler and the error's type, never its message."""
     world.fail_sql(
-        "lobby", "SELECT name, sql FROM sqlite_master", message="secret detail /srv/app.py line 3"
+        "lobby", "FROM sqlite_master", message="secret detail /srv/app.py line 3"
     )
     result = world.upgrade("lobby", token("alice"))
     assert result.status == 500

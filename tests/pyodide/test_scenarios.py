@@ -279,7 +279,7 @@ def test_a_failing_handler_logs_one_line_closes_1011_and_the_room_recovers(
     alice.publish("a", "1")
     world_any.evict("lobby")
     # Every rebuild reads the catalogue first (whether the room stored anything, its schema).
-    world_any.fail_sql("lobby", "SELECT name, sql FROM sqlite_master",
+    world_any.fail_sql("lobby", "FROM sqlite_master",
                        message="secret detail: database or disk is full: SQLITE_FULL")
     bob.hold_closes()
     take_output(world_any, expect)
