@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import js
 from pyodide.ffi import create_proxy, to_js
@@ -174,6 +174,25 @@ def unwrapped_context(ctx: Any) -> JsObject:
 def sql_binding(value: Any) -> Any:
     """A value to bind in a raw ``sql.exec``: None as JS null (passed bare it is undefined)."""
     return jsnull if value is None else value
+
+
+# What `called_as_is` puts where `inspect.signature` looks first: neither a Signature nor text,
+# so reading the signature raises TypeError.
+_NO_SIGNATURE = object()
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def called_as_is(handler: Handler) -> Handler:
+    """``handler``, for workerd to call with its arguments as they are (§1.10).
+
+    workerd calls a Durable Object's `webSocketMessage` through Pyodide's `relaxed_call`,
+    which binds the arguments to the handler's signature (`inspect.Signature.bind`) on every
+    event, and reads the signature again for every new instance (after every wake). When the
+    signature cannot be read, `relaxed_call` calls the function directly. Measured in Pyodide
+    (best of 200): 17 us per call through `relaxed_call` against 1.4 us, 75 us on an instance's
+    first call against 14. The handler takes ``*_`` for any argument a runtime adds."""
+    handler.__signature__ = _NO_SIGNATURE  # type: ignore[attr-defined]
+    return handler
 
 
 def persistent_function(fn: Callable[[], Any]) -> JsObject:

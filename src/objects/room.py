@@ -170,10 +170,14 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             self._failed("fetch", exc, server)
             return reply_response(INTERNAL_ERROR)
 
-    def webSocketMessage(self, ws: JsObject, message: str | JsObject) -> Awaitable[None] | None:
+    @ffi.called_as_is
+    def webSocketMessage(
+        self, ws: JsObject, message: str | JsObject, *_: Any
+    ) -> Awaitable[None] | None:
         """A plain `def`: nearly every frame needs no await, and an `async def` costs every
         event a task on Pyodide's event loop (§1.9). Only a frame that has to wait (the archive
-        alarm to set, the archive to read) hands workerd a coroutine to await."""
+        alarm to set, the archive to read) hands workerd a coroutine to await. Called as it is,
+        without its arguments bound to its signature on every frame (§1.10)."""
         try:
             pending = self._awake().message_now(ws, ffi.frame_data(message))
             if pending is None:

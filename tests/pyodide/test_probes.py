@@ -375,3 +375,43 @@ def test_d1_and_r2_ports(harness: PyodideHarness) -> None:
     assert facts["missing"] == "None"
     assert facts["put failure"].startswith("JsException: Error: put: We encountered an internal")
     assert facts["get failure"].startswith("JsException: Error: get: We encountered an internal")
+
+
+def test_the_message_handler_is_called_as_it_is(harness: PyodideHarness) -> None:
+    """`ffi.called_as_is` (docs/cloudflare.md §1.10): Pyodide's `relaxed_call`, which workerd
+    calls `webSocketMessage` through, finds no signature to bind on it and passes the arguments
+    as they are, an extra one included; a handler without it has them bound on every call.
+    Should an upgrade of Pyodide read such a signature or stop calling through, this fails."""
+    facts = probe(harness, body="""
+        from pyodide.code import _relaxed_call_sig, relaxed_call
+        from objects.ffi import called_as_is
+        from objects.room import Room
+
+        class Handlers:
+            calls = []
+
+            @called_as_is
+            def as_is(self, ws, message, *_):
+                Handlers.calls.append((ws, message, _))
+
+            def bound(self, ws, message):
+                Handlers.calls.append((ws, message))
+
+        def main(h):
+            handlers = Handlers()
+            relaxed_call(handlers.as_is, "ws", "text")
+            relaxed_call(handlers.as_is, "ws", "text", "extra")
+            relaxed_call(handlers.bound, "ws", "text", "extra")
+            return {
+                "room": _relaxed_call_sig(Room.webSocketMessage) is None,
+                "as_is": _relaxed_call_sig(handlers.as_is) is None,
+                "bound": _relaxed_call_sig(handlers.bound) is None,
+                "calls": [list(call) for call in Handlers.calls],
+            }
+    """)
+    assert facts == {
+        "room": True,
+        "as_is": True,
+        "bound": False,
+        "calls": [["ws", "text", []], ["ws", "text", ["extra"]], ["ws", "text"]],
+    }
