@@ -130,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
         "of a worker thread (default: %(default)s)",
     )
     serve.add_argument(
+        "--files-made-ahead",
+        type=_count,
+        default=128,
+        metavar="N",
+        help="new rooms whose file is made as their first member joins, ahead of their first "
+        "message, at most this many at once (the rest at their first write; a file nobody "
+        "wrote to is removed; 0: never ahead) (default: %(default)s)",
+    )
+    serve.add_argument(
         "--hibernate-every-event",
         action="store_true",
         help="evict room instances after every event (for tests)",
@@ -286,6 +295,7 @@ def serve(args: argparse.Namespace) -> int:
             after_idle_s=args.hibernate_after,
             every_event=args.hibernate_every_event,
             open_idle_databases=args.open_idle_databases,
+            files_made_ahead=args.files_made_ahead,
         ),
         log_messages=args.log_messages,
         new_rooms_per_minute=count_from(values, "NEW_ROOMS_PER_MINUTE", 30),

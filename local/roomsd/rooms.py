@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -35,7 +34,7 @@ from rooms.telemetry import Telemetry
 from roomsd.bindings import AlarmScheduler, RoomAlarm
 from roomsd.output_gate import OutputGate, output_gate
 from roomsd.sockets import LocalSocket, LocalSockets
-from roomsd.sqlite import SqliteSql, close_connection, prepare_file
+from roomsd.sqlite import RoomConnection, SqliteSql, close_connection, prepare_file
 
 log = logging.getLogger("rooms")
 
@@ -47,6 +46,10 @@ QUIET_CACHE_RELEASE_S = 1.0
 # An awake room quiet this long may close its database altogether, as a hibernated room does
 # (`HibernationPolicy.open_idle_databases`): its next event reopens it in a worker thread.
 QUIET_DATABASE_CLOSE_S = 2.0
+# A file made ahead (`LocalRoom._prepare_ahead`) that no write has reached after this much quiet
+# is closed and removed, whatever the open-databases budget: it only pays if the room's first
+# messages come soon after its members joined, and an open one costs ~150 KiB.
+UNUSED_FILE_AHEAD_S = 3.0
 
 
 # New rooms' files are made one at a time in one thread: the disk does them one at a time
@@ -65,10 +68,40 @@ class HibernationPolicy:
     # and reopening one ~2 ms of a worker thread (SQLite recreates and syncs the WAL), so the
     # rooms likeliest to be busy again soon keep theirs and memory stays bounded.
     open_idle_databases: int = 16
+    # New rooms whose file is made when their first member joins, ahead of their first write,
+    # at most this many at once (`FilesAhead`); beyond it a room's file is made at its first
+    # write, as always. 0: never ahead.
+    files_made_ahead: int = 128
 
     def __post_init__(self) -> None:
         if self.open_idle_databases < 0:
             raise ValueError("open_idle_databases must be 0 or more")
+        if self.files_made_ahead < 0:
+            raise ValueError("files_made_ahead must be 0 or more")
+
+
+class FilesAhead:
+    """How many rooms hold a file made ahead of their first write that no frame that may store
+    has reached yet: the bound on files that joins alone can make (`LocalRoom._prepare_ahead`).
+
+    Such a file holds no room and goes when its connection closes (`close_connection`): when
+    its last member leaves (`LocalRoom._drop_unused_ahead`), or after `UNUSED_FILE_AHEAD_S`
+    of quiet (`RoomRegistry.sweep`), or when the room is forgotten. Joining a room that holds
+    nothing already costs its opener a unit of the new-room budget (per user and per
+    address); this bounds what many openers together can make, and so the open connections
+    (~150 KiB each) and files that joins alone can cost at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def take(self, limit: int) -> bool:
+        if self.count >= limit:
+            return False
+        self.count += 1
+        return True
+
+    def give_back(self) -> None:
+        self.count -= 1
 
 
 class NewRoomBudget:
@@ -98,6 +131,7 @@ class RoomServices:
     group_commit: bool = True
     telemetry: Telemetry = field(default_factory=Telemetry)  # shared: GET /metrics reads it
     new_rooms: NewRoomBudget | None = None
+    files_ahead: FilesAhead = field(default_factory=FilesAhead)  # shared by every room
 
 
 class LocalRoom:
@@ -106,6 +140,8 @@ class LocalRoom:
         self.archive = services.archive
         self.alarms = services.alarms
         self.new_rooms = services.new_rooms
+        self._files_ahead = services.files_ahead
+        self._holds_ahead = False  # counted in `_files_ahead` (`_prepare_ahead`)
         self.db_path = db_path
         self.limits = services.limits
         self.policy = services.policy
@@ -118,7 +154,8 @@ class LocalRoom:
         self._sql: SqliteSql | None = None
         self._opening: asyncio.Future[SqliteSql] | None = None  # its file, opening off the loop
         # Its file, being created off the loop for the first write (`prepare_file`).
-        self._preparing: asyncio.Future[sqlite3.Connection] | None = None
+        self._preparing: asyncio.Future[RoomConnection] | None = None
+        self._preparing_for: SqliteSql | None = None  # the database it is for
         self._fileless: SqliteSql | None = None  # this database, known to have no file
         self._host: RoomHost[LocalSocket] | None = None
         # This room's previous connection, still being closed off the loop: a new one opened
@@ -192,17 +229,20 @@ class LocalRoom:
             )
             opening.add_done_callback(self._opened)
         await asyncio.shield(opening)  # a cancelled waiter must not lose the connection
+        self._opened(opening)  # done already, its callback may not have run (`_connect_off_loop`)
 
     def _opened(self, opening: asyncio.Future[SqliteSql]) -> None:
-        if self._opening is opening:
-            self._opening = None
+        """Keep the database ``opening`` opened, once (its callback or its waiter)."""
+        if self._opening is not opening or not opening.done():
+            return
+        self._opening = None
         if opening.cancelled() or opening.exception() is not None:
             return  # the waiting event fails with the error, as a failed open always did
         sql = opening.result()
         if self._sql is None:
             self._sql = sql
         else:  # opened on the loop meanwhile (a synchronous `host()`): keep one connection
-            sql.close()
+            sql.drop()
 
     def _has_file(self, sql: SqliteSql) -> bool:
         """Whether the room's file exists. ``sql`` without a file gets one only by connecting,
@@ -227,22 +267,78 @@ class LocalRoom:
         behind. An existing file (a quiet room whose connection was closed) is opened and read
         here. A failure is only logged: the room then connects on the loop, as it always could.
         """
-        preparing = self._preparing
-        if preparing is None:
-            sql = self._sql
-            loop = asyncio.get_running_loop()
-            preparing = self._preparing = asyncio.ensure_future(
-                loop.run_in_executor(_PREPARER, prepare_file, self.db_path, for_write)
-            )
-            preparing.add_done_callback(lambda done: self._prepared(sql, done))
+        preparing = self._preparing or self._start_preparing(for_write)
         with contextlib.suppress(Exception):
             await asyncio.shield(preparing)  # a cancelled waiter must not lose the connection
+        # A future already done is awaited without yielding, before its done callback has run:
+        # take its connection now, or this event's statements would connect on the loop.
+        self._take_prepared(preparing)
 
-    def _prepared(
-        self, sql: SqliteSql | None, preparing: asyncio.Future[sqlite3.Connection]
-    ) -> None:
-        if self._preparing is preparing:
-            self._preparing = None
+    def _start_preparing(self, for_write: bool) -> asyncio.Future[RoomConnection]:
+        sql = self._sql
+        loop = asyncio.get_running_loop()
+        preparing = self._preparing = asyncio.ensure_future(
+            loop.run_in_executor(_PREPARER, prepare_file, self.db_path, for_write)
+        )
+        self._preparing_for = sql
+        preparing.add_done_callback(self._take_prepared)
+        return preparing
+
+    def _prepare_ahead(self) -> None:
+        """Have the file of a room that has none made now, as a member joins, rather than by
+        its first message: its first messages then find the connection open and the WAL
+        started, and a burst of new rooms' first messages does not queue behind ~1.5 ms of
+        file set-up each (BENCHMARKS.md). Not awaited: the join goes on meanwhile.
+
+        Bounded by `HibernationPolicy.files_made_ahead` across the server: past it, or with
+        0, the file is made at the first write as before. The file holds no room until a
+        write (`prepare_file`) and goes when its connection is closed unused."""
+        sql = self._sql
+        if (
+            sql is None
+            or self.policy.every_event  # the file would be closed, and removed, at once
+            or sql.is_open
+            or self._preparing is not None
+            or self._has_file(sql)
+            or not self._files_ahead.take(self.policy.files_made_ahead)
+        ):
+            return
+        self._holds_ahead = True
+        self._start_preparing(for_write=True).add_done_callback(self._prepared_ahead)
+
+    def _prepared_ahead(self, preparing: asyncio.Future[RoomConnection]) -> None:
+        if preparing.cancelled() or preparing.exception() is not None or not self.database_open:
+            self._give_back_ahead()  # no file was made, or it was closed (and removed) at once
+        else:
+            self._drop_unused_ahead()  # everyone left while it was being made
+
+    def _drop_unused_ahead(self) -> None:
+        """Every member left a room whose file was made ahead and that nobody wrote to: the
+        file goes now (closed and removed in the preparer thread), not when the room is
+        forgotten, so a room nobody wrote to costs no file once nobody is in it."""
+        if not self._holds_ahead or len(self.sockets) or self.busy or self._preparing is not None:
+            return
+        sql = self.release_connection()
+        if sql is None:
+            return
+        loop = asyncio.get_running_loop()
+        self.after_close_of(asyncio.ensure_future(loop.run_in_executor(_PREPARER, _close, sql)))
+
+    def _give_back_ahead(self) -> None:
+        """This room's file made ahead is no longer waiting for a first write: the write came
+        (it stored, or it was refused and the file goes with the connection, as any file made
+        for a refused write does), or the connection is being closed."""
+        if self._holds_ahead:
+            self._holds_ahead = False
+            self._files_ahead.give_back()
+
+    def _take_prepared(self, preparing: asyncio.Future[RoomConnection]) -> None:
+        """Give the database the connection ``preparing`` made, once (its done callback, or
+        its waiter, whichever runs first)."""
+        if self._preparing is not preparing or not preparing.done():
+            return  # taken already, or not done yet
+        self._preparing = None
+        sql, self._preparing_for = self._preparing_for, None
         if preparing.cancelled():
             return
         if (error := preparing.exception()) is not None:
@@ -251,8 +347,14 @@ class LocalRoom:
             )
             return
         connection = preparing.result()
-        if sql is None or sql is not self._sql or not sql.adopt(connection):
-            close_connection(connection, self.db_path)  # connected meanwhile, or released
+        if sql is not None and sql is self._sql and sql.adopt(connection):
+            return
+        if self.database_open:
+            # Connected meanwhile, to the same file, which it may be claiming in a batch not
+            # yet committed: removing "a file that holds no room" would lose that write.
+            connection.close()
+        else:  # released meanwhile: a file that holds no room goes
+            close_connection(connection, self.db_path)
 
     def after_close_of(self, closing: asyncio.Future[None]) -> None:
         """Open the database again only once ``closing`` (its old connection's close) is done."""
@@ -305,12 +407,16 @@ class LocalRoom:
     ) -> None:
         async with self._event() as host:
             await host.connect(ws, identity, since, request_id=request_id, address=address)
+            if self.policy.files_made_ahead:
+                self._prepare_ahead()
 
     async def message(self, ws: LocalSocket, data: str | bytes) -> None:
         # `_event` spelled out: this runs once per frame, and an async context manager costs
         # a generator and three extra calls per frame.
         self._in_flight += 1
         try:
+            if self._holds_ahead and may_store(data):
+                self._give_back_ahead()
             host = self._host
             if host is None or self._previous_closing is not None:
                 host = await self.wake(may_store(data))
@@ -386,6 +492,11 @@ class LocalRoom:
         return True
 
     @property
+    def holds_unused_file_ahead(self) -> bool:
+        """Its file was made ahead and no frame that may store has reached it yet."""
+        return self._holds_ahead
+
+    @property
     def database_open(self) -> bool:
         return self._sql is not None and self._sql.is_open
 
@@ -396,21 +507,32 @@ class LocalRoom:
             return None
         self._save_counts()  # while the connection is open: writing them later would reopen it
         self._fileless = None  # closing may leave the file, or remove it: ask again
+        self._give_back_ahead()
         return self._sql.detach()
 
     def release_database(self) -> SqliteSql | None:
         """Hibernate and hand over the database connection, detached, for the caller to close."""
         self.hibernate()
+        self._give_back_ahead()
         sql, self._sql = self._sql, None
         if sql is not None:
             sql.settle()  # on the loop, before the close in a worker thread
         return sql
 
     def _after_event(self) -> None:
+        if self._holds_ahead:
+            self._drop_unused_ahead()
         if self.policy.every_event and not self.busy:
             sql = self.release_database()
             if sql is not None:
                 sql.close()
+
+
+def _close(sql: SqliteSql) -> None:
+    try:
+        sql.close()
+    except Exception:  # it held no room: nothing committed is at stake
+        log.exception("closing an unused file failed room_file=%s", sql.path_name)
 
 
 @dataclass(frozen=True)
@@ -486,7 +608,8 @@ class RoomRegistry:
     def sweep(self, now: float | None = None) -> list[ClosingDatabase]:
         """Hibernate idle rooms, forget idle rooms with no sockets, and keep at most
         `open_idle_databases` quiet rooms' connections open: hibernated rooms, and awake ones
-        quiet for `QUIET_DATABASE_CLOSE_S`.
+        quiet for `QUIET_DATABASE_CLOSE_S`. A file made ahead that no write reached goes after
+        `UNUSED_FILE_AHEAD_S` of quiet.
 
         Returns the connections to close, detached from their rooms: see `close_databases`.
         """
@@ -497,6 +620,10 @@ class RoomRegistry:
             if room.busy:
                 continue
             idle = now - room.last_event
+            if room.holds_unused_file_ahead:  # not one of the quiet rooms' open databases
+                if idle >= UNUSED_FILE_AHEAD_S:
+                    self._hand_over(room, to_close, keep_awake=True)
+                continue
             if idle < self.policy.after_idle_s:
                 if (
                     idle >= QUIET_DATABASE_CLOSE_S

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from rooms.store import SCHEMA, SqlValue
+from rooms.store import SCHEMA, SCHEMA_NAMES, SqlValue
 from roomsd.output_gate import OutputGate
 
 T = TypeVar("T")
@@ -30,6 +30,15 @@ class SqliteSql:
     from the file system, so a room that only ever had readers leaves no file behind. A file
     made ahead of a room's first write (`prepare_file`) holds no room until that write: closing
     its connection removes it.
+
+    Such a file has every table already, `messages` too, and is marked unclaimed in its header
+    (`user_version`, `_UNCLAIMED`): it holds a room once the core's first write runs the
+    schema's `CREATE TABLE IF NOT EXISTS messages`, which here also clears the mark, in the
+    same transaction as the write (a refused write rolls both back). The schema's other
+    `CREATE ... IF NOT EXISTS` statements are skipped on a file known to have every table:
+    no-ops, but each compiled afresh by a new connection. So a room's first write changes no
+    schema on the event loop (a schema change costs its own write and the re-compiling of
+    every statement after it: ~0.3 ms more, BENCHMARKS.md).
     """
 
     def __init__(
@@ -39,7 +48,7 @@ class SqliteSql:
         on_lost: Callable[[Exception], None] | None = None,
     ) -> None:
         self._path = path
-        self._connection: sqlite3.Connection | None = None
+        self._connection: RoomConnection | None = None
         self._depth = 0
         self._gate = gate
         self._batch_open = False
@@ -59,11 +68,16 @@ class SqliteSql:
                 _start_wal(self._db, self._path)
 
     @property
+    def path_name(self) -> str:
+        """The file's name, for logs."""
+        return Path(self._path).name
+
+    @property
     def is_open(self) -> bool:
         """Connected to its file (which therefore exists)."""
         return self._connection is not None
 
-    def adopt(self, connection: sqlite3.Connection) -> bool:
+    def adopt(self, connection: RoomConnection) -> bool:
         """Use ``connection`` (from `prepare_file`, made in a worker thread) unless this database
         connected meanwhile; False if it did, and the caller closes ``connection``."""
         if self._connection is not None:
@@ -82,7 +96,7 @@ class SqliteSql:
         return detached
 
     @property
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> RoomConnection:
         if self._connection is None:
             self._connection = _connect(self._path)
         return self._connection
@@ -96,7 +110,22 @@ class SqliteSql:
         for param in params:
             if isinstance(param, bool):  # Cloudflare would store 'true'; refuse it here too
                 raise TypeError("bind int(flag), not bool: Cloudflare stores bools as text")
+        if query in _SCHEMA_CREATES:
+            return self._create(query)
         return self._db.execute(query, params).fetchall()
+
+    def _create(self, query: str) -> list[Sequence[SqlValue]]:
+        """One of the schema's `CREATE ... IF NOT EXISTS`: skipped where every table exists
+        (a file made from the image, asked once per connection); creating `messages` also
+        claims a file made ahead (see the class)."""
+        db = self._db
+        if not db.has_every_table:
+            db.has_every_table = _has_every_table(db)
+            if not db.has_every_table:
+                db.execute(query)
+        if query == _CREATE_MESSAGES:
+            db.execute(_CLAIM)
+        return []
 
     def transaction(self, fn: Callable[[], T]) -> T:
         if self._depth:
@@ -189,6 +218,13 @@ class SqliteSql:
         page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
         return int(page_count) * int(page_size)
 
+    def drop(self) -> None:
+        """Close this connection and leave the file as it is: another connection to it is open
+        (and may be claiming it in a batch not yet committed, see `close_connection`)."""
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            connection.close()
+
     def close(self) -> None:
         self.settle()  # closing would roll an open batch back
         if self._connection is not None:
@@ -196,9 +232,9 @@ class SqliteSql:
             close_connection(connection, self._path)
 
 
-def prepare_file(path: Path | str, for_write: bool = True) -> sqlite3.Connection:
+def prepare_file(path: Path | str, for_write: bool = True) -> RoomConnection:
     """Connect a room's file, creating it ahead of its first write (``for_write``) with every
-    table but `messages`, and return the open connection. Run in a worker thread: creating a
+    table, marked unclaimed, and return the open connection. Run in a worker thread: creating a
     file, setting up its WAL and writing the WAL's first frames take file creations, deletions
     and syncs that the event loop would otherwise wait out, ~6 ms a room here.
 
@@ -207,9 +243,9 @@ def prepare_file(path: Path | str, for_write: bool = True) -> sqlite3.Connection
     WAL and again to commit its tables (half the time and the CPU). Its first rows are then
     written here, so the WAL's header, which SQLite syncs with a WAL's first frame (and the
     directory with a new file), is written and synced in this thread too, not by the room's
-    first message. Without `messages` the file holds no room yet (`SqliteSql.exists`): the
-    room's first write creates that table in the same transaction as the message. Until then,
-    closing the connection removes the file (`close_connection`).
+    first message. Marked unclaimed, the file holds no room yet (`SqliteSql.exists`): the
+    room's first write claims it in the same transaction as the message (`SqliteSql._create`).
+    Until then, closing the connection removes the file (`close_connection`).
 
     A file that exists is connected and its schema read; for a write, the WAL's first frame
     is written too (`_start_wal`). Without ``for_write`` no file is created."""
@@ -244,13 +280,14 @@ def prepare_file(path: Path | str, for_write: bool = True) -> sqlite3.Connection
     except BaseException:
         close_connection(db, path)
         raise
+    db.has_every_table = True  # made from the image
     return db
 
 
-def _reopen(path: Path | str, for_write: bool) -> sqlite3.Connection:
+def _reopen(path: Path | str, for_write: bool) -> RoomConnection:
     db = _connect(path)
     try:
-        db.execute(_ROOM_TABLES_EXIST).fetchall()  # reads the schema here, not on the loop
+        db.has_every_table = _has_every_table(db)  # reads the schema here, not on the loop
         if for_write:
             _start_wal(db, path)
     except BaseException:
@@ -285,7 +322,7 @@ _image_lock = threading.Lock()
 
 
 def _prepared_image() -> bytes:
-    """The bytes of an empty WAL-mode room file with every table but `messages`."""
+    """The bytes of an empty WAL-mode room file with every table, marked unclaimed."""
     global _image
     with _image_lock:
         if _image is None:
@@ -315,9 +352,22 @@ def close_connection(db: sqlite3.Connection, path: Path | str) -> None:
                 os.unlink(f"{path}{suffix}")
 
 
-def _connect(path: Path | str) -> sqlite3.Connection:
+class RoomConnection(sqlite3.Connection):
+    """A room file's connection, knowing whether the file has every table of the schema (then
+    `SqliteSql` skips the schema's `CREATE ... IF NOT EXISTS`; tables are never dropped)."""
+
+    has_every_table = False
+
+
+def _has_every_table(db: sqlite3.Connection) -> bool:
+    return bool(db.execute(_EVERY_TABLE_EXISTS).fetchone()[0] == len(SCHEMA_NAMES))
+
+
+def _connect(path: Path | str) -> RoomConnection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, like the DO's implicit commits.
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, factory=RoomConnection
+    )
     db.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode survives a process crash (kill -9); only power loss rolls back.
     db.execute("PRAGMA synchronous=NORMAL")
@@ -328,15 +378,23 @@ def _connect(path: Path | str) -> sqlite3.Connection:
     return db
 
 
-_ROOM_TABLES_EXIST = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
-# What `prepare_file` creates: everything the first write would, but the `messages` table and
-# what is defined on it (its trigger).
-_PREPARED_TABLES = tuple(
-    statement
-    for statement in SCHEMA
-    if statement.startswith("CREATE")
-    and "EXISTS messages " not in statement
-    and " ON messages" not in statement
+# A file made ahead of its room's first write carries this `user_version` until that write
+# (`SqliteSql._create`); every other room file has 0, SQLite's default.
+_UNCLAIMED = 0x726F6F6D  # "room"
+_CLAIM = "PRAGMA user_version = 0"
+_ROOM_TABLES_EXIST = (
+    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+    f" AND (SELECT user_version FROM pragma_user_version) != {_UNCLAIMED}"
+)
+_SCHEMA_CREATES = frozenset(statement for statement in SCHEMA if statement.startswith("CREATE"))
+_CREATE_MESSAGES = next(statement for statement in SCHEMA if "EXISTS messages " in statement)
+_EVERY_TABLE_EXISTS = "SELECT count(*) FROM sqlite_master WHERE name IN ({})".format(
+    ", ".join(f"'{name}'" for name in sorted(SCHEMA_NAMES))
+)
+# What `prepare_file`'s image holds: every table, index and trigger, marked unclaimed.
+_PREPARED_TABLES = (
+    *(statement for statement in SCHEMA if statement.startswith("CREATE")),
+    f"PRAGMA user_version = {_UNCLAIMED}",
 )
 _PREPARED_ROWS = tuple(statement for statement in SCHEMA if not statement.startswith("CREATE"))
 

@@ -15,12 +15,23 @@ from typing import Any
 import pytest
 import websockets
 
+import roomsd.rooms
 import roomsd.sqlite
-from roomsd.rooms import QUIET_DATABASE_CLOSE_S, HibernationPolicy, LocalRoom, close_databases
+from rooms.auth import Identity
+from rooms.limits import Limits
+from roomsd.rooms import (
+    QUIET_DATABASE_CLOSE_S,
+    UNUSED_FILE_AHEAD_S,
+    HibernationPolicy,
+    LocalRoom,
+    RoomServices,
+    close_databases,
+)
 from roomsd.sqlite import SqliteSql
 from tests.local.conftest import ServerFactory, recv_until
 
 pytestmark = pytest.mark.integration
+_CONNECT = sqlite3.connect
 
 
 async def test_a_sleeping_room_opens_its_file_off_the_event_loop(
@@ -79,11 +90,14 @@ def _record_connects(monkeypatch: pytest.MonkeyPatch, path: Any) -> list[str]:
 async def test_a_new_room_creates_its_file_off_the_event_loop(
     server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Creating a file, its WAL and its tables writes and syncs: done in a worker thread when
-    the first frame that may store arrives, not on the loop, and not before (joining and
-    signalling create nothing). Messages arriving meanwhile wait for the same file and keep one
-    gapless order; each is committed before its ack."""
-    server = await server_factory()
+    """Creating a file, its WAL and its tables writes and syncs: with no file made ahead
+    (`files_made_ahead=0`), done in a worker thread when the first frame that may store
+    arrives, not on the loop, and not before (joining and signalling create nothing). Messages
+    arriving meanwhile wait for the same file and keep one gapless order; each is committed
+    before its ack."""
+    server = await server_factory(
+        hibernation=HibernationPolicy(after_idle_s=3600, files_made_ahead=0)
+    )
     path = server.settings.data_dir / "rooms" / "fresh.sqlite"
     opened_in = _record_connects(monkeypatch, path)
     async with (
@@ -107,6 +121,186 @@ async def test_a_new_room_creates_its_file_off_the_event_loop(
         with sqlite3.connect(path) as other:  # committed, seen from another connection
             rows = other.execute("SELECT seq, body FROM messages ORDER BY seq").fetchall()
         assert sorted(body for _, body in rows) == ["first", "second"]
+
+
+def _claimed(path: Any) -> tuple[int, list[str]]:
+    """The file's `user_version` (0 once a write claimed it) and its messages' bodies, as
+    another connection sees them (committed)."""
+    with _CONNECT(path) as other:  # not the one `_record_connects` replaces
+        version = other.execute("PRAGMA user_version").fetchone()[0]
+        bodies = [row[0] for row in other.execute("SELECT body FROM messages ORDER BY seq")]
+    other.close()
+    return version, bodies
+
+
+async def test_a_new_room_has_its_file_made_as_its_first_member_joins(
+    server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is made in the preparer thread when the first member joins, so the room's
+    first messages find it open; it holds no room until the first write claims it in the
+    message's own transaction, and the loop connects to it at no point."""
+    server = await server_factory()
+    path = server.settings.data_dir / "rooms" / "early.sqlite"
+    opened_in = _record_connects(monkeypatch, path)
+    async with await server.connect("early", "alice") as alice:
+        await recv_until(alice, "welcome")
+        room = server.registry.rooms["early"]
+        for _ in range(500):
+            if room.database_open:
+                break
+            await asyncio.sleep(0.01)
+        assert room.database_open
+        assert path.exists()
+        assert not room.stored  # every table, marked unclaimed: no room yet
+        assert _claimed(path) == (roomsd.sqlite._UNCLAIMED, [])
+        await alice.send(json.dumps({"type": "publish", "id": "1", "body": "first"}))
+        assert (await recv_until(alice, "ack"))["seq"] == 1
+        assert room.stored
+        assert _claimed(path) == (0, ["first"])
+    assert opened_in == ["roomsd-prepare_0"], opened_in  # one connection, not on the loop
+    assert server.registry.services.files_ahead.count == 0
+
+
+async def test_files_made_ahead_are_bounded_and_removed_when_unused(
+    server_factory: ServerFactory,
+) -> None:
+    """An attacker joining many new rooms makes at most `files_made_ahead` files; beyond that a
+    room gets its file at its first write, and a slot frees once a room's first write came.
+    Rooms nobody wrote to leave no file once they are forgotten."""
+    server = await server_factory(
+        hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=0, files_made_ahead=2)
+    )
+    rooms_dir = server.settings.data_dir / "rooms"
+    names = ["ahead-a", "ahead-b", "ahead-c", "ahead-d"]
+    sockets = [await server.connect(name, "mallory") for name in names]
+    for ws in sockets:
+        await recv_until(ws, "welcome")
+    for _ in range(500):
+        if sum(server.registry.rooms[name].database_open for name in names) == 2:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # nothing more is being made
+    made = sorted(name for name in names if (rooms_dir / f"{name}.sqlite").exists())
+    assert len(made) == 2, made
+    assert server.registry.services.files_ahead.count == 2
+    # A first write to a room with a file made ahead frees its slot for the next new room.
+    writer = sockets[names.index(made[0])]
+    await writer.send(json.dumps({"type": "publish", "id": "1", "body": "kept"}))
+    assert (await recv_until(writer, "ack"))["seq"] == 1
+    assert server.registry.services.files_ahead.count == 1
+    async with await server.connect("ahead-e", "mallory") as late:
+        await recv_until(late, "welcome")
+        for _ in range(500):
+            if (rooms_dir / "ahead-e.sqlite").exists():
+                break
+            await asyncio.sleep(0.01)
+        assert (rooms_dir / "ahead-e.sqlite").exists()
+        assert server.registry.services.files_ahead.count == 2
+    for ws in sockets:
+        await ws.close()
+    for name in [*names, "ahead-e"]:
+        await recv_until_gone(server, name)
+    await close_databases(server.registry.sweep(time.monotonic() + 1))
+    for _ in range(500):  # a room left by everyone closes its unused file in the preparer
+        left = sorted(path.name for path in rooms_dir.iterdir())
+        if len(left) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert left == [f"{made[0]}.sqlite"], left  # only the room that stored a message
+    assert _claimed(rooms_dir / f"{made[0]}.sqlite") == (0, ["kept"])
+    assert server.registry.services.files_ahead.count == 0
+    assert [name for name in names if server.registry.exists(name)] == [made[0]]
+
+
+async def test_a_file_made_ahead_goes_when_unused_and_the_room_still_works(
+    server_factory: ServerFactory,
+) -> None:
+    """A member who joins and writes nothing keeps no file for long: after
+    `UNUSED_FILE_AHEAD_S` of quiet the sweep closes and removes it, whatever the budget of
+    open databases, and the room's first message later makes one at its write."""
+    server = await server_factory(
+        hibernation=HibernationPolicy(after_idle_s=3600, open_idle_databases=64)
+    )
+    path = server.settings.data_dir / "rooms" / "lurk.sqlite"
+    async with await server.connect("lurk", "alice") as alice:
+        await recv_until(alice, "welcome")
+        room = server.registry.rooms["lurk"]
+        for _ in range(500):
+            if room.database_open:
+                break
+            await asyncio.sleep(0.01)
+        assert path.exists()
+        assert room.holds_unused_file_ahead
+        assert server.registry.sweep(time.monotonic() + QUIET_DATABASE_CLOSE_S + 0.1) == []
+        await close_databases(server.registry.sweep(time.monotonic() + UNUSED_FILE_AHEAD_S))
+        assert not path.exists()
+        assert not room.database_open
+        assert server.registry.services.files_ahead.count == 0
+        await alice.send(json.dumps({"type": "publish", "id": "1", "body": "late"}))
+        assert (await recv_until(alice, "ack"))["seq"] == 1
+        assert _claimed(path) == (0, ["late"])
+
+
+async def test_a_first_write_racing_its_finished_file_stays_in_that_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file made ahead is finished, but its future's callbacks have not run when the room's
+    first publish gets its turn in the same loop iteration: the publish takes the connection
+    itself rather than connecting on the loop, and the acked message is in the file. (Before,
+    the loop connected, and the prepared connection, closed as "holding no room", removed the
+    file the publish had just been committed to.)"""
+    finished = threading.Event()
+    prepare = roomsd.rooms.prepare_file
+
+    def signalling(*args: Any) -> sqlite3.Connection:
+        try:
+            return prepare(*args)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(roomsd.rooms, "prepare_file", signalling)
+    services = RoomServices(
+        Limits(messages_per_second=1000, burst=1000),
+        HibernationPolicy(after_idle_s=3600),
+        emit=print,
+    )
+    path = tmp_path / "race.sqlite"
+    room = LocalRoom("race", path, services)
+    sock = _CountingSocket()
+    await room.connect(sock, Identity("alice", "Alice"), 0)  # type: ignore[arg-type]
+    assert finished.wait(30)  # the loop is held: the future's completion is queued, not run
+    frame = json.dumps({"type": "publish", "id": "1", "body": "raced"})
+    publishing = asyncio.ensure_future(room.message(sock, frame))  # type: ignore[arg-type]
+    await publishing
+    await asyncio.sleep(0.05)  # the gate commits; any late callback runs
+    assert any('"ack"' in text for text in sock.sent)
+    assert path.exists()
+    assert _claimed(path) == (0, ["raced"])
+    room.release_database().close()  # type: ignore[union-attr]
+    assert _claimed(path) == (0, ["raced"])
+
+
+class _CountingSocket:
+    """What `LocalRoom` needs of a socket, keeping the frames sent."""
+
+    def __init__(self) -> None:
+        self.tags: tuple[str, ...] = ()
+        self.attachment: str | None = None
+        self.is_open = True
+        self.cut_for_backlog = False
+        self.sent: list[str] = []
+
+    def accept(self, tags: list[str]) -> None:
+        self.tags = tuple(tags)
+
+    def send(self, text: str) -> None:
+        self.sent.append(text)
+
+    def close(self, code: int, reason: str) -> None:
+        self.is_open = False
+
+    def abort(self, code: int, reason: str) -> None:
+        self.is_open = False
 
 
 async def test_a_file_made_for_a_write_that_stored_nothing_is_removed(
