@@ -194,7 +194,8 @@ class RoomOperator:
         # The oldest retained row is the first message until a prune; past that the directory
         # already holds the true creation time, and keeps the earlier of the two.
         first = store.get(oldest) if retained > 0 else None
-        newest = store.get(store.head) if retained > 0 else None
+        # One row (a room's first message): read it once.
+        newest = first if retained == 1 else store.get(store.head) if retained > 0 else None
         return DirectoryEntry(
             name=host.room,
             created_ms=first.sent_ms if first is not None else now_ms,
