@@ -9,6 +9,7 @@ that count them. Publishes arrive ``--together`` per event-loop iteration in eac
 
     .venv/bin/python bench/publish_cost.py --rooms 100 --together 1
     .venv/bin/python bench/publish_cost.py --rooms 100 --first    # a new room's first message
+    .venv/bin/python bench/publish_cost.py --rooms 100 --first --files-made-ahead 128 --archive
     valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         .venv/bin/python bench/publish_cost.py --socket-path 300   # instructions: 0 vs 300
     ROOMS_COMMIT_EACH_MESSAGE=1 .venv/bin/python bench/publish_cost.py --rooms 100 --together 1
@@ -31,8 +32,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "local")]
 
+from rooms.archive import ArchivePolicy  # noqa: E402
 from rooms.auth import Identity  # noqa: E402
+from rooms.host import ArchiveBindings  # noqa: E402
 from rooms.limits import Limits  # noqa: E402
+from roomsd.bindings import AlarmScheduler, Faults, LocalD1, LocalR2  # noqa: E402
+from roomsd.d1 import open_d1  # noqa: E402
+from roomsd.r2 import FileBucket  # noqa: E402
 from roomsd.rooms import HibernationPolicy, LocalRoom, RoomServices  # noqa: E402
 
 
@@ -59,15 +65,32 @@ class CountingSocket:
         self.is_open = False
 
 
+def server_archive(data: Path) -> tuple[ArchiveBindings, AlarmScheduler]:
+    """The server's archive (local D1 and R2) and alarms, as `roomsd.server.make_app` makes
+    them: a new room's first message writes its directory row and sets its alarm."""
+    d1, _ = open_d1(data / "d1.sqlite", ROOT / "migrations")
+    faults = Faults()
+    bucket = LocalR2(FileBucket(data / "r2"), faults)
+
+    async def fire(room: str) -> None:
+        pass
+
+    alarms = AlarmScheduler(data / "alarms.sqlite", fire)
+    return ArchiveBindings(LocalD1(d1, faults), bucket, ArchivePolicy()), alarms
+
+
 async def connected_rooms(
-    rooms: int, members: int, data: Path
+    rooms: int, members: int, data: Path, files_made_ahead: int = 0, archive: bool = False
 ) -> tuple[RoomServices, list[tuple[LocalRoom, Any]]]:
     """``rooms`` real rooms of ``members`` counting sockets each, and each room's first socket."""
+    archived, alarms = server_archive(data) if archive else (None, None)
     services = RoomServices(
         Limits(messages_per_second=1_000_000, burst=1_000_000),
-        HibernationPolicy(after_idle_s=3600),
+        HibernationPolicy(after_idle_s=3600, files_made_ahead=files_made_ahead),
         emit=lambda line: None,
         group_commit=os.environ.get("ROOMS_COMMIT_EACH_MESSAGE", "") != "1",
+        archive=archived,
+        alarms=alarms,
     )
     local_rooms = [LocalRoom(f"r{i}", data / f"r{i}.sqlite", services) for i in range(rooms)]
     senders: list[tuple[LocalRoom, Any]] = []
@@ -141,23 +164,40 @@ class LoopClock:
         asyncio.events.Handle._run = self._run  # type: ignore[method-assign]
 
 
-async def measure_first(rooms: int, members: int, data: Path) -> dict[str, Any]:
-    """A new room's first message: what it costs the event loop (file, tables, first append)."""
-    _, senders = await connected_rooms(rooms, members, data)
+async def measure_first(
+    rooms: int, members: int, data: Path, files_made_ahead: int = 0, archive: bool = False
+) -> dict[str, Any]:
+    """A new room's first message: what it costs the event loop (file, tables, first append;
+    with ``archive``, its directory row and alarm too), and the process (the loop and the
+    preparer thread), during the joins and the burst."""
+    joins_cpu = time.process_time()
+    _, senders = await connected_rooms(rooms, members, data, files_made_ahead, archive)
+    # A ladder step's "go" comes after its joins: the files made ahead are ready (or, on a
+    # loaded machine, not all of them yet: wait for them, up to a minute).
+    for _ in range(600):
+        await asyncio.sleep(0.1)
+        if all(room.database_open for room, _ in senders[:files_made_ahead]):
+            break
+    joins_cpu = time.process_time() - joins_cpu
+    made_ahead = sum((data / f"r{i}.sqlite").exists() for i in range(rooms))
     frame = json.dumps({"type": "publish", "id": "first", "body": "x" * 100})
-    started = time.perf_counter()
+    started, burst_cpu = time.perf_counter(), time.process_time()
     with LoopClock() as clock:
         # Every room's first message at once, as a ladder step's new rooms send theirs.
         await asyncio.gather(*(room.message(sock, frame) for room, sock in senders))
         await asyncio.sleep(0)  # the gate commits
         await asyncio.sleep(0)
-    wall = time.perf_counter() - started
+    wall, burst_cpu = time.perf_counter() - started, time.process_time() - burst_cpu
     stored = sum((data / f"r{i}.sqlite").exists() for i in range(rooms))
     return {
         "first_message_of_new_rooms": rooms,
+        "archive": archive,
+        "files_made_ahead": made_ahead,
         "files_created": stored,
         "loop_busy_ms_per_room": round(clock.busy / rooms * 1e3, 3),
         "loop_thread_cpu_ms_per_room": round(clock.thread_cpu / rooms * 1e3, 3),
+        "process_cpu_ms_per_room_burst": round(burst_cpu / rooms * 1e3, 3),
+        "process_cpu_ms_per_room_joins": round(joins_cpu / rooms * 1e3, 3),
         "longest_loop_callback_ms": round(clock.longest * 1e3, 3),
         "wall_ms": round(wall * 1e3, 1),
     }
@@ -214,6 +254,18 @@ def main() -> None:
         "--first", action="store_true", help="measure each new room's first message instead"
     )
     parser.add_argument(
+        "--files-made-ahead",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --first: files made as members join, at most N (the server's default: 128)",
+    )
+    parser.add_argument(
+        "--archive",
+        action="store_true",
+        help="with --first: the server's archive and alarms (directory rows, alarms) too",
+    )
+    parser.add_argument(
         "--socket-path", type=int, metavar="ROUNDS", help="only the socket send/flush path"
     )
     args = parser.parse_args()
@@ -222,7 +274,11 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="publish-cost-") as tmp:
         if args.first:
-            result = asyncio.run(measure_first(args.rooms, args.members, Path(tmp)))
+            result = asyncio.run(
+                measure_first(
+                    args.rooms, args.members, Path(tmp), args.files_made_ahead, args.archive
+                )
+            )
         else:
             result = asyncio.run(
                 measure(args.rooms, args.members, args.together, args.iterations, Path(tmp))
