@@ -620,13 +620,14 @@ class RoomRegistry:
             if room.busy:
                 continue
             idle = now - room.last_event
-            if room.holds_unused_file_ahead:  # not one of the quiet rooms' open databases
-                if idle >= UNUSED_FILE_AHEAD_S:
-                    self._hand_over(room, to_close, keep_awake=True)
-                continue
+            unused_ahead = room.holds_unused_file_ahead  # kept apart from the budget below
+            if unused_ahead and idle >= UNUSED_FILE_AHEAD_S:
+                self._hand_over(room, to_close, keep_awake=True)
+                unused_ahead = False
             if idle < self.policy.after_idle_s:
                 if (
                     idle >= QUIET_DATABASE_CLOSE_S
+                    and not unused_ahead
                     and room.database_open
                     and name not in self._idle_open
                 ):
