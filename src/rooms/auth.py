@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TypeGuard
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 ALGORITHM = "HS256"
 MAX_USER_ID_CHARS = 128
@@ -91,6 +92,42 @@ class AuthError(Exception):
         self.message = message
 
 
+class _PreparedHS256(HMACAlgorithm):
+    """HS256 that checks and prepares a secret once, not on every token.
+
+    PyJWT's `prepare_key` re-inspects the secret on each decode (is it a PEM, SSH or DER key,
+    a JWK?), which cost more than the rest of the check in a connect storm. The secret is the deployment's own, never a client's input, so
+    remembering the last one prepared changes nothing a token can reach: the algorithm is still
+    pinned, the signature still compared in constant time, every claim still checked."""
+
+    def __init__(self) -> None:
+        super().__init__(HMACAlgorithm.SHA256)
+        self._last: tuple[str | bytes, bytes] | None = None  # (secret, prepared): one pair
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        last = self._last
+        if last is not None and type(last[0]) is type(key) and last[0] == key:
+            return last[1]
+        prepared = super().prepare_key(key)
+        self._last = (key, prepared)
+        return prepared
+
+
+def _decoder() -> jwt.PyJWT:
+    """A PyJWT of our own that knows HS256 only, through `_PreparedHS256`.
+
+    PyJWT takes no algorithm set in its constructor, so its signature layer is replaced; the
+    auth tests check that decoding goes through it (`tests/core/test_token_policy.py`)."""
+    signatures = jwt.PyJWS(algorithms=[])
+    signatures.register_algorithm(ALGORITHM, _PreparedHS256())
+    decoder = jwt.PyJWT()
+    decoder._jws = signatures
+    return decoder
+
+
+_DECODER = _decoder()
+
+
 def verify_token(
     token: str, secret: str, policy: TokenPolicy = DEFAULT_TOKEN_POLICY, *, leeway_s: int = 5
 ) -> Identity:
@@ -99,7 +136,7 @@ def verify_token(
         raise AuthError("token_missing", "a token is required")
     required = ["exp", "sub", *policy.bound_claims()]
     try:
-        claims = jwt.decode(
+        claims = _DECODER.decode(
             token,
             secret,
             algorithms=[ALGORITHM],

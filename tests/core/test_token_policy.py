@@ -7,6 +7,7 @@ import time
 
 import jwt
 import pytest
+from jwt.algorithms import HMACAlgorithm
 
 from rooms.auth import AuthError, TokenPolicy, mint_token, token_policy_from, verify_token
 from rooms.guest import GuestIssuer
@@ -60,3 +61,43 @@ def test_tokens_minted_here_pass_the_policy_they_were_minted_for() -> None:
 def test_a_bad_maximum_lifetime_is_a_configuration_error(raw: str) -> None:
     with pytest.raises(ValueError, match="TOKEN_MAX_LIFETIME_S"):
         token_policy_from(raw, None, None)
+
+
+def test_the_secret_is_inspected_once_not_for_every_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyJWT inspects an HMAC secret (PEM? SSH? DER? JWK?) in `prepare_key`; ours does it once
+    per secret. A change of secret is inspected again, and a token signed with the old one
+    is refused under the new one."""
+    inspected: list[str | bytes] = []
+    original = HMACAlgorithm.prepare_key
+
+    def counting(self: HMACAlgorithm, key: str | bytes) -> bytes:
+        inspected.append(key)
+        return original(self, key)
+
+    first, second = SECRET + "-first", SECRET + "-second"
+    exp = int(time.time()) + 60
+    tokens = {user: jwt.encode({"sub": user, "exp": exp}, first, "HS256") for user in "abc"}
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", counting)
+    for user, token in tokens.items():
+        assert verify_token(token, first).user_id == user
+    assert inspected == [first]
+    with pytest.raises(AuthError) as refused:
+        verify_token(tokens["a"], second)
+    assert refused.value.code == "token_invalid"
+    assert inspected == [first, second]
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # HS512's
+def test_only_hs256_signed_with_the_secret_passes() -> None:
+    """Algorithm confusion and forgeries fail with the prepared key as they did without."""
+    claims = {"sub": "ann", "exp": int(time.time()) + 60}
+    assert verify_token(jwt.encode(claims, SECRET, "HS256"), SECRET).user_id == "ann"
+    unsigned = jwt.encode(claims, None, "none")
+    other_alg = jwt.encode(claims, SECRET, "HS512")
+    other_secret = jwt.encode(claims, SECRET + "x", "HS256")
+    header, payload, signature = jwt.encode(claims, SECRET, "HS256").split(".")
+    forged_claims = jwt.encode({**claims, "sub": "root"}, SECRET + "x", "HS256").split(".")[1]
+    spliced = f"{header}.{forged_claims}.{signature}"
+    stripped = f"{header}.{payload}."
+    for token in (unsigned, other_alg, other_secret, spliced, stripped, "a.b.c", "x" * 100):
+        assert refusal(token, TokenPolicy()) == "token_invalid", token
