@@ -262,6 +262,9 @@ def page_base(host: str, port: int) -> str:
 
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # The lines are the message alone: no record needs its thread's or process's name, which
+    # `logging` would otherwise look up for each of a connection's four lines.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # it would log query tokens
     logredact.install()
     ensure_dev_secret(args.dev_vars)
