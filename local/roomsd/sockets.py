@@ -115,6 +115,7 @@ class LocalSocket:
         "_queue",
         "_reader_done",
         "_reader_waiter",
+        "_transport",
         "_writer",
         "cut_for_backlog",
         "request",
@@ -127,6 +128,10 @@ class LocalSocket:
     ) -> None:
         self.request = request
         self.ws = ws
+        # The connection's transport, looked up once: aiohttp's `request.transport` is a
+        # property that goes through the protocol on every write. A lost connection's
+        # transport says `is_closing()`, which every write checks.
+        self._transport = request.transport
         self.tags: tuple[str, ...] = ()
         self._attachment: str | None = None
         # A list, not a deque: an empty deque takes 760 bytes (a list 56), and most sockets'
@@ -222,7 +227,7 @@ class LocalSocket:
 
     def _write_queued(self) -> None:
         """Write the queued frames (up to a close marker) in one transport write."""
-        transport = self.request.transport
+        transport = self._transport
         if transport is None or transport.is_closing() or self.ws.closed:
             raise ConnectionError("connection closed")
         gate = self._flusher.gate
@@ -274,7 +279,7 @@ class LocalSocket:
     async def _until_writable(self) -> None:
         """Wait until the client has read enough of what the transport holds."""
         while True:
-            transport = self.request.transport
+            transport = self._transport
             if transport is None or transport.is_closing():
                 raise ConnectionError("connection closed")
             if transport.get_write_buffer_size() <= _HIGH_WATER_BYTES // 2:
@@ -293,8 +298,8 @@ class LocalSocket:
                 self._reader_waiter = asyncio.get_running_loop().create_future()
                 await asyncio.wait_for(self._reader_waiter, 2)
         except TimeoutError:
-            if self.request.transport is not None:
-                self.request.transport.abort()
+            if self._transport is not None:
+                self._transport.abort()
 
     async def finished(self) -> None:
         """Once the reader is done: let a queued close frame go out (bounded), then stop."""
