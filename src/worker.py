@@ -12,12 +12,13 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from workers import Response, WorkerEntrypoint
 
 from objects import ffi
 from objects.bindings import D1Database, R2Bucket
+from objects.ffi import JsObject
 from objects.metrics import write_front_rejection
 from objects.room import Room  # noqa: F401  (§1.1: workerd exports DO classes of the main module)
 from objects.web import (
@@ -27,7 +28,6 @@ from objects.web import (
     lower_headers,
     query_params,
     reply_response,
-    request_method,
 )
 from rooms.admin import AdminApi
 from rooms.archive import ArchiveIndex, ArchiveReader
@@ -54,6 +54,10 @@ from rooms.logs import http_log_line
 
 # Per isolate: the guest-token rate-limit buckets (nothing random is drawn at import).
 GUEST_ISSUER = GuestIssuer()
+# The isolate's last (raw env, FrontConfig) read (`Default._config`), used again only for the
+# very same env object: another env (a test harness running several deployments in one isolate)
+# reads afresh.
+_last_config: list[tuple[Any, FrontConfig]] = []
 MISCONFIGURED = error_reply(500, "server_misconfigured", "the server is misconfigured")
 NOT_FOUND = error_reply(404, "not_found", "nothing here")
 # Every client-sent header in our namespace is dropped before forwarding, not only today's
@@ -67,19 +71,23 @@ LogFields = dict[str, str | int | float]
 class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on the host
     """The Worker's HTTP entrypoint (§1.2: the class must be named Default)."""
 
-    async def fetch(self, request: Any) -> Response:
+    async def fetch(self, request: Any) -> Any:
+        """The response: an SDK `Response`, or the room's JS 101 as it came (§1.2)."""
         started = time.perf_counter()
         fields: LogFields = {}
         kind = "other"
         try:
-            fields["method"] = request_method(request)
-            path = urlsplit(request.url).path
-            kind = path_kind(path)
-            response = await self._handle(request, path, fields)
+            js_request = request.js_object  # the URL and method read once each, raw (§1.5)
+            method = fields["method"] = str(js_request.method)
+            raw_url = str(js_request.url)
+            url = urlsplit(raw_url)
+            kind = path_kind(url.path)
+            response = await self._handle(request, method, raw_url, url, fields)
         except Exception as exc:
             log_failure("fetch", exc, path=kind)
             fields["code"] = "internal"
             response = reply_response(INTERNAL_ERROR)
+        status = int(response.status)
         fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
         code = fields.get("code")
         if isinstance(code, str) and code != "not_found":  # refusals, by code (docs/admin.md)
@@ -87,20 +95,24 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
                 write_front_rejection(self.env, code)
             except Exception as exc:  # figures are never worth a failed request
                 log_failure("metrics", exc, path=kind)
-        emit(http_log_line("request", response.status, kind, **fields))
+        # An accepted upgrade is logged once, by the room (its `connect` line carries this
+        # request's request_id): one console line per connection, not two (README.md, "Run it
+        # locally"). Every other answer, refusals of upgrades included, gets the front's line.
+        if status != 101:
+            emit(http_log_line("request", status, kind, **fields))
         return response
 
-    async def _handle(self, request: Any, path: str, fields: LogFields) -> Response:
+    async def _handle(
+        self, request: Any, method: str, raw_url: str, url: SplitResult, fields: LogFields
+    ) -> Any:
         config = self._config()
         if config is None:
             fields["code"] = "server_misconfigured"
             return reply_response(MISCONFIGURED)
-        url = urlsplit(request.url)
+        path = url.path
         headers = lower_headers(request)
         own_origin = f"{url.scheme}://{url.netloc}"
-        decision = route(
-            request_method(request), path, query_params(url.query), headers, config, own_origin
-        )
+        decision = route(method, path, query_params(url.query), headers, config, own_origin)
         if isinstance(decision, HttpReply):
             code = reply_error_code(decision)
             if code is not None:
@@ -109,7 +121,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         if isinstance(decision, ForwardUpgrade):
             fields.update(decision.log, room=decision.room, user_id=decision.identity.user_id)
             fields["request_id"] = decision.request_id
-            return await self._forward(request, headers, decision)
+            return await self._forward(raw_url, headers, decision)
         if isinstance(decision, CheckAdmission):
             fields.update(room=decision.room, user_id=decision.identity.user_id)
             reply = await self._check(decision, client_address(headers.get("cf-connecting-ip")))
@@ -118,7 +130,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
                 fields["code"] = code
             return reply_response(reply)
         if isinstance(decision, AdminRequest):
-            return await self._admin(request, path, url.query, headers, fields)
+            return await self._admin(method, path, url.query, headers, fields)
         if isinstance(decision, GuestTokenRequest):
             refused = GUEST_ISSUER.refuse_declared_length(headers.get("content-length"))
             if refused is not None:
@@ -140,6 +152,18 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         return found
 
     def _config(self) -> FrontConfig | None:
+        """The front's settings, read from env once per isolate and env object (as the room's
+        `_deployment`): each read through the SDK's env wrapper is a crossing or more, and the
+        vars cannot change under a running isolate. A failed read is not kept."""
+        raw_env = ffi.unwrapped_env(self.env)
+        if _last_config and _last_config[0][0] == raw_env:  # JS identity (§6.8)
+            return _last_config[0][1]
+        config = self._read_config()
+        if config is not None:
+            _last_config[:] = [(raw_env, config)]
+        return config
+
+    def _read_config(self) -> FrontConfig | None:
         # Secrets and plain vars arrive as str (§5.5); a missing one is an AttributeError.
         secret = getattr(self.env, "JWT_SECRET", None)
         if not isinstance(secret, str) or not secret:
@@ -162,7 +186,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         return FrontConfig(secret, origins, guest, tokens)
 
     async def _admin(
-        self, request: Any, path: str, query: str, headers: dict[str, str], fields: LogFields
+        self, method: str, path: str, query: str, headers: dict[str, str], fields: LogFields
     ) -> Response:
         db, bucket = getattr(self.env, "DB", None), getattr(self.env, "ARCHIVE", None)
         if db is None or bucket is None:
@@ -183,7 +207,7 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
             token if isinstance(token, str) else None,
         )
         reply = await api.handle(
-            request_method(request), path, query_params(query), headers, int(time.time() * 1000)
+            method, path, query_params(query), headers, int(time.time() * 1000)
         )
         code = reply_error_code(reply)
         if code is not None:
@@ -203,18 +227,19 @@ class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on 
         )
 
     async def _forward(
-        self, request: Any, client_headers: dict[str, str], upgrade: ForwardUpgrade
-    ) -> Response:
-        """Send the upgrade to the room's object and return its 101 (with the client socket).
+        self, raw_url: str, client_headers: dict[str, str], upgrade: ForwardUpgrade
+    ) -> JsObject:
+        """Send the upgrade to the room's object and return its answer as it came: the JS 101
+        with the client socket, or the room's refusal (§1.2: no SDK `Response` around it).
 
         §2.3: only bindings reach an object, so identity headers set here can be trusted there.
         """
         headers = upgrade_headers(client_headers.items(), upgrade)
-        forwarded = ffi.upgrade_request(request.js_object, strip_token(request.url), headers)
+        forwarded = ffi.upgrade_request(strip_token(raw_url), "GET", headers)
         # The raw stub, not the SDK's: its fetch ties the subrequest to an AbortController, and
         # the client's socket lives exactly as long as this subrequest (docs/cloudflare.md §2.7).
-        stub = ffi.raw_binding(self.env.ROOMS).getByName(upgrade.room)
-        return Response(await stub.fetch(forwarded))
+        stub = ffi.raw_env_binding(self.env, "ROOMS").getByName(upgrade.room)
+        return await stub.fetch(forwarded)
 
 
 class DurableObjectRooms:
@@ -258,6 +283,8 @@ def upgrade_headers(
 
 def strip_token(url: str) -> str:
     """``url`` without its ``token`` query parameter: the room has no use for the token."""
+    if "token" not in url:  # nothing to strip: the URL as it came
+        return url
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
     return urlunsplit(parts._replace(query=urlencode(query)))

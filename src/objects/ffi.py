@@ -121,39 +121,56 @@ def header_dict(js_headers: JsObject) -> dict[str, str]:
     return {str(name).lower(): str(value) for name, value in entries.items()}
 
 
-def upgrade_request(js_request: JsObject, url: str, headers: Iterable[tuple[str, str]]) -> JsObject:
-    """A copy of ``js_request`` (a GET upgrade, no body) with a new URL and exactly ``headers``.
+def upgrade_request(url: str, method: str, headers: Iterable[tuple[str, str]]) -> JsObject:
+    """A request for ``url`` (a GET upgrade, no body) with exactly ``headers``, in one crossing.
 
     The init must be a real JS object: a Python dict would reach `new Request()` as a PyProxy,
     which JS reads differently from one Pyodide version to the next (§6.6), and to_js needs
-    `dict_converter=Object.fromEntries` to make a plain object on every version (§6.2). Headers
-    are appended one at a time, so only str values cross the boundary (§2.2).
+    `dict_converter=Object.fromEntries` to make a plain object on every version (§6.2). The
+    headers go as a JS Array of [name, value] Arrays of strs, which `Headers` takes as it takes
+    a sequence of pairs (§2.2): one conversion for all of them, where a `Headers` filled one
+    `append` at a time cost a crossing per header (BENCHMARKS.md, "On real workerd").
     """
-    js_headers = js.Headers.new()
-    for name, value in headers:
-        js_headers.append(name, value)
-    init = {"method": str(js_request.method), "headers": js_headers}
+    init = {"method": method, "headers": [[str(name), str(value)] for name, value in headers]}
     return js.Request.new(url, to_js(init, dict_converter=js.Object.fromEntries))
 
 
-def raw_binding(wrapper: Any) -> JsObject:
-    """The JS binding behind the `workers` SDK's wrapper of it (``env.ROOMS`` and the like).
+def upgrade_response(client: JsObject, subprotocol: str | None) -> JsObject:
+    """The JS 101 answering an upgrade, carrying the client end of the pair (§3.1), with the
+    subprotocol to echo when there is one.
+
+    Built in one crossing: the SDK's `Response` checks the body's JS type, converts the headers
+    and passes its options as keyword arguments, 400-550 us in workerd against ~100 for this
+    (BENCHMARKS.md, "On real workerd"). A handler may return it as it is: the runtime's wrapper
+    converts an SDK response to its JS object and leaves a JS one alone (§1.2).
+    """
+    init: dict[str, Any] = {"status": 101, "webSocket": client}
+    if subprotocol is not None:
+        init["headers"] = {"sec-websocket-protocol": subprotocol}
+    return js.Response.new(None, to_js(init, dict_converter=js.Object.fromEntries))
+
+
+def raw_env_binding(env: Any, name: str) -> JsObject:
+    """The JS binding ``name`` (``env.ROOMS`` and the like), read from the raw JS env behind the
+    `workers` SDK's wrapper of it.
 
     The SDK converts arguments and results of wrapped bindings, and its ``stub.fetch`` goes
     through ``pyodide.http.pyfetch``, which attaches an AbortController's signal to the
     subrequest. An upgrade's subrequest must outlive the handler that made it (the client's socket
     is its response), so the front forwards upgrades on the raw stub instead (docs/cloudflare.md
-    §2.7). workers-runtime-sdk keeps the JS object in ``_binding`` (pinned in
-    tests/pyodide/requirements-pyodide.txt; the Pyodide and workerd tiers run the real SDK).
-    """
-    raw = getattr(wrapper, "_binding", None)
-    if raw is None:
-        raise TypeError(f"{type(wrapper).__name__} is not a workers SDK binding wrapper")
-    return raw
+    §2.7). Read from the raw env, the binding also skips the wrapper's checks of its JS class (a
+    few crossings, per request: the SDK wraps env anew for each). workers-runtime-sdk keeps the
+    JS env in ``_env`` (`unwrapped_env`; pinned in tests/pyodide/requirements-pyodide.txt; the
+    Pyodide and workerd tiers run the real SDK). A plain var under that name is a TypeError."""
+    binding = getattr(unwrapped_env(env), name)
+    if binding is None or isinstance(binding, str | int | float):
+        raise TypeError(f"{name} is not a binding")
+    return binding
 
 
 def unwrapped(binding: Any) -> JsObject:
-    """Like `raw_binding`, but a JS object that is not wrapped is returned as it is.
+    """The JS object behind an SDK wrapper of a binding (``_binding``); a JS object that is not
+    wrapped is returned as it is.
 
     The room calls its storage directly, without the wrapper's conversions (platform.py
     `DurableObjectSql`), whether it was handed ``ctx.storage`` or the raw storage.

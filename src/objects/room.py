@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from workers import DurableObject, Response
 
@@ -141,16 +141,18 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
 
     # ----------------------------------------------------------------------- workerd handlers
 
-    async def fetch(self, request: Any) -> Response:
+    async def fetch(self, request: Any) -> Any:
+        """An SDK `Response`, or for an accepted upgrade the JS 101 itself (§1.2)."""
         server: JsObject | None = None
         try:
-            admin = ADMIN_PATH.fullmatch(urlsplit(request.url).path)
+            url = urlsplit(str(request.js_object.url))  # read once, raw (§1.5)
+            admin = ADMIN_PATH.fullmatch(url.path)
             if admin is not None:
-                return await self._admin(admin.group(1), admin.group(2), request)
-            check = CHECK_PATH.fullmatch(urlsplit(request.url).path)
+                return await self._admin(admin.group(1), admin.group(2), url.query)
+            check = CHECK_PATH.fullmatch(url.path)
             if check is not None:
                 return reply_response(await self._check(check.group(1), request))
-            checked = await self._admit(request)
+            checked = await self._admit(request, url)
             if isinstance(checked, HttpReply):
                 self._write_metrics()
                 return reply_response(checked)
@@ -162,10 +164,9 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
                 request_id=checked.request_id,
                 address=checked.address,
             )
-            # Echo our subprotocol only if the client offered it (the front narrowed the offer).
-            echo = {"sec-websocket-protocol": SUBPROTOCOL} if checked.subprotocol else None
             self._write_metrics()
-            return Response(None, status=101, headers=echo, web_socket=client)
+            # Echo our subprotocol only if the client offered it (the front narrowed the offer).
+            return ffi.upgrade_response(client, SUBPROTOCOL if checked.subprotocol else None)
         except Exception as exc:
             self._failed("fetch", exc, server)
             return reply_response(INTERNAL_ERROR)
@@ -214,9 +215,8 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
 
     # ----------------------------------------------------------------------- upgrade
 
-    async def _admit(self, request: Any) -> Admission | HttpReply:
+    async def _admit(self, request: Any, url: SplitResult) -> Admission | HttpReply:
         """Check a forwarded upgrade: the admission to carry out, or the error to answer."""
-        url = urlsplit(request.url)
         match = ROOM_PATH.fullmatch(url.path)
         if match is None or not ROOM_NAME.fullmatch(match.group(1)):
             return error_reply(404, "not_found", "room URLs look like /rooms/{room}/ws")
@@ -343,7 +343,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
                 retry_ms = self._archive.policy.retry_max_ms
                 await storage.setAlarm(int(time.time() * 1000) + retry_ms)
 
-    async def _admin(self, room: str, action: str, request: Any) -> Response:
+    async def _admin(self, room: str, action: str, query: str) -> Response:
         """An admin action forwarded by the front (only the front can reach an object, §2.3).
 
         A room that stored nothing exists only while someone is connected to it."""
@@ -352,8 +352,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             return reply_response(error_reply(404, "room_not_found", "no such room"))
         if (stored or self._name) != room:
             raise RoomMismatchError("object serves another room")
-        params = query_params(urlsplit(request.url).query)
-        result = await self._awake().admin(action, params)
+        result = await self._awake().admin(action, query_params(query))
         return reply_response(json_reply(200, result))
 
     def _host_for(self, name: str) -> RoomHost[JsObject]:

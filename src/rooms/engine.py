@@ -12,6 +12,7 @@ becomes a 1008 close, and an unexpected bug becomes a generic 1011 close.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -197,15 +198,23 @@ class RoomEngine:
     # ----------------------------------------------------------------------- events
 
     def connect(self, peer: Peer, since: int | None, now_ms: int) -> list[Effect]:
-        """A socket was accepted. It joins now if it named ``since``, else on its `Hello`."""
+        """A socket was accepted. It joins now if it named ``since``, else on its `Hello`.
+
+        One log line per connection: a socket that joins as it connects gets no `join` line of
+        its own, its `connect` line carries the head it joined at (``seq``) and comes last,
+        after its welcome. A `join` line is written only for a join in a later event (a `Hello`,
+        or a replay that had to read the archive first)."""
         self.peers[peer.conn_id] = peer
         self._budget(peer)
-        effects: list[Effect] = [Log("connect", peer.conn_id, peer.user_id)]
-        if since is not None:
-            effects += self._join(peer, since, now_ms)
-        else:
-            effects.append(SavePeer(peer))
-        return effects
+        connected = Log("connect", peer.conn_id, peer.user_id)
+        if since is None:
+            return [connected, SavePeer(peer)]
+        effects = self._join(peer, since, now_ms)
+        for index, effect in enumerate(effects):
+            if isinstance(effect, Log) and effect.event == "join":
+                effects[index] = dataclasses.replace(effect, event="connect")
+                return effects
+        return [connected, *effects]
 
     def disconnect(self, gone: Peer, now_ms: int) -> list[Effect]:
         """A socket closed or failed. Broadcasts a leave when it was the user's last socket.

@@ -376,3 +376,28 @@ def test_store_survives_reopening_the_database(tmp_path: object) -> None:
     assert alice.seqs() == [1]
     alice.publish("b", "2")
     assert alice.take("ack")[0]["seq"] == 2
+
+
+def test_one_log_line_per_connection_and_a_join_line_only_for_a_later_join(
+    room: RoomHarness,
+) -> None:
+    """A socket that names `since` joins as it connects: one `connect` line, carrying the head
+    it joined at, written after its welcome (README.md, "Run it locally"). A socket that joins
+    later, with its `hello`, gets a `connect` line and then a `join` line; every socket a
+    `disconnect` line when it leaves."""
+    alice = room.join("alice")
+    alice.publish("m1", "hello")
+    bob = room.join("bob", since=None)
+    bob.send({"type": "hello", "since": 1})
+    bob.leave()
+    alice.leave()
+    records = [json.loads(line) for line in room.logs]
+    records = [r for r in records if r["event"] != "publish"]  # per message, on in the harness
+    assert [(r["event"], r["user_id"], r.get("seq")) for r in records] == [
+        ("connect", "alice", 0),
+        ("connect", "bob", None),
+        ("join", "bob", 1),
+        ("disconnect", "bob", None),
+        ("disconnect", "alice", None),
+    ]
+    assert len({r["conn_id"] for r in records}) == 2

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 import uuid
@@ -258,8 +259,14 @@ class LocalService(ServiceBase):
         )
         self.server: RunningServer | None = None
         self.port = 0
+        self.log_lines: list[str] = []  # the service's log lines (logger "rooms", INFO)
+        self._log_handler = _Collect(self.log_lines)
+        self._logger = logging.getLogger("rooms")
+        self._log_level = self._logger.level
 
     async def start(self) -> None:
+        self._logger.addHandler(self._log_handler)
+        self._logger.setLevel(logging.INFO)
         self.server = await start_server(self.settings, self.port)
         self.port = self.server.port
 
@@ -267,10 +274,25 @@ class LocalService(ServiceBase):
         if self.server is not None:
             await self.server.stop()
             self.server = None
+        self._logger.removeHandler(self._log_handler)
+        self._logger.setLevel(self._log_level)
 
     async def restart(self) -> None:
         await self.stop()
         await self.start()
+
+    def log_text(self) -> str:
+        """What the service logged so far."""
+        return "\n".join(self.log_lines)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 class WorkerdService(ServiceBase):
@@ -280,6 +302,10 @@ class WorkerdService(ServiceBase):
         self.dev = dev
         self.profile = profile
         self.port = dev.port
+
+    def log_text(self) -> str:
+        """What `wrangler dev` printed so far: the Worker's console lines among its own."""
+        return self.dev.log_path.read_text(errors="replace")
 
     async def restart(self) -> None:
         """Stop `wrangler dev` (workerd with it) and start it again on the same state and port."""

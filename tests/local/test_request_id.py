@@ -39,10 +39,14 @@ async def test_the_front_line_and_the_room_connect_line_share_a_request_id(
     assert all(len(str(i)) == 16 for i in ids)
     assert [(r["request_id"], r["user_id"]) for r in connects] == [
         (ids[0], "alice"), (ids[1], "bob")]
+    # Each joined as it connected (it named `since`): its `connect` line says at which head,
+    # and there is no `join` line besides (README.md, "Run it locally").
+    assert [r["seq"] for r in connects] == [0, 0]
+    assert not [r for r in lines if r["event"] == "join"]
     # ... and from there the room's later lines for each socket carry its conn_id.
     by_conn = {r["conn_id"]: r["request_id"] for r in connects}
-    joins = [r for r in lines if r["event"] == "join"]
-    assert {by_conn[str(r["conn_id"])] for r in joins} == set(ids)
+    leaves = [r for r in lines if r["event"] == "disconnect"]
+    assert {by_conn[str(r["conn_id"])] for r in leaves} == set(ids)
 
 
 async def test_a_client_cannot_choose_the_request_id(

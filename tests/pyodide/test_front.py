@@ -251,7 +251,7 @@ def test_a_failing_room_gets_a_generic_500_and_one_log_line(world: World, expect
 def test_an_exception_in_the_front_gets_a_generic_500(
     world_factory: WorldFactory, expect: Expect
 ) -> None:
-    """An exception inside Default.fetch (here ROOMS is no binding: ffi.raw_binding raises
+    """An exception inside Default.fetch (here ROOMS is no binding: ffi.raw_env_binding raises
     TypeError) becomes the generic 500 and a log line without its message."""
     world = world_factory(ROOMS="not a binding")
     result = world.upgrade("lobby", token("alice"))
@@ -265,7 +265,8 @@ def test_an_exception_in_the_front_gets_a_generic_500(
 
 
 def test_each_request_logs_one_json_line_without_the_token(world: World, expect: Expect) -> None:
-    """One line per request with status, path kind, room and user; never the token."""
+    """One line per request with status, path kind, room and user; never the token. An
+    accepted upgrade is one line in all, the room's `connect` (README.md, "Run it locally")."""
     secret_token = token("alice")
     world.fetch("/health")
     world.upgrade("lobby", secret_token)
@@ -273,17 +274,17 @@ def test_each_request_logs_one_json_line_without_the_token(world: World, expect:
     output = take_output(world, expect)
     assert secret_token not in "\n".join(output)
     requests = [r for r in log_records(output) if r["event"] == "request"]
-    assert [(r["status"], r["path"]) for r in requests] == [
-        (200, "health"), (101, "room"), (401, "room")]
-    assert requests[1]["room"] == "lobby"
-    assert requests[1]["user_id"] == "alice"
-    assert requests[2]["code"] == "token_invalid"
+    assert [(r["status"], r["path"]) for r in requests] == [(200, "health"), (401, "room")]
+    assert requests[1]["code"] == "token_invalid"
     assert all(isinstance(r["duration_ms"], float) for r in requests)
-    # The upgrade's request id joins the front's line to the room's `connect` line.
-    (connect,) = [r for r in log_records(output) if r["event"] == "connect"]
-    assert len(requests[1]["request_id"]) == 16
-    assert (connect["request_id"], connect["user_id"]) == (requests[1]["request_id"], "alice")
-    assert "request_id" not in requests[2]  # refused at the front: no upgrade to tie
+    assert "request_id" not in requests[1]  # refused at the front: no upgrade to tie
+    # The accepted upgrade: the room's `connect` line alone, carrying the front's request id
+    # and the head the socket joined at (it named `since`, so no `join` line of its own).
+    accepted = [r for r in log_records(output) if r.get("room") == "lobby"]
+    assert [r["event"] for r in accepted] == ["connect"]
+    (connect,) = accepted
+    assert (connect["user_id"], connect["seq"]) == ("alice", 0)
+    assert len(connect["request_id"]) == 16 and len(connect["conn_id"]) == 16
 
 
 def test_guest_tokens_are_off_unless_the_var_turns_them_on(world_factory: WorldFactory) -> None:
