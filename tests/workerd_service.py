@@ -53,6 +53,8 @@ class Profile:
     # Tests open hundreds of new rooms a minute from one address; the new-room limit has its
     # own profile (tests/e2e/test_abuse.py).
     new_rooms_per_minute: int = 100_000
+    # LOG_CONNECTIONS=1 on workerd (off unless set); the local runtime always logs connections.
+    log_connections: bool = False
     name: str = field(default="default", compare=False)
 
     def variables(self) -> dict[str, str]:
@@ -66,6 +68,8 @@ class Profile:
         }
         if self.admin_token is not None:  # unset, the admin API refuses every request
             variables["ADMIN_TOKEN"] = self.admin_token
+        if self.log_connections:
+            variables["LOG_CONNECTIONS"] = "1"
         return variables
 
 
@@ -114,14 +118,14 @@ class WorkerdPool:
             self._migrated_state(state)
             env_file = self.root / f"vars-{index}.env"
             # Single quotes: dotenv takes the JSON values literally.
-            env_file.write_text(
-                "".join(f"{k}='{v}'\n" for k, v in profile.variables().items())
-            )
+            env_file.write_text("".join(f"{k}='{v}'\n" for k, v in profile.variables().items()))
             config = self._config_for(profile, index)
             port = free_port()
             args = [*dev_args(port, state, env_file=env_file), "--config", str(config)]
             dev = WranglerDev(
-                self.tools, args, port,
+                self.tools,
+                args,
+                port,
                 self.root / f"wrangler-{index}-{profile.name}.log",
             )
             dev.start()

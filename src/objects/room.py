@@ -121,6 +121,11 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         # `wrangler dev` a line cost 0.2 ms in workerd and 4 ms in wrangler's own process
         # (BENCHMARKS.md, "On real workerd").
         self._log_messages = deployment.log_messages
+        # The connect, join and disconnect lines, likewise only when asked for (LOG_CONNECTIONS=1):
+        # under `wrangler dev` each line cost ~6 ms of CPU (wrangler relays it), on Cloudflare a
+        # console.log the isolate pays for and the platform bills. Refusals and failures are
+        # always logged; connections are counted in the metrics (BENCHMARKS.md, round 5).
+        self._log_connections = deployment.log_connections
         # What the room stored (`_read_stored`): read by the first handler that needs it, once
         # per instance, so that a failure is caught and logged by that handler. The stored name
         # never changes once written; reading it on every upgrade cost a SELECT (250 us in
@@ -308,6 +313,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             self._room_limits,
             log=emit,
             log_messages=self._log_messages,
+            log_connections=self._log_connections,
             archive=self._archive,
             alarms=alarms,
             retention=self._policy,
@@ -409,6 +415,7 @@ class Deployment:
     archive: ArchiveBindings | None  # without D1/R2 the room keeps its retention window only
     new_rooms: RateLimit | None
     log_messages: bool
+    log_connections: bool
     metrics: MetricsSettings | None
 
 
@@ -436,6 +443,7 @@ def _deployment(env: Any) -> Deployment:
         ),
         new_rooms=RateLimit(new_rooms) if new_rooms is not None else None,
         log_messages=parse_switch(_var(env, "LOG_MESSAGES"), default=False),
+        log_connections=parse_switch(_var(env, "LOG_CONNECTIONS"), default=False),
         metrics=metrics_settings(env),
     )
     _last_deployment[:] = [deployment]

@@ -50,6 +50,8 @@ class Log:
     extra: dict[str, int | str] = field(default_factory=dict)
     # One per chat message (publish): a busy single box may leave these out of its log.
     per_message: bool = False
+    # One per connection (connect, join, disconnect): on Cloudflare only with LOG_CONNECTIONS=1.
+    per_connection: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,7 +206,7 @@ class RoomEngine:
         or a replay that had to read the archive first)."""
         self.peers[peer.conn_id] = peer
         self._budget(peer)
-        connected = Log("connect", peer.conn_id, peer.user_id)
+        connected = Log("connect", peer.conn_id, peer.user_id, per_connection=True)
         if since is None:
             return [connected, SavePeer(peer)]
         effects = self._join(peer, since, now_ms)
@@ -224,7 +224,7 @@ class RoomEngine:
         never lingers as a ghost.
         """
         peer = self.forget(gone.conn_id) or gone
-        effects: list[Effect] = [Log("disconnect", peer.conn_id, peer.user_id)]
+        effects: list[Effect] = [Log("disconnect", peer.conn_id, peer.user_id, per_connection=True)]
         if not peer.joined or self._user_present(peer.user_id):
             return effects
         presence = Presence(event="leave", member=_member(peer))
@@ -434,7 +434,7 @@ class RoomEngine:
             me = _member(peer)
             presence = Presence(event="join", member=me)
             effects.append(Broadcast(self._joined_ids(exclude=peer.conn_id), encode(presence)))
-        effects.append(Log("join", peer.conn_id, peer.user_id, seq=head))
+        effects.append(Log("join", peer.conn_id, peer.user_id, seq=head, per_connection=True))
         return effects
 
     def _publish(self, peer: Peer, frame: Publish, now_ms: int) -> list[Effect]:

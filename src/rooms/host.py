@@ -176,6 +176,7 @@ class RoomHost(Generic[S]):
         *,
         log: Callable[[str], None] = print,
         log_messages: bool = True,
+        log_connections: bool = True,
         clock_ms: Callable[[], int] = wall_clock_ms,
         archive: ArchiveBindings | None = None,
         alarms: Alarms | None = None,
@@ -200,6 +201,7 @@ class RoomHost(Generic[S]):
         self.sockets = sockets
         self._log = log
         self._log_messages = log_messages
+        self._log_connections = log_connections
         self._clock_ms = clock_ms
         self._by_conn: dict[str, S] = {}
         self._senders: dict[str, Sender] = {}  # per connection in _by_conn, made on first send
@@ -476,6 +478,8 @@ class RoomHost(Generic[S]):
                     if effect.code == "rate_limited":
                         self.engine.store.count("rate_limited")
                     if effect.per_message and not self._log_messages:
+                        continue
+                    if effect.per_connection and not self._log_connections:
                         continue
                     elapsed_ms = (time.perf_counter() - started) * 1000
                     self._log(log_line(self.room, effect, elapsed_ms))

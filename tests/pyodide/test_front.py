@@ -266,25 +266,52 @@ def test_an_exception_in_the_front_gets_a_generic_500(
 
 def test_each_request_logs_one_json_line_without_the_token(world: World, expect: Expect) -> None:
     """One line per request with status, path kind, room and user; never the token. An
-    accepted upgrade is one line in all, the room's `connect` (README.md, "Run it locally")."""
+    accepted upgrade gets none by default: its lines are the room's, with LOG_CONNECTIONS=1
+    (next test; README.md, "Run it locally")."""
     secret_token = token("alice")
     world.fetch("/health")
-    world.upgrade("lobby", secret_token)
+    client = world.connect("lobby", secret_token)
+    client.publish("m1", "hello")
+    client.close()
     world.upgrade("lobby", "not-a-token")
     output = take_output(world, expect)
     assert secret_token not in "\n".join(output)
-    requests = [r for r in log_records(output) if r["event"] == "request"]
-    assert [(r["status"], r["path"]) for r in requests] == [(200, "health"), (401, "room")]
-    assert requests[1]["code"] == "token_invalid"
-    assert all(isinstance(r["duration_ms"], float) for r in requests)
-    assert "request_id" not in requests[1]  # refused at the front: no upgrade to tie
-    # The accepted upgrade: the room's `connect` line alone, carrying the front's request id
-    # and the head the socket joined at (it named `since`, so no `join` line of its own).
-    accepted = [r for r in log_records(output) if r.get("room") == "lobby"]
-    assert [r["event"] for r in accepted] == ["connect"]
-    (connect,) = accepted
-    assert (connect["user_id"], connect["seq"]) == ("alice", 0)
-    assert len(connect["request_id"]) == 16 and len(connect["conn_id"]) == 16
+    records = log_records(output)
+    assert [(r["event"], r["status"], r["path"]) for r in records] == [
+        ("request", 200, "health"), ("request", 401, "room")]
+    assert records[1]["code"] == "token_invalid"
+    assert all(isinstance(r["duration_ms"], float) for r in records)
+    assert "request_id" not in records[1]  # refused at the front: no upgrade to tie
+
+
+def test_log_connections_gives_one_line_when_a_connection_opens_and_one_when_it_closes(
+    world_factory: WorldFactory, expect: Expect
+) -> None:
+    """LOG_CONNECTIONS=1: the room's `connect` line, carrying the front's request id and the
+    head the socket joined at (it named `since`, so no `join` line of its own), and its
+    `disconnect` line; still no line of the front's for the accepted upgrade."""
+    world = world_factory(LOG_CONNECTIONS="1")
+    client = world.connect("lobby", token("alice"))
+    client.close()
+    records = log_records(take_output(world, expect))
+    assert [r["event"] for r in records] == ["connect", "disconnect"]
+    connect, disconnect = records
+    assert (connect["room"], connect["user_id"], connect["seq"]) == ("lobby", "alice", 0)
+    assert len(connect["request_id"]) == 16
+    assert disconnect["conn_id"] == connect["conn_id"]
+
+
+def test_a_log_connections_value_that_is_no_switch_fails_the_room_loudly(
+    world_factory: WorldFactory,
+) -> None:
+    """As a bad ROOM_LIMITS: the object's construction fails (a 500, and the exception in the
+    runtime's log), rather than a deployment running with a setting it did not ask for."""
+    world = world_factory(LOG_CONNECTIONS="loud")
+    assert world.upgrade("lobby", token("alice")).status == 500
+    diag = world.harness.take_diagnostics(world)  # what the fixture would refuse, checked here
+    (escaped,) = diag["errors"]
+    assert escaped["where"] == "Room.fetch"
+    assert "ValueError: expected 1 or 0" in escaped["message"]
 
 
 def test_guest_tokens_are_off_unless_the_var_turns_them_on(world_factory: WorldFactory) -> None:
