@@ -71,8 +71,11 @@ LogFields = dict[str, str | int | float]
 class Default(WorkerEntrypoint):  # type: ignore[misc]  # workers is untyped on the host
     """The Worker's HTTP entrypoint (§1.2: the class must be named Default)."""
 
-    async def fetch(self, request: Any) -> Any:
-        """The response: an SDK `Response`, or the room's JS 101 as it came (§1.2)."""
+    @ffi.called_as_is
+    async def fetch(self, request: Any, *_: Any) -> Any:
+        """The response: an SDK `Response`, or the room's JS 101 as it came (§1.2). Called as
+        it is (§1.10): workerd makes a `Default` per request, so `relaxed_call` would read this
+        signature again for every request."""
         started = time.perf_counter()
         fields: LogFields = {}
         kind = "other"

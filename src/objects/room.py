@@ -146,8 +146,10 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
 
     # ----------------------------------------------------------------------- workerd handlers
 
-    async def fetch(self, request: Any) -> Any:
-        """An SDK `Response`, or for an accepted upgrade the JS 101 itself (§1.2)."""
+    @ffi.called_as_is
+    async def fetch(self, request: Any, *_: Any) -> Any:
+        """An SDK `Response`, or for an accepted upgrade the JS 101 itself (§1.2). Called as it
+        is, without its arguments bound to its signature (§1.10)."""
         server: JsObject | None = None
         try:
             url = urlsplit(str(request.js_object.url))  # read once, raw (§1.5)

@@ -386,6 +386,7 @@ def test_the_message_handler_is_called_as_it_is(harness: PyodideHarness) -> None
         from pyodide.code import _relaxed_call_sig, relaxed_call
         from objects.ffi import called_as_is
         from objects.room import Room
+        from worker import Default
 
         class Handlers:
             calls = []
@@ -404,6 +405,7 @@ def test_the_message_handler_is_called_as_it_is(harness: PyodideHarness) -> None
             relaxed_call(handlers.bound, "ws", "text", "extra")
             return {
                 "room": _relaxed_call_sig(Room.webSocketMessage) is None,
+                "fetch": [_relaxed_call_sig(Room.fetch), _relaxed_call_sig(Default.fetch)],
                 "as_is": _relaxed_call_sig(handlers.as_is) is None,
                 "bound": _relaxed_call_sig(handlers.bound) is None,
                 "calls": [list(call) for call in Handlers.calls],
@@ -411,6 +413,7 @@ def test_the_message_handler_is_called_as_it_is(harness: PyodideHarness) -> None
     """)
     assert facts == {
         "room": True,
+        "fetch": [None, None],
         "as_is": True,
         "bound": False,
         "calls": [["ws", "text", []], ["ws", "text", ["extra"]], ["ws", "text"]],
