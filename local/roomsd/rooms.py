@@ -387,6 +387,12 @@ class LocalRoom:
         """An event is running (it may be awaiting R2 or D1): not a moment to put it to sleep."""
         return self._in_flight > 0
 
+    @property
+    def closing(self) -> bool:
+        """Its previous connection is still being closed (and its file perhaps removed): not a
+        moment to forget it, or a new instance could open the file meanwhile."""
+        return self._previous_closing is not None and not self._previous_closing.done()
+
     @contextlib.asynccontextmanager
     async def _event(self) -> AsyncIterator[RoomHost[LocalSocket]]:
         self._in_flight += 1
@@ -617,7 +623,7 @@ class RoomRegistry:
         to_close: list[ClosingDatabase] = []
         quiet: list[LocalRoom] = []  # falling asleep, or awake and quiet with an open database
         for name, room in list(self.rooms.items()):
-            if room.busy:
+            if room.busy or room.closing:
                 continue
             idle = now - room.last_event
             unused_ahead = room.holds_unused_file_ahead  # kept apart from the budget below
