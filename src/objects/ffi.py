@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -193,23 +194,64 @@ def sql_binding(value: Any) -> Any:
     return jsnull if value is None else value
 
 
-# What `called_as_is` puts where `inspect.signature` looks first: neither a Signature nor text,
-# so reading the signature raises TypeError.
+# Where `inspect.signature` looks first, on `_HandlerCall`: neither a Signature nor text, so
+# reading the signature raises TypeError.
 _NO_SIGNATURE = object()
+
+
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
 def called_as_is(handler: Handler) -> Handler:
-    """``handler``, for workerd to call with its arguments as they are (§1.10).
-
-    workerd calls a Durable Object's `webSocketMessage` through Pyodide's `relaxed_call`,
-    which binds the arguments to the handler's signature (`inspect.Signature.bind`) on every
-    event, and reads the signature again for every new instance (after every wake). When the
-    signature cannot be read, `relaxed_call` calls the function directly. Measured in Pyodide
-    (best of 200): 17 us per call through `relaxed_call` against 1.4 us, 75 us on an instance's
-    first call against 14. The handler takes ``*_`` for any argument a runtime adds."""
+    """``handler`` with a signature `relaxed_call` cannot read, so that it calls it with the
+    arguments as they are (§1.10): for a handler of a class whose instances do not hold much
+    (the front's `Default`, made per request). A bound method of it still goes into
+    `relaxed_call`'s cache, holding its instance; `call_handlers_as_is` keeps none."""
     handler.__signature__ = _NO_SIGNATURE  # type: ignore[attr-defined]
     return handler
+
+
+def call_handlers_as_is(instance: object, names: Iterable[str]) -> None:
+    """Give ``instance`` (of a class workerd instantiates) its handlers ``names`` as instance
+    attributes that workerd calls with their arguments as they are, and that keep the
+    instance alive no longer than workerd does (§1.10).
+
+    workerd reads a handler on the instance for every event and calls it through Pyodide's
+    `relaxed_call`, which binds the arguments to the handler's signature
+    (`inspect.Signature.bind`) on every event, reads the signature again for every new
+    instance (after every wake), and keeps the last 128 callables it saw in its cache: bound
+    methods, each holding its instance (an evicted room with its sockets' proxies) alive.
+    `relaxed_call` calls what has no readable signature directly, and a `_HandlerCall` equals
+    the same handler of every other instance, so the cache holds one entry per handler, which
+    holds its instance only weakly. The methods stay on the class, where workerd looks for the
+    handlers a class has. Measured in Pyodide: 17 us per call through `relaxed_call` against
+    1.4 us (best of 200); a room woken for every message with 100 sockets spent up to 1.2 ms per
+    message in Python's garbage collector while the cache held 128 rooms, none without
+    (BENCHMARKS.md). Each handler takes ``*_`` for any argument a runtime adds."""
+    owner = type(instance)
+    for name in names:
+        setattr(instance, name, _HandlerCall(getattr(owner, name), weakref.ref(instance)))
+
+
+class _HandlerCall:
+    """A method bound weakly to its instance, equal to the same method of every other
+    instance, with no signature to read (`call_handlers_as_is`)."""
+
+    __slots__ = ("_fn", "_instance")
+    __signature__ = _NO_SIGNATURE
+
+    def __init__(self, fn: Callable[..., Any], instance: weakref.ref[object]) -> None:
+        self._fn = fn
+        self._instance = instance
+
+    def __call__(self, *args: Any) -> Any:
+        return self._fn(self._instance(), *args)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _HandlerCall) and other._fn is self._fn
+
+    def __hash__(self) -> int:
+        return hash(self._fn)
 
 
 def persistent_function(fn: Callable[[], Any]) -> JsObject:

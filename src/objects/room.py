@@ -68,6 +68,8 @@ from rooms.telemetry import Telemetry
 # 'room' row, written with the room's first message (the store creates its tables then).
 LEGACY_NAME = "SELECT name FROM room_name WHERE id = 1"
 UNNAMED = "?"  # only if an object somehow gets socket events before its first upgrade
+# What workerd calls on a room (§1.9, §1.10).
+HANDLERS = ("fetch", "webSocketMessage", "webSocketClose", "webSocketError", "alarm")
 # How the front reaches a room's admin actions: /admin/{room}/{action}?params
 ADMIN_PATH = re.compile(r"/admin/([A-Za-z0-9._-]{1,64})/([a-z]+)")
 
@@ -96,6 +98,9 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
 
     def __init__(self, ctx: Any, env: Any) -> None:
         super().__init__(ctx, env)
+        # Called by workerd without binding their arguments, and without its cache keeping
+        # this instance alive after an eviction (§1.10).
+        ffi.call_handlers_as_is(self, HANDLERS)
         # The raw ctx: the SDK's wrapper checks each attribute's JS class on its first read, on
         # every wake (the storage port unwraps ctx.storage anyway).
         raw_ctx = ffi.unwrapped_context(self.ctx)
@@ -178,14 +183,13 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             self._failed("fetch", exc, server)
             return reply_response(INTERNAL_ERROR)
 
-    @ffi.called_as_is
     def webSocketMessage(
         self, ws: JsObject, message: str | JsObject, *_: Any
     ) -> Awaitable[None] | None:
         """A plain `def`: nearly every frame needs no await, and an `async def` costs every
         event a task on Pyodide's event loop (§1.9). Only a frame that has to wait (the archive
-        alarm to set, the archive to read) hands workerd a coroutine to await. Called as it is,
-        without its arguments bound to its signature on every frame (§1.10)."""
+        alarm to set, the archive to read) hands workerd a coroutine to await. Every handler is
+        called as it is: no arguments bound to its signature, no instance kept (§1.10)."""
         try:
             pending = self._awake().message_now(ws, ffi.frame_data(message))
             if pending is None:
@@ -206,7 +210,9 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         except Exception as exc:
             self._failed(handler, exc, ws)
 
-    async def webSocketClose(self, ws: JsObject, code: int, reason: str, wasClean: bool) -> None:
+    async def webSocketClose(
+        self, ws: JsObject, code: int, reason: str, wasClean: bool, *_: Any
+    ) -> None:
         try:
             await self._awake().closed(ws, code)
             self._sockets.answer_close(ws, code)
@@ -214,7 +220,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
         except Exception as exc:
             self._failed("webSocketClose", exc)
 
-    async def webSocketError(self, ws: JsObject, error: JsObject) -> None:
+    async def webSocketError(self, ws: JsObject, error: JsObject, *_: Any) -> None:
         try:
             await self._awake().closed(ws)
         except Exception as exc:
@@ -324,7 +330,7 @@ class Room(DurableObject):  # type: ignore[misc]  # workers is untyped on the ho
             opened=opened,
         )
 
-    async def alarm(self, alarm_info: Any = None) -> None:
+    async def alarm(self, alarm_info: Any = None, *_: Any) -> None:
         """§4.9: archive what is waiting; the host sets the next alarm itself (with backoff).
 
         An exception escaping here would make workerd retry the alarm, with its message in the

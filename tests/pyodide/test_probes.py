@@ -377,21 +377,27 @@ def test_d1_and_r2_ports(harness: PyodideHarness) -> None:
     assert facts["get failure"].startswith("JsException: Error: get: We encountered an internal")
 
 
-def test_the_message_handler_is_called_as_it_is(harness: PyodideHarness) -> None:
-    """`ffi.called_as_is` (docs/cloudflare.md §1.10): Pyodide's `relaxed_call`, which workerd
-    calls `webSocketMessage` through, finds no signature to bind on it and passes the arguments
-    as they are, an extra one included; a handler without it has them bound on every call.
-    Should an upgrade of Pyodide read such a signature or stop calling through, this fails."""
+def test_handlers_are_called_as_they_are(harness: PyodideHarness) -> None:
+    """`ffi.call_handlers_as_is` (docs/cloudflare.md §1.10): Pyodide's `relaxed_call`, which
+    workerd calls a Durable Object's handlers through, finds no signature to bind on them and
+    passes the arguments as they are, an extra one included; its cache, which keeps every
+    callable it sees, keeps one entry for any number of instances, and no instance. A plain
+    method has its arguments bound and its instance kept. The methods stay functions on the
+    class, where workerd finds them (`collect_methods`). Should an upgrade of Pyodide read such
+    a signature or stop calling through, this fails."""
     facts = probe(harness, body="""
-        from pyodide.code import _relaxed_call_sig, relaxed_call
-        from objects.ffi import called_as_is
-        from objects.room import Room
+        import gc, types, weakref
+        from pyodide.code import _relaxed_call_sig, _relaxed_call_sig_cached, relaxed_call
+        from objects import ffi
+        from objects.room import HANDLERS, Room
         from worker import Default
 
         class Handlers:
             calls = []
 
-            @called_as_is
+            def __init__(self):
+                ffi.call_handlers_as_is(self, ["as_is"])
+
             def as_is(self, ws, message, *_):
                 Handlers.calls.append((ws, message, _))
 
@@ -399,22 +405,34 @@ def test_the_message_handler_is_called_as_it_is(harness: PyodideHarness) -> None
                 Handlers.calls.append((ws, message))
 
         def main(h):
-            handlers = Handlers()
-            relaxed_call(handlers.as_is, "ws", "text")
-            relaxed_call(handlers.as_is, "ws", "text", "extra")
-            relaxed_call(handlers.bound, "ws", "text", "extra")
+            first, second = Handlers(), Handlers()
+            relaxed_call(first.as_is, "ws", "text")
+            relaxed_call(second.as_is, "ws", "text", "extra")
+            relaxed_call(first.bound, "ws", "text", "extra")
+            before = _relaxed_call_sig_cached.cache_info().currsize
+            kept = [weakref.ref(first), weakref.ref(second)]
+            for _ in range(3):
+                relaxed_call(Handlers().as_is, "ws", "again")
+            entries = _relaxed_call_sig_cached.cache_info().currsize - before
+            del first, second
+            gc.collect()
             return {
-                "room": _relaxed_call_sig(Room.webSocketMessage) is None,
+                "signature": _relaxed_call_sig(Handlers().as_is) is None,
                 "fetch": [_relaxed_call_sig(Room.fetch), _relaxed_call_sig(Default.fetch)],
-                "as_is": _relaxed_call_sig(handlers.as_is) is None,
-                "bound": _relaxed_call_sig(handlers.bound) is None,
-                "calls": [list(call) for call in Handlers.calls],
+                "on the class": [isinstance(Room.__dict__[name], types.FunctionType)
+                                 for name in HANDLERS],
+                "equal": Handlers().as_is == Handlers().as_is,
+                "new cache entries": entries,
+                "instances kept": [ref() is not None for ref in kept],
+                "calls": [list(call) for call in Handlers.calls[:3]],
             }
     """)
     assert facts == {
-        "room": True,
+        "signature": True,
         "fetch": [None, None],
-        "as_is": True,
-        "bound": False,
+        "on the class": [True] * 5,
+        "equal": True,
+        "new cache entries": 0,
+        "instances kept": [True, False],  # the first one only through its plain method's entry
         "calls": [["ws", "text", []], ["ws", "text", ["extra"]], ["ws", "text"]],
     }
