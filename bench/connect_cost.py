@@ -9,6 +9,7 @@ count by about 1%. Valgrind runs the server ~50x slower: a few hundred connectio
 
     .venv/bin/python bench/connect_cost.py --rooms 20          # 200 connections, ~2 minutes
     .venv/bin/python bench/connect_cost.py --rooms 20 --root /path/to/another/checkout
+    .venv/bin/python bench/connect_cost.py --rooms 20 --serve-args "--files-made-ahead 0"
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=20)
     parser.add_argument("--clients", type=int, default=10, help="connections per room")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose server runs")
+    parser.add_argument(
+        "--serve-args", default="", help='more `rooms serve` options, e.g. "--files-made-ahead 0"'
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="connect-cost-"))
     dev_vars = work / "dev.vars"
@@ -77,7 +81,7 @@ def main() -> None:
     server_cmd = [
         "taskset", "-c", "1", "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
         PYTHON, "-m", "roomsd", "--dev-vars", str(dev_vars), "serve", "--port", str(port),
-        "--data-dir", str(work / "data"),
+        "--data-dir", str(work / "data"), *args.serve_args.split(),
     ]  # fmt: skip
     with (work / "server.log").open("wb") as log:
         server = subprocess.Popen(server_cmd, env=env, cwd=root, stdout=log, stderr=log)
@@ -113,6 +117,7 @@ def main() -> None:
                 "instructions": total,
                 "per_connection": round(total / max(connect["ok"], 1)),
                 "root": str(root),
+                "serve_args": args.serve_args,
                 "work": str(work),
             }
         )
