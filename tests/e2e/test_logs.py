@@ -85,10 +85,18 @@ async def visit(service: AnyService) -> tuple[list[dict[str, Any]], list[dict[st
         return records(service)
 
     def settled(lines: list[dict[str, Any]]) -> bool:
-        return any(r.get("status") == 401 for r in front_lines(lines)[before:])
+        """The front's refusal is in, and every socket that connected has left: the room
+        writes a `disconnect` line when it has handled the close, which may come after the
+        front refused the bad token."""
+        if not any(r.get("status") == 401 for r in front_lines(lines)[before:]):
+            return False
+        mine = [r for r in lines if r.get("room") == room and "conn_id" in r]
+        opened = {r["conn_id"] for r in mine if r["event"] == "connect"}
+        closed = {r["conn_id"] for r in mine if r["event"] == "disconnect"}
+        return opened <= closed
 
     lines = await eventually(read, settled, seconds=30)
-    assert settled(lines), "the refusal never reached the log"
+    assert settled(lines), "the refusal or a socket's disconnect never reached the log"
     connections = [r for r in lines if r.get("room") == room and "conn_id" in r]
     return front_lines(lines)[before:], connections, bad_token
 
