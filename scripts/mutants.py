@@ -79,11 +79,15 @@ MUTANTS = (
     Mutant(
         "cached-database-size",
         "DurableObjectSql.size_bytes reads databaseSize through the SDK's caching wrapper",
-        # DurableObjectSql works on the raw binding; read the wrapper's attribute instead.
+        # DurableObjectSql works on the raw binding; read the wrapper's attribute instead. The
+        # room hands it the raw storage (an unwrapped ctx), so the mistake needs the SDK's
+        # wrapped ctx.storage handed over as well.
         ((("objects/platform.py", "self._sql = self._storage.sql\n",
            "self._sql = self._storage.sql\n        self._wrapped_sql = storage.sql\n"),
           ("objects/platform.py", "return int(self._sql.databaseSize)",
-           "return int(self._wrapped_sql.databaseSize)")),),
+           "return int(self._wrapped_sql.databaseSize)"),
+          ("objects/room.py", "self._sql = DurableObjectSql(raw_ctx.storage)",
+           "self._sql = DurableObjectSql(self.ctx.storage)")),),
     ),
 )
 
