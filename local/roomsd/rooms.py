@@ -142,6 +142,7 @@ class LocalRoom:
         self.new_rooms = services.new_rooms
         self._files_ahead = services.files_ahead
         self._holds_ahead = False  # counted in `_files_ahead` (`_prepare_ahead`)
+        self._made_ahead = False  # once per instance: a file that went unused is not made again
         self.db_path = db_path
         self.limits = services.limits
         self.policy = services.policy
@@ -292,10 +293,15 @@ class LocalRoom:
 
         Bounded by `HibernationPolicy.files_made_ahead` across the server: past it, or with
         0, the file is made at the first write as before. The file holds no room until a
-        write (`prepare_file`) and goes when its connection is closed unused."""
+        write (`prepare_file`) and goes when its connection is closed unused.
+
+        At most once per room while it is in memory: a room whose file went unused (nobody
+        wrote for `UNUSED_FILE_AHEAD_S`) had its chance, and making it again for each later
+        join turned a long connect storm into a loop of files made and removed."""
         sql = self._sql
         if (
             sql is None
+            or self._made_ahead
             or self.policy.every_event  # the file would be closed, and removed, at once
             or sql.is_open
             or self._preparing is not None
@@ -303,7 +309,7 @@ class LocalRoom:
             or not self._files_ahead.take(self.policy.files_made_ahead)
         ):
             return
-        self._holds_ahead = True
+        self._holds_ahead = self._made_ahead = True
         self._start_preparing(for_write=True).add_done_callback(self._prepared_ahead)
 
     def _prepared_ahead(self, preparing: asyncio.Future[RoomConnection]) -> None:

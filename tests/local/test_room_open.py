@@ -217,7 +217,8 @@ async def test_a_file_made_ahead_goes_when_unused_and_the_room_still_works(
 ) -> None:
     """A member who joins and writes nothing keeps no file for long: after
     `UNUSED_FILE_AHEAD_S` of quiet the sweep closes and removes it, whatever the budget of
-    open databases, and the room's first message later makes one at its write."""
+    open databases; a later join does not make it again, and the room's first message later
+    makes one at its write."""
     server = await server_factory(
         hibernation=HibernationPolicy(after_idle_s=3600, open_idle_databases=64)
     )
@@ -236,6 +237,14 @@ async def test_a_file_made_ahead_goes_when_unused_and_the_room_still_works(
         assert not path.exists()
         assert not room.database_open
         assert server.registry.services.files_ahead.count == 0
+        # Once per room: a later join does not make the file again (a long storm of joins
+        # into quiet rooms would make and remove files over and over).
+        async with await server.connect("lurk", "bob") as bob:
+            await recv_until(bob, "welcome")
+            await asyncio.sleep(0.2)  # a file made ahead would be under way by now
+            assert not path.exists()
+            assert not room.database_open
+            assert server.registry.services.files_ahead.count == 0
         await alice.send(json.dumps({"type": "publish", "id": "1", "body": "late"}))
         assert (await recv_until(alice, "ack"))["seq"] == 1
         assert _claimed(path) == (0, ["late"])
