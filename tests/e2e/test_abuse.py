@@ -60,8 +60,9 @@ async def created_room(service: ServiceBase, prefix: str) -> str:
 
 
 async def test_a_room_nobody_wrote_to_leaves_nothing_behind(service: AnyService) -> None:
-    """Joining, signalling and leaving store nothing: no file locally, no storage in the
-    object (the admin API finds no room). The first message creates the room."""
+    """Joining, signalling and leaving store nothing: no file locally (the one made as the
+    member joined is removed), no storage in the object (the admin API finds no room). The
+    first message creates the room."""
     room = service.room("ghost")
     async with await service.connect(room, "visitor") as ws:
         welcome = await recv_until(ws, "welcome")
@@ -76,11 +77,15 @@ async def test_a_room_nobody_wrote_to_leaves_nothing_behind(service: AnyService)
         lambda: service.admin("GET", f"/admin/rooms/{room}"), lambda r: r.status == 404
     )
     assert gone.json()["error"]["code"] == "room_not_found"
-    file = (
-        service.settings.data_dir / "rooms" / f"{room}.sqlite"
-        if isinstance(service, LocalService) else None
-    )
-    assert file is None or not file.exists()
+    if isinstance(service, LocalService):
+        # The file made for the room as its member joined goes off the event loop once the
+        # room is empty (docs/architecture.md): shortly after the admin API stops finding it.
+        file = service.settings.data_dir / "rooms" / f"{room}.sqlite"
+
+        async def present() -> bool:
+            return file.exists()
+
+        assert not await eventually(present, lambda exists: not exists, seconds=10)
 
     async with await service.connect(room, "visitor") as ws:
         await recv_until(ws, "welcome")
