@@ -116,14 +116,7 @@ def test_a_current_room_wakes_on_two_reads_and_writes_nothing(tmp_path: Path) ->
     sql.close()
 
     reopened = SqliteSql(path)
-    statements: list[str] = []
-    execute = reopened.execute
-
-    def counted(query: str, *params: object) -> list[Sequence[SqlValue]]:
-        statements.append(query)
-        return execute(query, *params)  # type: ignore[arg-type]
-
-    reopened.execute = counted  # type: ignore[method-assign]
+    statements = _counting(reopened)
     opened = open_room(reopened, read_catalogue(reopened))
     woken = RoomStore(reopened, "lobby", opened)
     assert len(statements) == 2

@@ -133,6 +133,14 @@ def _claimed(path: Any) -> tuple[int, list[str]]:
     return version, bodies
 
 
+async def _until_open(room: LocalRoom) -> None:
+    """Wait until ``room``'s file, made as its first member joined, is open (or 5 s pass)."""
+    for _ in range(500):
+        if room.database_open:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_a_new_room_has_its_file_made_as_its_first_member_joins(
     server_factory: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,10 +153,7 @@ async def test_a_new_room_has_its_file_made_as_its_first_member_joins(
     async with await server.connect("early", "alice") as alice:
         await recv_until(alice, "welcome")
         room = server.registry.rooms["early"]
-        for _ in range(500):
-            if room.database_open:
-                break
-            await asyncio.sleep(0.01)
+        await _until_open(room)
         assert room.database_open
         assert path.exists()
         assert not room.stored  # every table, marked unclaimed: no room yet
@@ -226,10 +231,7 @@ async def test_a_file_made_ahead_goes_when_unused_and_the_room_still_works(
     async with await server.connect("lurk", "alice") as alice:
         await recv_until(alice, "welcome")
         room = server.registry.rooms["lurk"]
-        for _ in range(500):
-            if room.database_open:
-                break
-            await asyncio.sleep(0.01)
+        await _until_open(room)
         assert path.exists()
         assert room.holds_unused_file_ahead
         assert server.registry.sweep(time.monotonic() + QUIET_DATABASE_CLOSE_S + 0.1) == []
