@@ -102,18 +102,25 @@ def test_a_failed_write_keeps_its_counts_for_the_next_one(tmp_path: Path) -> Non
     assert _stored(tmp_path / "room.sqlite", "rate_limited") == 1
 
 
-def test_a_current_room_wakes_on_two_reads_and_writes_nothing(tmp_path: Path) -> None:
-    """What a Durable Object reads when it wakes (`open_room` with the catalogue it read):
-    one read of sqlite_master and one of room_meta with the newest seq, nothing written; the
-    store and what the host and engine need come from those two reads."""
+def _stored_room(tmp_path: Path, *, closed: bool = False) -> Path:
+    """A room file holding three messages and an alarm time (and `closed`, if asked)."""
     path = tmp_path / "room.sqlite"
     sql = SqliteSql(path)
     store = RoomStore(sql, "lobby")
     for n in range(3):
         store.append(id=f"m{n}", user_id="u", name="U", body="hi", sent_ms=n)
     store.set_meta("alarm_at", 1234)
-    store.set_meta("closed", 1)
+    if closed:
+        store.set_meta("closed", 1)
     sql.close()
+    return path
+
+
+def test_a_current_room_wakes_on_two_reads_and_writes_nothing(tmp_path: Path) -> None:
+    """What a Durable Object reads when it wakes (`open_room` with the catalogue it read):
+    one read of sqlite_master and one of room_meta with the newest seq, nothing written; the
+    store and what the host and engine need come from those two reads."""
+    path = _stored_room(tmp_path, closed=True)
 
     reopened = SqliteSql(path)
     statements = _counting(reopened)
@@ -154,13 +161,7 @@ def test_a_room_that_stored_messages_opens_in_one_statement(tmp_path: Path) -> N
     """What a Durable Object reads first when it wakes (`open_room_at_once`): the catalogue,
     the room_meta values and the newest seq in one SELECT, the same as `open_room` reads in
     two."""
-    path = tmp_path / "room.sqlite"
-    sql = SqliteSql(path)
-    store = RoomStore(sql, "lobby")
-    for n in range(3):
-        store.append(id=f"m{n}", user_id="u", name="U", body="hi", sent_ms=n)
-    store.set_meta("alarm_at", 1234)
-    sql.close()
+    path = _stored_room(tmp_path)
     reopened = SqliteSql(path)
     statements = _counting(reopened)
     opened = open_room_at_once(reopened)
