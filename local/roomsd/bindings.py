@@ -8,6 +8,7 @@ retry paths exactly where production could fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -17,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rooms.store import SqlValue
-from roomsd.output_gate import release_output
+from roomsd.output_gate import output_gate, release_output
 from roomsd.r2 import FileBucket
 
 log = logging.getLogger("rooms")
+
+# A D1 batch: statements with their parameters, run in one transaction.
+Statements = Sequence[tuple[str, Sequence[SqlValue]]]
 
 
 class InjectedFaultError(Exception):
@@ -70,38 +74,113 @@ class LocalR2:
 
 
 class LocalD1:
-    """The D1 binding over a SQLite file: prepared statements, atomic batches."""
+    """The D1 binding over a SQLite file: prepared statements, atomic batches.
+
+    The batches asked for in one event-loop iteration are written together, in one transaction
+    when the iteration's ready callbacks have run (`_write_queued`), each in a savepoint of its
+    own: a batch that fails rolls back alone and fails only its caller. Each caller still
+    awaits its own batch's commit, as it awaits D1 over the network on Cloudflare. A burst of
+    new rooms' first messages (each writes its directory row, `rooms.directory`) then costs
+    one commit, not one each on the event loop while every room waits (BENCHMARKS.md). Reads
+    write what is queued first, so they see every batch asked for before them.
+    """
 
     def __init__(self, db: sqlite3.Connection, faults: Faults) -> None:
         self.db = db
         self.faults = faults
+        self._queued: list[tuple[Statements, asyncio.Future[None]]] = []
 
     async def all(self, query: str, *params: SqlValue) -> list[Mapping[str, SqlValue]]:
+        self._write_queued()
         cursor = self.db.execute(query, params)
         names = [d[0] for d in cursor.description or ()]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
-    async def batch(self, statements: Sequence[tuple[str, Sequence[SqlValue]]]) -> None:
+    async def batch(self, statements: Statements) -> None:
         if self.faults.d1_write_failures > 0:
             self.faults.d1_write_failures -= 1
             raise InjectedFaultError("d1 write")
-        release_output()  # the index names what rooms committed, never what they may lose
-        self.db.execute("BEGIN IMMEDIATE")
         try:
-            for query, params in statements:
-                self.db.execute(query, tuple(params))
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:  # driven by hand (tools, the core's tests): written at once
+            self._write_alone(statements)
+            return
+        written = loop.create_future()
+        written.add_done_callback(_retrieved)  # its caller may have stopped waiting
+        self._queued.append((statements, written))
+        if len(self._queued) == 1:
+            loop.call_soon(self._write_queued)
+        # Shielded: a caller that gives up waiting does not take its batch out of the others'
+        # transaction (a request sent to D1 is not unsent either).
+        await asyncio.shield(written)
 
     async def run(self, query: str, *params: SqlValue) -> int:
         await self.batch([(query, params)])
         return self.db.total_changes
 
+    def _write_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        release_output()  # the index names what rooms committed, never what they may lose
+        db = self.db
+        outcomes: list[tuple[asyncio.Future[None], BaseException | None]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for statements, written in queued:
+                outcomes.append((written, self._write_one(statements)))
+            db.execute("COMMIT")
+        except Exception as exc:  # the transaction itself failed: every batch in it did
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            outcomes = [(written, exc) for _, written in queued]
+        for written, error in outcomes:
+            if written.done():
+                continue
+            if error is None:
+                written.set_result(None)
+            else:
+                written.set_exception(error)
+
+    def _write_alone(self, statements: Statements) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        error = self._write_one(statements)
+        self.db.execute("COMMIT")
+        if error is not None:
+            raise error
+
+    def _write_one(self, statements: Statements) -> Exception | None:
+        """One batch in its own savepoint; its error, after rolling it back alone."""
+        db = self.db
+        db.execute("SAVEPOINT batch")
+        try:
+            for query, params in statements:
+                db.execute(query, tuple(params))
+        except Exception as exc:
+            db.execute("ROLLBACK TO batch")
+            db.execute("RELEASE batch")
+            return exc
+        db.execute("RELEASE batch")
+        return None
+
+
+def _retrieved(written: asyncio.Future[None]) -> None:
+    """Mark a batch's outcome as seen, so that asyncio logs nothing when no caller is left."""
+    if not written.cancelled():
+        written.exception()
+
 
 class AlarmScheduler:
-    """One alarm per room, persisted so that alarms set before a restart still fire."""
+    """One alarm per room, persisted so that alarms set before a restart still fire.
+
+    Its rows are written in a transaction that the output gate commits together with the rooms'
+    writes of the same event-loop iteration (`roomsd.output_gate`, `settle`), not in one commit
+    per alarm: a burst of new rooms' first messages, each setting its archive alarm, costs one
+    commit on the event loop, not a hundred (BENCHMARKS.md). An alarm row is committed by the
+    same release of the gate as the messages whose write set it.
+    """
 
     SCHEMA = "CREATE TABLE IF NOT EXISTS alarms (room TEXT PRIMARY KEY, at_ms INTEGER NOT NULL)"
 
@@ -113,6 +192,7 @@ class AlarmScheduler:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(self.SCHEMA)
         self._fire = fire
+        self._batch_open = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._running: set[asyncio.Task[None]] = set()
 
@@ -138,12 +218,41 @@ class AlarmScheduler:
         return int(row[0]) if row else None
 
     def set(self, room: str, at_ms: int) -> None:
-        self.db.execute(
+        self._write(
             "INSERT INTO alarms (room, at_ms) VALUES (?, ?) "
             "ON CONFLICT (room) DO UPDATE SET at_ms = excluded.at_ms",
-            (room, at_ms),
+            room,
+            at_ms,
         )
         self._arm(room, at_ms)
+
+    def _write(self, query: str, *params: str | int) -> None:
+        """Run ``query`` in the open batch, opening it (held by the gate) if none is."""
+        db = self.db
+        if not self._batch_open:
+            db.execute("BEGIN IMMEDIATE")
+            self._batch_open = True
+            output_gate().hold(self)
+        try:
+            db.execute(query, params)
+        except sqlite3.Error:
+            if not db.in_transaction:  # SQLite rolled the batch back itself (disk full, I/O)
+                self._batch_open = False
+            raise
+
+    def settle(self) -> None:
+        """Commit the open batch (the output gate calls this); a failure is logged: the alarms
+        stay armed in this process, only a restart would not find them."""
+        if not self._batch_open:
+            return
+        self._batch_open = False
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+            log.warning("saving alarms failed error=%s", type(exc).__name__)
 
     def _arm(self, room: str, at_ms: int, fire_at_ms: int | None = None) -> None:
         """Fire at ``fire_at_ms`` (default ``at_ms``); ``at_ms`` is the stored row's time."""
@@ -168,7 +277,7 @@ class AlarmScheduler:
             return
         # Removed only once the handler finished, like workerd: a crash mid-run leaves the row,
         # and the alarm fires again after a restart. A handler that set a new time keeps it.
-        self.db.execute("DELETE FROM alarms WHERE room = ? AND at_ms = ?", (room, at_ms))
+        self._write("DELETE FROM alarms WHERE room = ? AND at_ms = ?", room, at_ms)
 
     async def close(self) -> None:
         for timer in self._timers.values():
@@ -176,6 +285,7 @@ class AlarmScheduler:
         self._timers.clear()
         for task in list(self._running):
             task.cancel()
+        self.settle()
         self.db.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sqlite3
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from roomsd.bindings import AlarmScheduler
+from roomsd.bindings import AlarmScheduler, Faults, LocalD1
 from roomsd.config import PROJECT_ROOT
 from roomsd.d1 import open_d1
 from roomsd.r2 import FileBucket
@@ -113,3 +114,88 @@ async def test_alarms_overdue_at_start_catch_up_spaced_out_oldest_first(tmp_path
         await asyncio.sleep(0.01)
     assert scheduler.db.execute(remaining).fetchone()[0] == 0
     await scheduler.close()
+
+
+def _counting_commits(db: sqlite3.Connection) -> list[str]:
+    """The COMMITs ``db`` runs from now on (SQLite's statement trace)."""
+    commits: list[str] = []
+    db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    return commits
+
+
+def _d1_with_table(path: Path) -> LocalD1:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
+    return LocalD1(db, Faults())
+
+
+def _rows_seen_elsewhere(path: Path, table: str) -> int:
+    """What another connection (another process, after a crash) finds committed."""
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        return int(other.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+
+async def test_d1_batches_of_one_iteration_share_a_commit_and_fail_alone(tmp_path: Path) -> None:
+    """A burst of new rooms' directory rows is one commit on the loop, yet each batch is still
+    atomic and its caller learns its own outcome once it is committed."""
+    d1 = _d1_with_table(tmp_path / "d1.sqlite")
+    commits = _counting_commits(d1.db)
+    insert = "INSERT INTO t (k, v) VALUES (?, ?)"
+    good = [d1.batch([(insert, (f"k{i}", i)), (insert, (f"j{i}", i))]) for i in range(50)]
+    # Its second row breaks the primary key: the batch's first row must go with it.
+    bad = d1.batch([(insert, ("lone", 1)), (insert, ("k7", 0))])
+    outcomes = await asyncio.gather(*good, bad, return_exceptions=True)
+    assert outcomes[:50] == [None] * 50
+    assert isinstance(outcomes[50], sqlite3.IntegrityError)
+    assert commits == ["COMMIT"]
+    assert _rows_seen_elsewhere(tmp_path / "d1.sqlite", "t") == 100  # committed, not "lone"
+    d1.db.close()
+
+
+async def test_d1_reads_see_batches_asked_for_before_them(tmp_path: Path) -> None:
+    d1 = _d1_with_table(tmp_path / "d1.sqlite")
+    writing = asyncio.ensure_future(d1.batch([("INSERT INTO t (k, v) VALUES ('a', 1)", ())]))
+    await asyncio.sleep(0)  # the batch is queued, its iteration has not ended
+    assert await d1.all("SELECT k, v FROM t") == [{"k": "a", "v": 1}]
+    await writing
+    d1.db.close()
+
+
+async def test_d1_batch_given_up_by_its_caller_is_still_written(tmp_path: Path) -> None:
+    """A caller cancelled while waiting (a closing room) does not unsend its batch, and the
+    other batches of its transaction are not harmed."""
+    d1 = _d1_with_table(tmp_path / "d1.sqlite")
+    mine = asyncio.ensure_future(d1.batch([("INSERT INTO t (k, v) VALUES ('mine', 1)", ())]))
+    other = asyncio.ensure_future(d1.batch([("INSERT INTO t (k, v) VALUES ('other', 2)", ())]))
+    await asyncio.sleep(0)
+    mine.cancel()
+    await other
+    with pytest.raises(asyncio.CancelledError):
+        await mine
+    assert _rows_seen_elsewhere(tmp_path / "d1.sqlite", "t") == 2
+    d1.db.close()
+
+
+async def test_alarm_rows_are_committed_by_the_output_gate_once_per_burst(tmp_path: Path) -> None:
+    """A hundred new rooms setting their archive alarms in one iteration cost one commit, made
+    when the gate releases the iteration's writes; close() commits what is still open."""
+
+    async def fire(room: str) -> None:
+        pass
+
+    path = tmp_path / "alarms.sqlite"
+    scheduler = AlarmScheduler(path, fire)
+    commits = _counting_commits(scheduler.db)
+    later_ms = int(time.time() * 1000) + 3_600_000
+    for i in range(100):
+        scheduler.set(f"room-{i}", later_ms)
+    assert _rows_seen_elsewhere(path, "alarms") == 0  # not committed yet
+    assert scheduler.pending("room-7") == later_ms  # but the scheduler sees its own rows
+    await asyncio.sleep(0)  # the iteration ends: the gate commits
+    await asyncio.sleep(0)
+    assert commits == ["COMMIT"]
+    assert _rows_seen_elsewhere(path, "alarms") == 100
+    scheduler.set("room-late", later_ms)
+    await scheduler.close()  # before the gate's release: close commits it
+    assert _rows_seen_elsewhere(path, "alarms") == 101
