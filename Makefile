@@ -37,7 +37,7 @@ test: setup lint types pyodide-setup workerd-setup browser
 	ROOMS_PYODIDE_REQUIRED=1 ROOMS_WORKERD_REQUIRED=1 $(VENV)/bin/python -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check src local tests
+	$(VENV)/bin/ruff check src local tests bench scripts
 	$(VENV)/bin/ruff format --check src/rooms local
 
 types: setup

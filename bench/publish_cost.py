@@ -155,7 +155,7 @@ class LoopClock:
                 clock.busy += took
                 clock.longest = max(clock.longest, took)
 
-        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign,assignment]
         self.thread_cpu = time.thread_time()
         return self
 

@@ -594,7 +594,7 @@ def top_functions(raw: Path, n: int = 25) -> list[dict[str, Any]]:
         own[frames[-1]] = own.get(frames[-1], 0) + samples
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + samples
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "function": f,
             "self_pct": round(100 * own.get(f, 0) / total, 1),
@@ -652,7 +652,7 @@ def run_workerd(
     def show(row: dict[str, Any]) -> None:
         print(f"  {json.dumps(row, default=str)[:400]}", flush=True)
 
-    section = wb.run_parts(farms, parts, scale.workerd_duration, generate, show)
+    section: dict[str, Any] = wb.run_parts(farms, parts, scale.workerd_duration, generate, show)
     log({"scenario": "workerd", "server": "workerd", "parts": list(parts)})
     return section
 
@@ -866,7 +866,7 @@ def markdown(summary: dict[str, Any]) -> str:
             "| wake probe ack p50 cold / warm ms |",
             "|---|---|---|---|---|---|---|",
         ]
-        base = next((r for r in idle if r["server"] == "websockets"), {})
+        base: dict[str, Any] = next((r for r in idle if r["server"] == "websockets"), {})
         for run in idle:
             wake = run.get("wake_probe") or {}
             per_conn = run["rss_per_connection_kb"]
@@ -977,11 +977,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.render:
-        summary = json.loads((RESULTS / "latest.json").read_text())
-        summary["analysis"] = analyse(summary["runs"], summary.get("restart"))
-        text = markdown(summary)
+        latest: dict[str, Any] = json.loads((RESULTS / "latest.json").read_text())
+        latest["analysis"] = analyse(latest["runs"], latest.get("restart"))
+        text = markdown(latest)
         (RESULTS / "latest.md").write_text(text)
-        (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (RESULTS / "latest.json").write_text(json.dumps(latest, indent=2) + "\n")
         if not args.no_markdown:
             update_benchmarks_md(text)
         return 0

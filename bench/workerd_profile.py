@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import websockets.sync.client as ws_client
+from websockets.typing import Origin
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench")]
@@ -61,8 +62,8 @@ class Inspector:
             url,
             max_size=None,
             open_timeout=10,
-            origin="http://localhost",
-            ping_interval=None,  # type: ignore[arg-type]
+            origin=Origin("http://localhost"),
+            ping_interval=None,
         )
         self.next_id = 0
 
@@ -81,19 +82,19 @@ class Inspector:
         self.conn.close()
 
 
-def self_times(profile: dict[str, Any]) -> tuple[Counter[str], float]:
-    """Self time (ms) per function from a V8 .cpuprofile, and the total."""
+def self_times(profile: dict[str, Any]) -> tuple[list[tuple[str, float]], float]:
+    """Self time (ms) per function from a V8 .cpuprofile, largest first, and the total."""
     nodes = {n["id"]: n for n in profile["nodes"]}
     per_node: Counter[int] = Counter()
     for node_id, delta in zip(profile["samples"], profile["timeDeltas"], strict=False):
         per_node[node_id] += delta
-    out: Counter[str] = Counter()
+    out: Counter[str] = Counter()  # us
     for node_id, us in per_node.items():
         frame = nodes[node_id]["callFrame"]
         name = frame["functionName"] or "(anonymous)"
         url = frame.get("url", "").rsplit("/", 1)[-1]
-        out[f"{name} {url}".strip()] += us / 1000
-    return out, sum(per_node.values()) / 1000
+        out[f"{name} {url}".strip()] += us
+    return [(fn, us / 1000) for fn, us in out.most_common()], sum(per_node.values()) / 1000
 
 
 def inclusive_times(profile: dict[str, Any], names: list[str]) -> dict[str, float]:
@@ -106,17 +107,17 @@ def inclusive_times(profile: dict[str, Any], names: list[str]) -> dict[str, floa
     per_node: Counter[int] = Counter()
     for node_id, delta in zip(profile["samples"], profile["timeDeltas"], strict=False):
         per_node[node_id] += delta
-    out: Counter[str] = Counter()
+    out: Counter[str] = Counter()  # us
     for node_id, us in per_node.items():
         seen: set[str] = set()
         cur: int | None = node_id
         while cur is not None:
             name = nodes[cur]["callFrame"]["functionName"]
             if name in names and name not in seen:
-                out[name] += us / 1000
+                out[name] += us
                 seen.add(name)
             cur = parent.get(cur)
-    return dict(out)
+    return {name: us / 1000 for name, us in out.items()}
 
 
 # perf symbol -> a coarse part of workerd, first match wins (regexes over "symbol (object)").
@@ -377,7 +378,7 @@ def fanout(args: argparse.Namespace) -> Parts:
     own, total = self_times(profile)
     print(f"profile: {path} ({total:.0f} ms sampled)")
     print(f"{'self ms':>9} {'%':>6}  function")
-    for fn, ms in own.most_common(args.top):
+    for fn, ms in own[: args.top]:
         print(f"{ms:9.1f} {100 * ms / total:6.1f}  {fn}")
     return parts
 
@@ -438,7 +439,7 @@ def storm(args: argparse.Namespace) -> Parts:
     path.write_text(json.dumps(profile))
     own, total = self_times(profile)
     print(f"profile: {path} ({total:.0f} ms sampled)")
-    for fn, ms in own.most_common(args.top):
+    for fn, ms in own[: args.top]:
         print(f"{ms:9.1f} {100 * ms / total:6.1f}  {fn}")
     return parts
 

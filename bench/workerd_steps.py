@@ -153,7 +153,7 @@ def main() -> int:
                     stop.set()
                     thread.join()
 
-        farm.running = sampled
+        farm.running = sampled  # type: ignore[method-assign]  # this farm's servers, sampled
         rates = tuple(float(r) for r in args.rates.split(","))
         wb.sweep(farm, args.ladder, args.duration, generate, lambda row: None, rates=rates)
     for rate, result in zip(rates, results, strict=True):

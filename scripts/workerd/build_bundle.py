@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import capnp  # type: ignore[import-not-found]  # pycapnp, the `workerd` dependency group
+import capnp  # pycapnp, the `workerd` dependency group (no types: pyproject's mypy overrides)
 
 SCHEMA = Path(__file__).with_name("pyodide_bundle.capnp")
 BUNDLE_NAME = "pyodide_dev.capnp.bin"

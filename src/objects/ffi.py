@@ -97,7 +97,7 @@ def frame_data(message: str | JsObject) -> str | bytes:
 _array_from = getattr(js.Array, "from")
 
 
-def raw_rows(cursor: JsObject) -> list[list[Any]]:
+def raw_rows(cursor: JsObject) -> list[Sequence[Any]]:
     """Every row of a raw `SqlStorage` cursor as Python lists of values in column order, NULL
     as None (§4.3: `cursor.raw()` yields each row as a JS Array; SQL NULL may surface as
     `jsnull`, Pyodide >= 0.28).

@@ -104,11 +104,11 @@ def _checked_output(harness: PyodideHarness, world: World, expect: Expect) -> li
             problems.append(f"Python traceback of {failure['handler']}:\n{failure['traceback']}")
     kinds = [w["kind"] for w in diag["warnings"]]
     if sorted(kinds) != sorted(expect.warnings):
-        lines = [f"silent FFI coercions in the fakes (expected {expect.warnings}):"]
+        coercions = [f"silent FFI coercions in the fakes (expected {expect.warnings}):"]
         for kind in sorted(set(kinds)):
             examples = [w["message"] for w in diag["warnings"] if w["kind"] == kind]
-            lines.append(f"  {kind} x{len(examples)}, e.g. {examples[0]}")
-        problems.append("\n".join(lines))
+            coercions.append(f"  {kind} x{len(examples)}, e.g. {examples[0]}")
+        problems.append("\n".join(coercions))
     if problems:
         pytest.fail("the Worker did not run cleanly in Pyodide:\n\n" + "\n\n".join(problems),
                     pytrace=False)
@@ -160,8 +160,8 @@ def world_factory(harness: PyodideHarness, expect: Expect) -> Iterator[Any]:
     harness.take_diagnostics()
     made: list[World] = []
 
-    def factory(**vars_: object) -> World:
-        instance = new_world(harness, **vars_)
+    def factory(*, id_has_name: bool = True, **vars_: object) -> World:
+        instance = new_world(harness, id_has_name=id_has_name, **vars_)
         made.append(instance)
         return instance
 
