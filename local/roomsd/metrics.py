@@ -116,6 +116,15 @@ class RoomsCollector(Collector):
             "Archive runs that failed (retried later).",
             t.archive_failures,
         )
+        files = self.registry.services.files_ahead
+        new_files = CounterMetricFamily(
+            "rooms_new_room_files",
+            "New rooms' files made: ahead, as a first member joined, or at the first write.",
+            labels=["when"],
+        )
+        new_files.add_metric(["ahead"], files.made)
+        new_files.add_metric(["first_write"], files.made_at_write)
+        yield new_files
         yield _histogram(
             "rooms_publish_latency_seconds",
             "From a publish frame reaching its room to its ack and broadcast sent.",

@@ -93,6 +93,10 @@ class FilesAhead:
 
     def __init__(self) -> None:
         self.count = 0
+        # New rooms' files made since start (GET /metrics): ahead, as a first member joined,
+        # and at a first write that found none (over the bound, or its file went unused).
+        self.made = 0
+        self.made_at_write = 0
 
     def take(self, limit: int) -> bool:
         if self.count >= limit:
@@ -268,7 +272,11 @@ class LocalRoom:
         behind. An existing file (a quiet room whose connection was closed) is opened and read
         here. A failure is only logged: the room then connects on the loop, as it always could.
         """
-        preparing = self._preparing or self._start_preparing(for_write)
+        preparing = self._preparing
+        if preparing is None:
+            if for_write and self._sql is not None and not self._has_file(self._sql):
+                self._files_ahead.made_at_write += 1
+            preparing = self._start_preparing(for_write)
         with contextlib.suppress(Exception):
             await asyncio.shield(preparing)  # a cancelled waiter must not lose the connection
         # A future already done is awaited without yielding, before its done callback has run:
@@ -310,6 +318,7 @@ class LocalRoom:
         ):
             return
         self._holds_ahead = self._made_ahead = True
+        self._files_ahead.made += 1
         self._start_preparing(for_write=True).add_done_callback(self._prepared_ahead)
 
     def _prepared_ahead(self, preparing: asyncio.Future[RoomConnection]) -> None:

@@ -10,6 +10,7 @@ import json
 import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -171,7 +172,8 @@ async def test_files_made_ahead_are_bounded_and_removed_when_unused(
 ) -> None:
     """An attacker joining many new rooms makes at most `files_made_ahead` files; beyond that a
     room gets its file at its first write, and a slot frees once a room's first write came.
-    Rooms nobody wrote to leave no file once they are forgotten."""
+    Rooms nobody wrote to leave no file once they are forgotten. The server counts the files
+    made each way (`GET /metrics`)."""
     server = await server_factory(
         hibernation=HibernationPolicy(after_idle_s=0.0, open_idle_databases=0, files_made_ahead=2)
     )
@@ -201,6 +203,13 @@ async def test_files_made_ahead_are_bounded_and_removed_when_unused(
             await asyncio.sleep(0.01)
         assert (rooms_dir / "ahead-e.sqlite").exists()
         assert server.registry.services.files_ahead.count == 2
+    # A room joined over the bound has its file made at its first write.
+    over = next(name for name in names if name not in made)
+    assert not (rooms_dir / f"{over}.sqlite").exists()
+    await sockets[names.index(over)].send(json.dumps({"type": "publish", "id": "1", "body": "b"}))
+    assert (await recv_until(sockets[names.index(over)], "ack"))["seq"] == 1
+    files = server.registry.services.files_ahead
+    assert (files.made, files.made_at_write) == (3, 1)  # GET /metrics: rooms_new_room_files
     for ws in sockets:
         await ws.close()
     for name in [*names, "ahead-e"]:
@@ -208,13 +217,14 @@ async def test_files_made_ahead_are_bounded_and_removed_when_unused(
     await close_databases(server.registry.sweep(time.monotonic() + 1))
     for _ in range(500):  # a room left by everyone closes its unused file in the preparer
         left = sorted(path.name for path in rooms_dir.iterdir())
-        if len(left) == 1:
+        if len(left) == 2:
             break
         await asyncio.sleep(0.01)
-    assert left == [f"{made[0]}.sqlite"], left  # only the room that stored a message
+    assert left == sorted([f"{made[0]}.sqlite", f"{over}.sqlite"]), left  # the rooms that stored
     assert _claimed(rooms_dir / f"{made[0]}.sqlite") == (0, ["kept"])
+    assert _claimed(rooms_dir / f"{over}.sqlite") == (0, ["b"])
     assert server.registry.services.files_ahead.count == 0
-    assert [name for name in names if server.registry.exists(name)] == [made[0]]
+    assert [name for name in names if server.registry.exists(name)] == sorted([made[0], over])
 
 
 async def test_a_file_made_ahead_goes_when_unused_and_the_room_still_works(
@@ -289,6 +299,33 @@ async def test_a_first_write_racing_its_finished_file_stays_in_that_file(
     assert _claimed(path) == (0, ["raced"])
     room.release_database().close()  # type: ignore[union-attr]
     assert _claimed(path) == (0, ["raced"])
+
+
+def test_a_file_that_holds_no_room_is_removed_without_a_checkpoint(tmp_path: Any) -> None:
+    """Closing the connection of a file made ahead that nobody wrote to removes the file, the
+    WAL and its index, and writes nothing into the file on the way: SQLite skips its
+    checkpoint-on-close once the file is unlinked (before, the close copied the file's first
+    rows out of the WAL into the file and synced both, only for everything to be removed).
+    A hard link keeps the file's inode to look at afterwards."""
+    path = tmp_path / "unused.sqlite"
+    db = roomsd.sqlite.prepare_file(path)
+    kept = tmp_path / "inode-of-unused"
+    kept.hardlink_to(path)
+    image = kept.read_bytes()
+    assert Path(f"{path}-wal").stat().st_size > 0  # the first rows wait in the WAL
+    roomsd.sqlite.close_connection(db, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name]
+    assert kept.read_bytes() == image  # no checkpoint wrote into it
+    # A file that holds a room is closed as always: checkpointed, and kept.
+    path = tmp_path / "stored.sqlite"
+    db = roomsd.sqlite.prepare_file(path)
+    room = SqliteSql(path)
+    assert room.adopt(db)
+    room.execute(roomsd.sqlite._CREATE_MESSAGES)  # the first write's claim
+    room.close()
+    assert path.exists()
+    assert not Path(f"{path}-wal").exists()
+    assert _claimed(path) == (0, [])
 
 
 class _CountingSocket:
