@@ -33,7 +33,7 @@ from roomsd.config import (
 )
 from roomsd.os_resources import limit_malloc_arenas, raise_open_file_limit
 from roomsd.rooms import HibernationPolicy
-from roomsd.server import make_app, runner_options
+from roomsd.server import make_app, runner_options, write_room_lines_directly
 
 
 def _count(text: str) -> int:
@@ -267,6 +267,7 @@ def serve(args: argparse.Namespace) -> int:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # it would log query tokens
     logredact.install()
+    write_room_lines_directly()  # the same lines, without `logging`'s record path
     ensure_dev_secret(args.dev_vars)
     ensure_dev_secret(args.dev_vars, "ADMIN_TOKEN")
     values = vars_from(args.dev_vars)

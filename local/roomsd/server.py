@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from aiohttp import WSMsgType, web
 
@@ -105,9 +105,48 @@ def rejected(telemetry: Telemetry, reply: HttpReply) -> None:
         telemetry.rejected(code)
 
 
+# Where `room_log` writes its lines itself (`write_room_lines_directly`); None: through `logging`.
+_room_lines: TextIO | None = None
+
+
+def write_room_lines_directly() -> bool:
+    """Have `room_log` write each line straight to the stream of the one handler `serve`
+    configured (the root's, writing each message alone as a line) instead of through
+    `logging`: the bytes are the same, without a `LogRecord`, the logger's and handler's
+    filters and locks, and the formatting, for each of a connection's three lines (about 9% of
+    the event loop's CPU in a connect storm, BENCHMARKS.md). Only where nothing else is
+    configured: a logger or handler of its own for `rooms`, a filter, another level or format
+    (an embedding application's, a test's `caplog`) keeps the `logging` path. True if set."""
+    global _room_lines
+    root, rooms = logging.getLogger(), logging.getLogger("rooms")
+    handler = root.handlers[0] if len(root.handlers) == 1 else None
+    plain = (
+        isinstance(handler, logging.StreamHandler)
+        and type(handler) is logging.StreamHandler
+        and handler.formatter is not None
+        and handler.formatter._fmt == "%(message)s"
+        and handler.level == logging.NOTSET
+        and not handler.filters
+        and handler.terminator == "\n"
+        and not rooms.handlers
+        and not rooms.filters
+        and not root.filters
+        and rooms.propagate
+        and rooms.getEffectiveLevel() <= logging.INFO
+    )
+    _room_lines = handler.stream if plain and isinstance(handler, logging.StreamHandler) else None
+    return _room_lines is not None
+
+
 def room_log(line: str) -> None:
-    """A room's JSON log line, at INFO: `log.info` without its caller lookup (once per event)."""
-    if log.isEnabledFor(logging.INFO):
+    """A room's JSON log line, at INFO: `log.info` without its caller lookup (once per event),
+    or written directly (`write_room_lines_directly`). One `write` of the whole line: lines
+    that other threads log through the handler (one `write` each too) never interleave."""
+    stream = _room_lines
+    if stream is not None:
+        stream.write(line + "\n")
+        stream.flush()  # as the handler does after each line
+    elif log.isEnabledFor(logging.INFO):
         log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))
 
 
