@@ -11,6 +11,7 @@ Cloudflare's input gate does for non-storage I/O).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import contextlib
 import logging
@@ -50,6 +51,11 @@ QUIET_DATABASE_CLOSE_S = 2.0
 # is closed and removed, whatever the open-databases budget: it only pays if the room's first
 # messages come soon after its members joined, and an open one costs ~150 KiB.
 UNUSED_FILE_AHEAD_S = 3.0
+# ... and its slot under `HibernationPolicy.files_made_ahead` stays taken this much longer
+# (`FilesAhead.went_unused`): joins that lead to no write (a long connect storm, rooms of people
+# who only read) then make at most that many files in this time, not that many every
+# `UNUSED_FILE_AHEAD_S` (a storm of 10,000 connections into 1,000 new rooms made 609).
+UNUSED_FILE_COOLING_S = 30.0
 
 
 # New rooms' files are made one at a time in one thread: the disk does them one at a time
@@ -89,23 +95,37 @@ class FilesAhead:
     of quiet (`RoomRegistry.sweep`), or when the room is forgotten. Joining a room that holds
     nothing already costs its opener a unit of the new-room budget (per user and per
     address); this bounds what many openers together can make, and so the open connections
-    (~150 KiB each) and files that joins alone can cost at once."""
+    (~150 KiB each) and files that joins alone can cost at once. A file removed after its
+    quiet keeps its slot for `UNUSED_FILE_COOLING_S` more, which bounds the files that joins
+    without writes make over time as well."""
 
     def __init__(self) -> None:
         self.count = 0
+        # When each slot of a file that went unused is free again (`went_unused`), earliest first.
+        self._cooling: list[float] = []
         # New rooms' files made since start (GET /metrics): ahead, as a first member joined,
         # and at a first write that found none (over the bound, or its file went unused).
         self.made = 0
         self.made_at_write = 0
 
     def take(self, limit: int) -> bool:
-        if self.count >= limit:
+        if self.count + len(self._cooling) >= limit:
             return False
         self.count += 1
         return True
 
     def give_back(self) -> None:
         self.count -= 1
+
+    def went_unused(self, until: float) -> None:
+        """A file made ahead was removed after `UNUSED_FILE_AHEAD_S` with nobody writing: its
+        slot stays taken until ``until`` (`time.monotonic`), see `UNUSED_FILE_COOLING_S`."""
+        bisect.insort(self._cooling, until)
+
+    def cool_down(self, now: float) -> None:
+        """Free the slots of unused files whose time is up."""
+        while self._cooling and self._cooling[0] <= now:
+            self._cooling.pop(0)
 
 
 class NewRoomBudget:
@@ -630,11 +650,13 @@ class RoomRegistry:
         """Hibernate idle rooms, forget idle rooms with no sockets, and keep at most
         `open_idle_databases` quiet rooms' connections open: hibernated rooms, and awake ones
         quiet for `QUIET_DATABASE_CLOSE_S`. A file made ahead that no write reached goes after
-        `UNUSED_FILE_AHEAD_S` of quiet.
+        `UNUSED_FILE_AHEAD_S` of quiet, its slot after `UNUSED_FILE_COOLING_S` more.
 
         Returns the connections to close, detached from their rooms: see `close_databases`.
         """
         now = time.monotonic() if now is None else now
+        files_ahead = self.services.files_ahead
+        files_ahead.cool_down(now)
         to_close: list[ClosingDatabase] = []
         quiet: list[LocalRoom] = []  # falling asleep, or awake and quiet with an open database
         for name, room in list(self.rooms.items()):
@@ -643,6 +665,7 @@ class RoomRegistry:
             idle = now - room.last_event
             unused_ahead = room.holds_unused_file_ahead  # kept apart from the budget below
             if unused_ahead and idle >= UNUSED_FILE_AHEAD_S:
+                files_ahead.went_unused(now + UNUSED_FILE_COOLING_S)
                 self._hand_over(room, to_close, keep_awake=True)
                 unused_ahead = False
             if idle < self.policy.after_idle_s:

@@ -23,6 +23,7 @@ from rooms.limits import Limits
 from roomsd.rooms import (
     QUIET_DATABASE_CLOSE_S,
     UNUSED_FILE_AHEAD_S,
+    UNUSED_FILE_COOLING_S,
     HibernationPolicy,
     LocalRoom,
     RoomServices,
@@ -260,6 +261,39 @@ async def test_a_file_made_ahead_goes_when_unused_and_the_room_still_works(
         await alice.send(json.dumps({"type": "publish", "id": "1", "body": "late"}))
         assert (await recv_until(alice, "ack"))["seq"] == 1
         assert _claimed(path) == (0, ["late"])
+
+
+async def test_an_unused_file_keeps_its_slot_for_a_while(server_factory: ServerFactory) -> None:
+    """A file made ahead that went unused (removed after `UNUSED_FILE_AHEAD_S` of quiet while
+    its members stayed) keeps its slot under `files_made_ahead` for `UNUSED_FILE_COOLING_S`
+    more: joins that never write make at most that many files in that time. (Before, the slot
+    came back at once: a storm of 10,000 connections into 1,000 new rooms made 609 files with
+    a bound of 128, each made and removed in the preparer thread.) Then the next new room
+    gets its file ahead again."""
+    server = await server_factory(
+        hibernation=HibernationPolicy(after_idle_s=3600, open_idle_databases=64, files_made_ahead=1)
+    )
+    rooms_dir = server.settings.data_dir / "rooms"
+    files = server.registry.services.files_ahead
+    async with await server.connect("cool-a", "alice") as alice:
+        await recv_until(alice, "welcome")
+        await _until_open(server.registry.rooms["cool-a"])
+        assert (rooms_dir / "cool-a.sqlite").exists()
+        later = time.monotonic() + UNUSED_FILE_AHEAD_S
+        await close_databases(server.registry.sweep(later))
+        assert not (rooms_dir / "cool-a.sqlite").exists()
+        assert files.count == 0
+        async with await server.connect("cool-b", "bob") as bob:
+            await recv_until(bob, "welcome")
+            await asyncio.sleep(0.2)  # a file made ahead would be under way by now
+            assert not (rooms_dir / "cool-b.sqlite").exists()  # the slot is still cooling
+            assert files.made == 1
+        await close_databases(server.registry.sweep(later + UNUSED_FILE_COOLING_S))
+        async with await server.connect("cool-c", "carol") as carol:
+            await recv_until(carol, "welcome")
+            await _until_open(server.registry.rooms["cool-c"])
+            assert (rooms_dir / "cool-c.sqlite").exists()
+            assert files.made == 2
 
 
 async def test_a_first_write_racing_its_finished_file_stays_in_that_file(
