@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="new rooms whose file is made as their first member joins, ahead of their first "
         "message, at most this many at once (the rest at their first write; a file nobody "
-        "wrote to is removed; 0: never ahead) (default: %(default)s)",
+        "wrote to is removed, and one removed after 3 s unused still counts for 30 s; 0: never "
+        "ahead) (default: %(default)s)",
     )
     serve.add_argument(
         "--hibernate-every-event",
