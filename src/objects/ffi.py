@@ -38,9 +38,20 @@ def js_array(items: Sequence[str]) -> JsObject:
     return to_js(list(items))
 
 
+# The JS globals the adapters call per event, looked up once: reading `js.Object.fromEntries`
+# is two crossings, 8-10 us in Pyodide on Node, as much as converting a metrics point with it
+# (BENCHMARKS.md, "On real workerd", round 7). `Object.fromEntries` is the converter that
+# makes a dict a plain object (§6.2).
+_from_entries = js.Object.fromEntries
+_Request = js.Request
+_Response = js.Response
+_WebSocketPair = js.WebSocketPair
+_WebSocketRequestResponsePair = js.WebSocketRequestResponsePair
+
+
 def js_object(value: dict[str, Any]) -> JsObject:
     """A plain JS object (not a Map) from a dict of JSON-like values."""
-    return to_js(value, dict_converter=js.Object.fromEntries)
+    return to_js(value, dict_converter=_from_entries)
 
 
 @functools.cache
@@ -73,13 +84,13 @@ def mapped(items: JsObject, fn: JsObject) -> list[Any]:
 
 def websocket_pair() -> tuple[JsObject, JsObject]:
     """A new (client, server) pair; the server end is what the Durable Object accepts (§3.1)."""
-    client, server = js.WebSocketPair.new().object_values()
+    client, server = _WebSocketPair.new().object_values()
     return client, server
 
 
 def auto_response_pair(request: str, response: str) -> JsObject:
     """The pair for `ctx.setWebSocketAutoResponse`: answered without waking the object (§3.8)."""
-    return js.WebSocketRequestResponsePair.new(request, response)
+    return _WebSocketRequestResponsePair.new(request, response)
 
 
 def frame_data(message: str | JsObject) -> str | bytes:
@@ -118,7 +129,7 @@ def header_dict(js_headers: JsObject) -> dict[str, str]:
     instead: 325-600 us per call in workerd, against 75 us for this (BENCHMARKS.md, "On real
     workerd").
     """
-    entries = js.Object.fromEntries(js_headers).to_py()
+    entries = _from_entries(js_headers).to_py()
     return {str(name).lower(): str(value) for name, value in entries.items()}
 
 
@@ -133,7 +144,7 @@ def upgrade_request(url: str, method: str, headers: Iterable[tuple[str, str]]) -
     `append` at a time cost a crossing per header (BENCHMARKS.md, "On real workerd").
     """
     init = {"method": method, "headers": [[str(name), str(value)] for name, value in headers]}
-    return js.Request.new(url, to_js(init, dict_converter=js.Object.fromEntries))
+    return _Request.new(url, to_js(init, dict_converter=_from_entries))
 
 
 def upgrade_response(client: JsObject, subprotocol: str | None) -> JsObject:
@@ -148,7 +159,7 @@ def upgrade_response(client: JsObject, subprotocol: str | None) -> JsObject:
     init: dict[str, Any] = {"status": 101, "webSocket": client}
     if subprotocol is not None:
         init["headers"] = {"sec-websocket-protocol": subprotocol}
-    return js.Response.new(None, to_js(init, dict_converter=js.Object.fromEntries))
+    return _Response.new(None, to_js(init, dict_converter=_from_entries))
 
 
 def raw_env_binding(env: Any, name: str) -> JsObject:
@@ -189,9 +200,9 @@ def unwrapped_context(ctx: Any) -> JsObject:
     return getattr(ctx, "_ctx", ctx)
 
 
-def sql_binding(value: Any) -> Any:
-    """A value to bind in a raw ``sql.exec``: None as JS null (passed bare it is undefined)."""
-    return jsnull if value is None else value
+def sql_bindings(values: Iterable[Any]) -> list[Any]:
+    """Values to bind in a raw ``sql.exec``: None as JS null (passed bare it is undefined)."""
+    return [jsnull if value is None else value for value in values]
 
 
 # Where `inspect.signature` looks first, on `_HandlerCall`: neither a Signature nor text, so

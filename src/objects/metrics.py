@@ -31,17 +31,19 @@ def dataset_of(env: Any) -> Any | None:
     return ffi.unwrapped(binding) if binding is not None else None
 
 
-def write_points(dataset: Any, points: list[DataPoint]) -> None:
+def write_points(write_data_point: Any, points: list[DataPoint]) -> None:
+    """Each point through ``write_data_point``, a dataset's ``writeDataPoint`` (bound once by
+    the caller: looking a method up on a JS object is a crossing of its own)."""
     for point in points[:MAX_POINTS_PER_FLUSH]:
         # Not awaited: writeDataPoint returns nothing and never blocks the event.
-        dataset.writeDataPoint(ffi.js_object(point))
+        write_data_point(ffi.js_object(point))
 
 
 class AnalyticsSink:
     """One room object's writer: `after_event` is called at the end of each handler."""
 
-    def __init__(self, dataset: Any, telemetry: Telemetry, flush_ms: int) -> None:
-        self.dataset = dataset
+    def __init__(self, write_data_point: Any, telemetry: Telemetry, flush_ms: int) -> None:
+        self.write_data_point = write_data_point
         self.telemetry = telemetry
         self.flush_s = flush_ms / 1000
         self._flushed_at = time.monotonic()
@@ -51,18 +53,18 @@ class AnalyticsSink:
         if not force and now - self._flushed_at < self.flush_s:
             return
         self._flushed_at = now
-        write_points(self.dataset, analytics_points(room, self.telemetry.drain()))
+        write_points(self.write_data_point, analytics_points(room, self.telemetry.drain()))
 
 
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
     """What ``env`` says about metrics: the dataset and how often to write to it."""
 
-    dataset: Any
+    write_data_point: Any  # the dataset's writeDataPoint, bound once per isolate and env
     flush_ms: int
 
     def sink(self, telemetry: Telemetry) -> AnalyticsSink:
-        return AnalyticsSink(self.dataset, telemetry, self.flush_ms)
+        return AnalyticsSink(self.write_data_point, telemetry, self.flush_ms)
 
 
 def metrics_settings(env: Any) -> MetricsSettings | None:
@@ -73,7 +75,7 @@ def metrics_settings(env: Any) -> MetricsSettings | None:
         return None
     raw = ffi.var_text(getattr(env, "METRICS_FLUSH_MS", None))
     flush_ms = DEFAULT_FLUSH_MS if raw is None else parse_flush_ms(raw)
-    return MetricsSettings(dataset, flush_ms)
+    return MetricsSettings(dataset.writeDataPoint, flush_ms)
 
 
 def parse_flush_ms(raw: str) -> int:
@@ -85,4 +87,4 @@ def parse_flush_ms(raw: str) -> int:
 def write_front_rejection(env: Any, code: str) -> None:
     dataset = dataset_of(env)
     if dataset is not None:
-        write_points(dataset, [front_rejection_point(code)])
+        write_points(dataset.writeDataPoint, [front_rejection_point(code)])

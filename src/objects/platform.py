@@ -51,9 +51,10 @@ class DurableObjectSql:
     def execute(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
         for param in params:
             # §4.2: Cloudflare binds a bool as the text 'true'. Refuse it, as SqliteSql does.
-            if isinstance(param, bool):
+            # (`is` rather than isinstance: bool has no subclasses, and this runs per value.)
+            if param is True or param is False:
                 raise TypeError("bind int(flag), not bool: Cloudflare stores bools as text")
-        cursor = self._exec(query, *[ffi.sql_binding(param) for param in params])
+        cursor = self._exec(query, *ffi.sql_bindings(params))
         # §4.3: consume the cursor now (no await may come between), and raw() keeps column order.
         return ffi.raw_rows(cursor)
 
