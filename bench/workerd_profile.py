@@ -11,6 +11,8 @@ and writes the raw profile for DevTools or speedscope.
     ... --root /tmp/copy-of-the-project   # an instrumented copy (src/ edited), same harness
     ... --js                              # the JS baseline (bench/baselines/workerd-js) instead
     ... --perf                            # CPU by native symbol and by part, with `perf record`
+    MINIFLARE_WORKERD_V8_FLAGS=--perf-basic-prof ... --perf   # JIT code named too (V8's perf map;
+        # V8 also leaves an isolate-*-v8.log per isolate in the current directory: remove them)
     ... --compare                         # --perf on ours, then on the JS baseline, side by side
     ... --storm --rooms 20 --clients 10 --warm 200   # per connection, in a warmed-up process
 
@@ -123,6 +125,10 @@ def inclusive_times(profile: dict[str, Any], names: list[str]) -> dict[str, floa
 # perf symbol -> a coarse part of workerd, first match wins (regexes over "symbol (object)").
 PERF_PARTS: tuple[tuple[str, str], ...] = (
     ("JIT code: JS, and for ours Pyodide's wasm", r"^\[JIT"),
+    # Named only with V8's perf map (MINIFLARE_WORKERD_V8_FLAGS=--perf-basic-prof, below).
+    ("JIT, named: wasm (for ours the Python interpreter and the C it calls)", r"^JS:wasm-function"),
+    ("JIT, named: calls between wasm and JS", r"^JS:(wasm-to-js|js-to-wasm)"),
+    ("JIT, named: JS (for ours Pyodide's FFI and the runtime's Python glue)", r"^JS:"),
     ("kernel (sockets, scheduling, page faults)", r"\(\[kernel"),
     ("V8 compiling JS and wasm (tier-up)", r"compiler::|turboshaft|maglev|Maglev|baseline::"),
     ("inspector: console.log to wrangler", r"v8_crdtp|inspector|Inspector|V8Console"),
