@@ -66,6 +66,7 @@ class Inspector:
             open_timeout=10,
             origin=Origin("http://localhost"),
             ping_interval=None,
+            legacy=True,  # held open across calls, closed by `close` (not a context manager)
         )
         self.next_id = 0
 
