@@ -29,7 +29,7 @@ def one_step(shape: str, server_kind: str, rate: float, duration: float) -> None
         runs = workdir / "runs"
         runs.mkdir()
         with run.running(server_kind, workdir) as server:
-            args = targets.fanout_args(rooms, clients, senders, rate, duration)
+            args = targets.ladder_step_args(rooms, clients, senders, rate, duration)
             result = run.loadtest(server, "fanout", "step", args, runs)
     delivery = result.result["delivery"]
     print(

@@ -69,7 +69,7 @@ def _step(run: Any, offered: float) -> dict[str, Any]:
     }
 
 
-def fanout_args(rooms: int, clients: int, senders: int, rate: float, duration: float) -> list[str]:
+def ladder_step_args(rooms: int, clients: int, senders: int, rate: float, duration: float) -> list[str]:
     return [
         "--rooms", str(rooms), "--clients", str(clients), "--senders", str(senders),
         "--rate", f"{rate:g}", "--duration", f"{duration:g}", "--size", SIZE,
@@ -94,7 +94,7 @@ def ladder(
     with running(kind, workdir) as server:
         for rate in rates:
             offered = rate * rooms * clients
-            args = fanout_args(rooms, clients, senders, rate, duration)
+            args = ladder_step_args(rooms, clients, senders, rate, duration)
             args += ["--room-prefix", f"{name}-{rate:g}-"]
             stem = f"{name}-{kind}-{rate:g}".replace(".", "p")
             step = _step(loadtest(server, "fanout", stem, args, runs), offered)
@@ -134,7 +134,7 @@ def half(
     rooms, clients, senders, _ = LADDERS[name]
     rate = round(rate_per_room / 2, 2)
     with running("rooms", workdir) as server:
-        args = fanout_args(rooms, clients, senders, rate, duration)
+        args = ladder_step_args(rooms, clients, senders, rate, duration)
         run = loadtest(server, "fanout", f"{name}-half-rooms".replace(".", "p"), args, runs)
     step = _step(run, rate * rooms * clients)
     step["rate_per_room"] = rate
