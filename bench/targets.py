@@ -69,7 +69,9 @@ def _step(run: Any, offered: float) -> dict[str, Any]:
     }
 
 
-def ladder_step_args(rooms: int, clients: int, senders: int, rate: float, duration: float) -> list[str]:
+def ladder_step_args(
+    rooms: int, clients: int, senders: int, rate: float, duration: float
+) -> list[str]:
     return [
         "--rooms", str(rooms), "--clients", str(clients), "--senders", str(senders),
         "--rate", f"{rate:g}", "--duration", f"{duration:g}", "--size", SIZE,
