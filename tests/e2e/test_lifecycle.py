@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+import weakref
 from typing import Any
 
 import pytest
@@ -17,7 +18,11 @@ pytestmark = pytest.mark.integration
 
 
 # Frames a test read while waiting for something else, per socket, in arrival order.
-_held: dict[int, list[dict[str, Any]]] = {}
+# Keyed by the socket itself, weakly: an `id()` is reused once its socket is freed, and a new
+# socket then inherited an earlier test's held frames (a workerd run saw seqs 1-3 twice).
+_held: weakref.WeakKeyDictionary[websockets.ClientConnection, list[dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def send(ws: websockets.ClientConnection, frame: dict[str, Any]) -> dict[str, Any]:
@@ -28,18 +33,18 @@ async def send(ws: websockets.ClientConnection, frame: dict[str, Any]) -> dict[s
         answer = await recv_json(ws)
         if answer["type"] in ("ack", "error"):
             return answer
-        _held.setdefault(id(ws), []).append(answer)
+        _held.setdefault(ws, []).append(answer)
 
 
 async def messages(ws: websockets.ClientConnection, count: int) -> list[dict[str, Any]]:
     """The next ``count`` message frames of ``ws``, held ones first."""
-    held = _held.pop(id(ws), [])
+    held = _held.pop(ws, [])
     got = [f for f in held if f["type"] == "message"]
     while len(got) < count:
         frame = await recv_json(ws)
         if frame["type"] == "message":
             got.append(frame)
-    _held[id(ws)] = got[count:]
+    _held[ws] = got[count:]
     return got[:count]
 
 
@@ -139,7 +144,7 @@ async def test_a_v1_client_keeps_working_beside_lifecycle_events(service: Servic
         await recv_until(alice, "read")
         assert (await send(old, {"type": "publish", "id": "o1", "body": "still here"}))[
             "seq"] == 5
-        seen = _held.pop(id(old), [])  # what came before the ack
+        seen = _held.pop(old, [])  # what came before the ack
         while len([f for f in seen if f["type"] == "message"]) < 5:
             seen.append(await recv_json(old))
         assert {f["type"] for f in seen} <= {"welcome", "presence", "message", "ack"}
