@@ -148,10 +148,12 @@ class WorkerdFarm:
         root: Path = ROOT,
         *,
         baseline: bool = False,
+        baseline_root: Path = JS_BASELINE,
+        label: str | None = None,
     ) -> None:
         self.tools = Toolchain.installed()
         self.baseline = baseline
-        self.label = "js" if baseline else "ours"
+        self.label = label or ("js" if baseline else "ours")
         self.workdir = workdir / self.label
         self.workdir.mkdir(parents=True, exist_ok=True)
         # wrangler dev rebuilds and reloads the Worker whenever a file under src/ changes, so it
@@ -159,7 +161,8 @@ class WorkerdFarm:
         if baseline:
             self.root = self.workdir / "project"
             if not self.root.exists():
-                shutil.copytree(JS_BASELINE, self.root, ignore=shutil.ignore_patterns(".wrangler"))
+                ignore = shutil.ignore_patterns(".wrangler")
+                shutil.copytree(baseline_root, self.root, ignore=ignore)
         else:
             self.root = snapshot(root, self.workdir / "project")
         self.variables = variables
