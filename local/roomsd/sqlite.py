@@ -114,6 +114,14 @@ class SqliteSql:
             return self._create(query)
         return self._db.execute(query, params).fetchall()
 
+    def write(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
+        # A transaction of one statement: here that is what joins the output gate's batch.
+        return self.transaction(lambda: self.execute(query, *params))
+
+    def run_schema(self, statements: Sequence[str]) -> None:
+        for statement in statements:  # each intercepted by `execute` (`_create`)
+            self.execute(statement)
+
     def _create(self, query: str) -> list[Sequence[SqlValue]]:
         """One of the schema's `CREATE ... IF NOT EXISTS`: skipped where every table exists
         (a file made from the image, asked once per connection); creating `messages` also
