@@ -114,10 +114,6 @@ class SqliteSql:
             return self._create(query)
         return self._db.execute(query, params).fetchall()
 
-    def write(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
-        # A transaction of one statement: here that is what joins the output gate's batch.
-        return self.transaction(lambda: self.execute(query, *params))
-
     def run_schema(self, statements: Sequence[str]) -> None:
         for statement in statements:  # each intercepted by `execute` (`_create`)
             self.execute(statement)

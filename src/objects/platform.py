@@ -58,15 +58,9 @@ class DurableObjectSql:
         # §4.3: consume the cursor now (no await may come between), and raw() keeps column order.
         return ffi.raw_rows(cursor)
 
-    def write(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
-        # §4.4: one statement is atomic by itself, and the output gate holds what the event
-        # sends until it is durable, as for a transaction: no transactionSync, whose callback
-        # into Python costs more than the statement (BENCHMARKS.md, "The floor").
-        return self.execute(query, *params)
-
     def run_schema(self, statements: Sequence[str]) -> None:
-        # §4.3: one exec runs every statement of the text (the cursor is the last one's), one
-        # crossing and one call into SQLite instead of one per statement.
+        # §4.3: one exec runs every statement of the text (the cursor is the last one's): one
+        # crossing for a new room's tables instead of one per statement.
         ffi.raw_rows(self._exec(";\n".join(statements)))
 
     def exists(self) -> bool:

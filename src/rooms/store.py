@@ -31,11 +31,6 @@ class Sql(Protocol):
         """Run ``fn`` atomically: all its writes commit together or none do."""
         ...
 
-    def write(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
-        """Run one statement that writes, committed as `transaction` commits ``fn``'s writes
-        (one statement is atomic by itself: a platform may skip what a transaction costs)."""
-        ...
-
     def run_schema(self, statements: Sequence[str]) -> None:
         """Run the schema's statements in order, inside the caller's transaction (a platform
         where every call costs may run them in one)."""
@@ -355,28 +350,34 @@ class RoomStore:
         A retransmit (same user and id) returns the originally stored message unchanged.
         """
 
-        seq = self._head + 1
-        # One statement: the row is stored unless its key was claimed before (a retransmit),
-        # and the trigger claims the key for it (SCHEMA, claim_client_id).
-        stored = self._write_one(
-            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) SELECT ?, ?, ?, ?, ?, ? "
-            "WHERE NOT EXISTS (SELECT 1 FROM dedupe WHERE user_id = ? AND id = ?) "
-            "RETURNING seq",
-            seq,
-            id,
-            user_id,
-            name,
-            body,
-            sent_ms,
-            user_id,
-            id,
-        )
-        if not stored:
-            return self._original(user_id, id, name), True
-        self._head = seq
-        return Message(
-            seq=seq, id=id, user_id=user_id, name=name, body=body, sent_ms=sent_ms
-        ), False
+        def write() -> tuple[Message, bool]:
+            seq = self._head + 1
+            # One statement: the row is stored unless its key was claimed before (a
+            # retransmit), and the trigger claims the key for it (SCHEMA, claim_client_id).
+            stored = self._sql.execute(
+                f"INSERT INTO messages ({_MESSAGE_COLUMNS}) SELECT ?, ?, ?, ?, ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM dedupe WHERE user_id = ? AND id = ?) "
+                "RETURNING seq",
+                seq,
+                id,
+                user_id,
+                name,
+                body,
+                sent_ms,
+                user_id,
+                id,
+            )
+            if not stored:
+                return self._original(user_id, id, name), True
+            message = Message(
+                seq=seq, id=id, user_id=user_id, name=name, body=body, sent_ms=sent_ms
+            )
+            return message, False
+
+        message, duplicate = self._transaction(write)
+        if not duplicate:
+            self._head = message.seq
+        return message, duplicate
 
     def _original(self, user_id: str, id: str, name: str) -> Message:
         """The message a retransmit repeats, as first stored."""
@@ -719,15 +720,6 @@ class RoomStore:
         stored anything drops them: counting its wakes must not create it."""
         if self._unsaved_counts and self._created:
             self._transaction(lambda: None)
-
-    def _write_one(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
-        """One statement that writes: on its own once the tables exist and no counter waits
-        (a publish, nearly always), else in `_transaction` with them. On workerd a transaction
-        is a call back into Python from JS, the dearest crossing there is (BENCHMARKS.md,
-        "The floor")."""
-        if self._created and not self._unsaved_counts:
-            return self._sql.write(query, *params)
-        return self._transaction(lambda: self._sql.execute(query, *params))
 
     def _transaction(self, write: Callable[[], T]) -> T:
         """Run ``write`` atomically, with the counters counted since the last write."""

@@ -180,15 +180,7 @@ class TimedSql:
         self.exists = sql.exists
         self.run_schema = sql.run_schema
         self._transaction = sql.transaction
-        self._write = sql.write
         self._histogram = histogram
-
-    def write(self, query: str, *params: SqlValue) -> list[Sequence[SqlValue]]:
-        started = time.perf_counter()
-        try:
-            return self._write(query, *params)
-        finally:
-            self._histogram.observe(time.perf_counter() - started)
 
     def transaction(self, fn: Callable[[], T]) -> T:
         started = time.perf_counter()
