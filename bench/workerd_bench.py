@@ -220,6 +220,41 @@ class WorkerdFarm:
             _stop(server)
 
 
+def start_fanout(
+    server: Workerd,
+    secret: str,
+    out: Path,
+    *,
+    pin: bool,
+    rooms: int,
+    clients: int,
+    senders: int,
+    rate: float,
+    duration: float,
+) -> subprocess.Popen[bytes]:
+    """`rooms loadtest fanout` against ``server`` at a fixed open-loop rate (``rate`` messages
+    per second per room, 100-character bodies), on the generator's core when ``pin``, its log
+    and results in ``out``. Returns once the generator has begun sending."""
+    cmd = [sys.executable, "-m", "loadtest", "fanout", "--url", server.url, "--secret", secret]
+    cmd += ["--rooms", str(rooms), "--clients", str(clients), "--senders", str(senders)]
+    cmd += ["--rate", str(rate), "--size", "100", "--duration", str(duration)]
+    cmd += ["--progress", "plain", "--out", str(out), "--server-pid", str(server.pid)]
+    cmd += ["--connect-timeout", "60"]
+    if pin:
+        cmd = ["taskset", "-c", GENERATOR_CORE, *cmd]
+    env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'local'}", "PATH": "/usr/bin:/bin"}
+    log = out / "loadtest.log"
+    with log.open("wb") as sink:
+        generator = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=sink)
+    deadline = time.monotonic() + 120
+    while "sending" not in log.read_text(errors="replace"):
+        if generator.poll() is not None or time.monotonic() > deadline:
+            print(log.read_text(errors="replace")[-3000:])
+            raise SystemExit(f"the generator never started sending: see {log}")
+        time.sleep(0.2)
+    return generator
+
+
 def _wait_health(server: Workerd, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

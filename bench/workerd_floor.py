@@ -34,7 +34,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -141,28 +140,23 @@ def fanout(
     rooms, clients, senders, rate = shape
     out = Path(tempfile.mkdtemp(dir=tmp, prefix="run-"))
     with factory.running() as server:
-        cmd = [sys.executable, "-m", "loadtest", "fanout", "--url", server.url]
-        cmd += ["--secret", SECRET, "--rooms", str(rooms), "--clients", str(clients)]
-        cmd += ["--senders", str(senders), "--rate", str(rate), "--size", "100"]
-        cmd += ["--duration", str(seconds + 4), "--progress", "plain", "--out", str(out)]
-        cmd += ["--server-pid", str(server.pid), "--connect-timeout", "60"]
-        if factory.pin:
-            cmd = ["taskset", "-c", wb.GENERATOR_CORE, *cmd]
-        env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'local'}", "PATH": "/usr/bin:/bin"}
-        log = out / "loadtest.log"
-        with log.open("wb") as sink:
-            generator = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=sink)
-            deadline = time.monotonic() + 120
-            while "sending" not in log.read_text(errors="replace"):
-                if generator.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the generator never started sending: see {log}")
-                time.sleep(0.2)
-            if not from_start:
-                time.sleep(1.0)  # past the first publishes of new rooms
-            before = wb.cpu_by_process(server.pid)
-            time.sleep(seconds)
-            after = wb.cpu_by_process(server.pid)
-            generator.wait(120)
+        generator = wb.start_fanout(
+            server,
+            SECRET,
+            out,
+            pin=factory.pin,
+            rooms=rooms,
+            clients=clients,
+            senders=senders,
+            rate=rate,
+            duration=seconds + 4,
+        )
+        if not from_start:
+            time.sleep(1.0)  # past the first publishes of new rooms
+        before = wb.cpu_by_process(server.pid)
+        time.sleep(seconds)
+        after = wb.cpu_by_process(server.pid)
+        generator.wait(120)
     publishes = rate * rooms * seconds
     spent = {k: v - before.get(k, 0.0) for k, v in after.items()}
     workerd = max((v for k, v in spent.items() if k.startswith("workerd")), default=0.0)

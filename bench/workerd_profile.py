@@ -320,29 +320,17 @@ def fanout(args: argparse.Namespace) -> Parts:
             inspector = Inspector(server.inspector_port)
             inspector.call("Profiler.enable")
             inspector.call("Profiler.setSamplingInterval", interval=args.interval_us)
-            duration = args.seconds + 4
-            cmd = [sys.executable, "-m", "loadtest", "fanout", "--url", server.url]
-            cmd += ["--secret", SECRET, "--rooms", str(args.rooms), "--clients", str(args.clients)]
-            cmd += ["--senders", str(args.senders), "--rate", str(args.rate), "--size", "100"]
-            cmd += ["--duration", str(duration), "--progress", "plain", "--out", tmp]
-            cmd += ["--server-pid", str(server.pid), "--connect-timeout", "60"]
-            if farm.pin:
-                cmd = ["taskset", "-c", wb.GENERATOR_CORE, *cmd]
-            env = {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'local'}", "PATH": "/usr/bin:/bin"}
-            log = Path(tmp) / "loadtest.log"
-            sink = log.open("wb")
-            gen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=sink)
-            # Profile once sending has begun: wait for the generator's "sending" line.
-            started = False
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and gen.poll() is None:
-                if "sending" in log.read_text(errors="replace"):
-                    started = True
-                    break
-                time.sleep(0.2)
-            if not started:
-                print(log.read_text(errors="replace")[-3000:])
-                raise SystemExit("the generator never started sending")
+            gen = wb.start_fanout(
+                server,
+                SECRET,
+                Path(tmp),
+                pin=farm.pin,
+                rooms=args.rooms,
+                clients=args.clients,
+                senders=args.senders,
+                rate=args.rate,
+                duration=args.seconds + 4,
+            )
             time.sleep(1.0)
             perf = Perf(server.pid, Path(tmp) / "perf.data", args.perf_hz) if args.perf else None
             cpu0 = wb.tree_cpu_s(server.pid)
@@ -359,7 +347,6 @@ def fanout(args: argparse.Namespace) -> Parts:
             inspector.close()
             threading.Thread(target=gen.wait, daemon=True).start()
             gen.wait(120)
-            sink.close()
             (args.out / f"{name}.wrangler.log").write_bytes(server.log.read_bytes())
             result_files = sorted(Path(tmp).glob("fanout-*.json"))
             result = json.loads(result_files[-1].read_text()) if result_files else {}
