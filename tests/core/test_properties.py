@@ -296,7 +296,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         index, client = self._actor(pick, seq, own)
         model = self.messages[seq]
         self.counter += 1
-        body = f"edit-{self.counter}"
+        # Ended by the user, as publish bodies are: a secret is looked for as a substring,
+        # and "edit-2" alone is inside "edit-27".
+        body = f"edit-{self.counter}-{client.user_id}"
         frame = {"type": "edit", "id": f"e{self.counter}", "target": seq, "body": body}
         answer = self._send(index, frame)
         if model["author"] != client.user_id:
