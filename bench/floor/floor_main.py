@@ -1,8 +1,8 @@
 """Main module of the Python floor variants served by bench/workerd_floor.py (never deployed).
 
-The front Worker and the Room's upgrade path are ours, unchanged: `Default` and `Room` come
-from src/worker.py. Only what a room does with a client's frame is swapped, as the variant
-named in the `FLOOR_VARIANT` var asks:
+The front Worker and the Room's upgrade path are ours, unchanged: `Default` comes from
+src/worker.py and `Room` subclasses ours. Only what a room does with a client's frame is
+swapped, as the variant named in the `FLOOR_VARIANT` var asks:
 
 - ``empty``: `webSocketMessage` returns at once. What entering Python for an event costs.
 - ``direct``: the JS baseline's publish (bench/baselines/workerd-js) in the most direct
@@ -19,8 +19,7 @@ import json
 import time
 from typing import Any
 
-from objects import ffi
-from objects.room import Room
+from objects import ffi, room
 from worker import Default
 
 __all__ = ["Default", "Room"]
@@ -95,25 +94,25 @@ def _direct(self: Any, ws: Any, message: Any, *_: Any) -> None:
 
 
 VARIANTS = {"empty": _empty, "direct": _direct}
-_original_init = Room.__init__
 
 
-def _init(self: Any, ctx: Any, env: Any) -> None:
-    _original_init(self, ctx, env)
-    # Room's __init__ hands workerd its handlers as instance attributes (docs/cloudflare.md
-    # §1.10); the variant's replaces that one, called the same way.
-    handler = VARIANTS[ffi.var_text(getattr(env, "FLOOR_VARIANT", None)) or "direct"]
-    self.webSocketMessage = lambda *args: handler(self, *args)
-    upgrade = self.fetch
+class Room(room.Room):
+    """Our Room with the variant's `webSocketMessage`. workerd gets its handlers as our Room
+    hands them over (`ffi.call_handlers_as_is`, docs/cloudflare.md §1.10), so the variants
+    pay what ours pays to be called, no more."""
 
-    async def fetch(*args: Any) -> Any:
-        response = await upgrade(*args)
+    def __init__(self, ctx: Any, env: Any) -> None:
+        super().__init__(ctx, env)
+        self._floor_handler = VARIANTS[
+            ffi.var_text(getattr(env, "FLOOR_VARIANT", None)) or "direct"
+        ]
+
+    def webSocketMessage(self, ws: Any, message: Any, *_: Any) -> None:  # noqa: N802
+        self._floor_handler(self, ws, message)
+
+    async def fetch(self, request: Any, *_: Any) -> Any:
+        response = await super().fetch(request)
         state: _Direct | None = self.__dict__.get("_floor")
         if state is not None:
             state.sockets = None  # a socket may have joined
         return response
-
-    self.fetch = fetch
-
-
-Room.__init__ = _init  # type: ignore[method-assign]
